@@ -1,0 +1,23 @@
+# Recipes for working on dtrio. `pip install -e '.[dev]'` puts `just` on PATH.
+
+default: test
+
+# the whole test suite (the same command .ci/run uses)
+test *args:
+    python -m pytest {{args}}
+
+# run the engine: until the sidecar lands, the sequence example on the embedded SQLite store
+serve *args:
+    python -m dtrio {{args}}
+
+# regenerate the betterproto2 classes and grpclib stubs from proto/
+proto:
+    rm -rf dtrio/_pb && mkdir -p dtrio/_pb
+    python -m grpc_tools.protoc -I proto --python_betterproto2_out=dtrio/_pb --python_betterproto2_opt=client_generation=async,server_generation=async proto/orchestrator_service.proto
+
+# benchmarks: print a table of medians
+bench *args:
+    python benchmarks/bench_embedded.py {{args}}
+
+lint:
+    ruff check dtrio tests examples benchmarks
