@@ -1,0 +1,95 @@
+"""The storage contract every backend implements, and the records it hands out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..signals import ChangeBoard, Wakeup
+from ..state import NewInstance, OrchestrationStep
+
+
+@dataclass(slots=True)
+class OrchestrationWorkItem:
+    """New events for one instance, leased to one worker until completed or abandoned."""
+
+    instance_id: str
+    execution_id: str
+    name: str
+    status: int
+    lock_token: str
+    step: int  # increases with every committed step; a cached run is current if it matches
+    events: list[tuple[int, bytes]]  # (inbox id, serialized HistoryEvent)
+
+
+@dataclass(slots=True)
+class ActivityWorkItem:
+    id: int
+    instance_id: str
+    execution_id: str
+    task_id: int
+    name: str
+    version: str | None
+    input: str | None
+    lock_token: str
+    attempt: int
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    instance_id: str
+    execution_id: str
+    name: str
+    version: str | None
+    status: int
+    created_at: int
+    updated_at: int
+    completed_at: int | None
+    scheduled_start: int | None
+    parent_instance_id: str | None
+    input: str | None = None
+    output: str | None = None
+    custom_status: str | None = None
+    failure: bytes | None = None
+    tags: dict[str, str] | None = None
+
+
+class Backend(Protocol):
+    """Durable storage for instances, history, inboxes and the activity queue.
+
+    Every method is a short transaction. Completions check the lease and either apply in
+    full or raise `LeaseLost` having changed nothing.
+    """
+
+    orchestrations_ready: Wakeup
+    activities_ready: Wakeup
+    schedule_changed: Wakeup
+    instance_changes: ChangeBoard
+
+    async def create_instance(self, new: NewInstance) -> None: ...
+
+    async def get_instance(self, instance_id: str, *, payloads: bool = True) -> InstanceRecord | None: ...
+
+    async def add_event(self, instance_id: str, event: bytes, *, visible_at: int | None = None) -> None: ...
+
+    async def lease_orchestrations(self, owner: str, limit: int, lease_us: int) -> list[OrchestrationWorkItem]: ...
+
+    async def load_history(self, instance_id: str) -> list[bytes]: ...
+
+    async def complete_orchestration(self, item: OrchestrationWorkItem, step: OrchestrationStep) -> None: ...
+
+    async def release_orchestration(self, item: OrchestrationWorkItem) -> None: ...
+
+    async def abandon_orchestration(self, item: OrchestrationWorkItem, delay_us: int) -> None: ...
+
+    async def lease_activities(self, owner: str, limit: int, lease_us: int) -> list[ActivityWorkItem]: ...
+
+    async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None: ...
+
+    async def complete_activity(self, item: ActivityWorkItem, result: bytes) -> None: ...
+
+    async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None: ...
+
+    async def next_due(self) -> int | None: ...
+
+    async def aclose(self) -> None: ...

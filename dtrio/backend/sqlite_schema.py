@@ -1,0 +1,128 @@
+"""The SQLite schema, its version, and the checks that refuse files that are not ours."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+import sqlite_utils
+
+from ..errors import StorageError
+
+APPLICATION = "dtrio"
+SCHEMA_VERSION = 1
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["instances"].create(
+        {
+            "instance_id": str,
+            "execution_id": str,
+            "name": str,
+            "version": str,
+            "status": int,
+            "input": str,
+            "output": str,
+            "custom_status": str,
+            "failure": bytes,
+            "tags": str,
+            "created_at": int,
+            "updated_at": int,
+            "completed_at": int,
+            "scheduled_start": int,
+            "parent_instance_id": str,
+            "step": int,
+            "history_len": int,
+            # earliest visible_at of its inbox; NULL when the inbox is empty
+            "ready_at": int,
+            "lock_owner": str,
+            "lock_token": str,
+            "lock_expires": int,
+        },
+        pk="instance_id",
+        not_null={"execution_id", "name", "status", "created_at", "updated_at", "step", "history_len"},
+        defaults={"step": 0, "history_len": 0},
+    )
+    db["instances"].create_index(["ready_at"], index_name="instances_ready")
+    db["instances"].create_index(["lock_expires"], index_name="instances_lock")
+    db["instances"].create_index(["created_at"], index_name="instances_created")
+    db["instances"].create_index(["parent_instance_id"], index_name="instances_parent")
+    db["history"].create(
+        {"instance_id": str, "seq": int, "event": bytes},
+        pk=("instance_id", "seq"),
+        not_null={"event"},
+    )
+    db["inbox"].create(
+        {"id": int, "instance_id": str, "execution_id": str, "event": bytes, "visible_at": int},
+        pk="id",
+        not_null={"instance_id", "event", "visible_at"},
+    )
+    db["inbox"].create_index(["instance_id", "visible_at"], index_name="inbox_instance")
+    db["activities"].create(
+        {
+            "id": int,
+            "instance_id": str,
+            "execution_id": str,
+            "task_id": int,
+            "name": str,
+            "version": str,
+            "input": str,
+            # when it may next be leased: its visible time, or its lease's expiry while leased
+            "available_at": int,
+            "lock_owner": str,
+            "lock_token": str,
+            "attempt": int,
+        },
+        pk="id",
+        not_null={"instance_id", "execution_id", "task_id", "name", "available_at", "attempt"},
+        defaults={"attempt": 0},
+    )
+    db["activities"].create_index(["available_at"], index_name="activities_available")
+
+
+# Index i upgrades a store from version i to i + 1.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def check_and_migrate(conn: sqlite3.Connection, where: str) -> None:
+    """Refuse foreign, corrupt or newer stores; create or upgrade ours."""
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"{where} is not a usable SQLite database ({exc}); nothing was changed") from None
+    version = 0
+    if tables:
+        if "dtrio_meta" not in tables:
+            raise StorageError(
+                f"{where} is a SQLite database of another application (tables: "
+                f"{', '.join(sorted(tables)[:5])}); dtrio will not touch it"
+            )
+        meta = dict(conn.execute("SELECT key, value FROM dtrio_meta"))
+        if meta.get("application") != APPLICATION:
+            raise StorageError(f"{where} has a dtrio_meta table not written by dtrio; refusing to use it")
+        version = int(meta.get("schema_version", "0"))
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{where} has dtrio schema version {version}, newer than this dtrio supports "
+                f"({SCHEMA_VERSION}); upgrade dtrio"
+            )
+    if version == SCHEMA_VERSION:
+        return
+    db = sqlite_utils.Database(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if version == 0:
+            db["dtrio_meta"].create({"key": str, "value": str}, pk="key")
+            conn.execute("INSERT INTO dtrio_meta VALUES ('application', ?)", (APPLICATION,))
+        for migrate in MIGRATIONS[version:]:
+            migrate(db)
+        conn.execute(
+            "INSERT OR REPLACE INTO dtrio_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        if not conn.in_transaction:
+            raise StorageError(f"schema migration of {where} lost its transaction")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

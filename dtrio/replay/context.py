@@ -1,0 +1,170 @@
+"""What an orchestrator sees: `ctx`. Every method is deterministic under replay."""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from .. import _pb as pb
+from .. import payloads
+from ..errors import InvalidInput
+from ..registry import name_of
+from .tasks import Task
+
+if TYPE_CHECKING:
+    from .executor import OrchestrationRun
+
+_UUID_NAMESPACE = uuid.UUID("9e952958-5e33-4daf-827f-2fa12937b875")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class DurableTask(Task[Any]):
+    """A task completed by a history event that names it by sequence number."""
+
+    __slots__ = ("description",)
+
+    def __init__(self, description: str) -> None:
+        super().__init__()
+        self.description = description
+
+
+class ExternalEventTask(Task[Any]):
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+class _EventTimeout(DurableTask):
+    """The timer behind `wait_for_external_event(timeout=...)`.
+
+    It fails its wait only if the wait is still pending: a timer that fires after the event
+    arrived changes nothing, and a later wait for the same name gets its own timer.
+    """
+
+    __slots__ = ("wait", "waiters", "_timeout")
+
+    def __init__(self, wait: ExternalEventTask, waiters: deque[ExternalEventTask], timeout: timedelta):
+        super().__init__(f"timeout of wait for event {wait.name!r}")
+        self.wait, self.waiters = wait, waiters
+        self._timeout = timeout
+
+    def _complete(self, value: Any) -> None:
+        super()._complete(value)
+        if not self.wait.is_complete:
+            self.waiters.remove(self.wait)
+            self.wait._fail(
+                TimeoutError(f"event {self.wait.name!r} was not raised within {self._timeout}")
+            )
+
+
+class OrchestrationContext:
+    """The orchestrator's window on its instance. Never use real clocks or I/O in orchestrators."""
+
+    def __init__(self, run: OrchestrationRun, instance_id: str) -> None:
+        self._run = run
+        self.instance_id = instance_id
+        self.now: datetime = _EPOCH
+        self.is_replaying = False
+        self.name = ""
+        self.version: str | None = None
+        self._uuid_counter = 0
+
+    @property
+    def current_utc_datetime(self) -> datetime:
+        """Alias of `now`, the name the Durable Task SDKs use."""
+        return self.now
+
+    def call_activity(self, activity: Callable[..., Any] | str, *, input: Any = None) -> Task[Any]:
+        name = name_of(activity, "activity")
+        data = payloads.encode(input, f"input of activity {name!r}")
+        task = DurableTask(f"activity {name!r}")
+        self._run.emit(pb.OrchestratorAction(schedule_task=pb.ScheduleTaskAction(name=name, input=data)), task)
+        return task
+
+    def call_sub_orchestrator(
+        self,
+        orchestrator: Callable[..., Any] | str,
+        *,
+        input: Any = None,
+        instance_id: str | None = None,
+        version: str | None = None,
+    ) -> Task[Any]:
+        name = name_of(orchestrator, "orchestrator")
+        data = payloads.encode(input, f"input of sub-orchestration {name!r}")
+        seq = self._run.next_id
+        child_id = instance_id if instance_id is not None else f"{self.instance_id}:{seq:04x}"
+        if not child_id:
+            raise InvalidInput("sub-orchestration instance ID must not be empty")
+        task = DurableTask(f"sub-orchestration {name!r} ({child_id})")
+        action = pb.CreateSubOrchestrationAction(instance_id=child_id, name=name, input=data, version=version)
+        self._run.emit(pb.OrchestratorAction(create_sub_orchestration=action), task)
+        return task
+
+    def create_timer(self, fire_at: datetime | timedelta) -> Task[None]:
+        """A durable timer: use this instead of `trio.sleep`. It survives restarts."""
+        when = self._fire_time(fire_at)
+        task = DurableTask(f"timer until {when.isoformat()}")
+        self._run.emit(pb.OrchestratorAction(create_timer=pb.CreateTimerAction(fire_at=when)), task)
+        return task
+
+    def wait_for_external_event(self, name: str, *, timeout: timedelta | None = None) -> Task[Any]:
+        """The next event called `name` (case-insensitive), including one raised earlier.
+
+        With `timeout`, the task fails with `TimeoutError` if no event arrives in time.
+        """
+        if not name:
+            raise InvalidInput("event name must not be empty")
+        key = name.lower()
+        wait = ExternalEventTask(name)
+        buffered = self._run.buffered_events.get(key)
+        if buffered:
+            wait._complete(payloads.decode(buffered.popleft(), f"data of event {name!r}"))
+            if not buffered:
+                del self._run.buffered_events[key]
+            return wait
+        waiters = self._run.event_waiters.setdefault(key, deque())
+        waiters.append(wait)
+        if timeout is not None:
+            timer = _EventTimeout(wait, waiters, timeout)
+            action = pb.CreateTimerAction(fire_at=self._fire_time(timeout))
+            self._run.emit(pb.OrchestratorAction(create_timer=action), timer)
+        return wait
+
+    def send_event(self, instance_id: str, name: str, data: Any = None) -> None:
+        """Raise an event on another instance (fire and forget)."""
+        if not instance_id or not name:
+            raise InvalidInput("send_event needs a target instance ID and an event name")
+        encoded = payloads.encode(data, f"data of event {name!r}")
+        action = pb.SendEventAction(
+            instance=pb.OrchestrationInstance(instance_id=instance_id), name=name, data=encoded
+        )
+        self._run.emit(pb.OrchestratorAction(send_event=action), None)
+
+    def set_custom_status(self, value: Any) -> None:
+        self._run.custom_status = payloads.encode(value, "custom status")
+
+    def continue_as_new(self, new_input: Any = None, *, save_events: bool = False) -> None:
+        """Restart this instance with fresh history once the orchestrator returns."""
+        self._run.request_continue_as_new(
+            payloads.encode(new_input, "input of continue_as_new"), save_events
+        )
+
+    def new_uuid(self) -> str:
+        """A UUID that is the same on every replay."""
+        self._uuid_counter += 1
+        seed = f"{self.instance_id}_{self.now.isoformat()}_{self._uuid_counter}"
+        return str(uuid.uuid5(_UUID_NAMESPACE, seed))
+
+    def _fire_time(self, fire_at: datetime | timedelta) -> datetime:
+        if isinstance(fire_at, timedelta):
+            return self.now + fire_at
+        if isinstance(fire_at, datetime):
+            if fire_at.tzinfo is None:
+                raise InvalidInput("timer fire time must be timezone-aware (use UTC)")
+            return fire_at.astimezone(timezone.utc)
+        raise InvalidInput(f"timer needs a datetime or a timedelta, got {type(fire_at).__name__}")

@@ -1,0 +1,359 @@
+"""Drives an `async def` orchestrator over history by hand: events in, actions out.
+
+No event loop, no I/O, no clock. A run can be fed once with a whole history (replay after a
+restart) or kept in memory and fed each step's new events only; both give the same actions.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import betterproto2
+
+from .. import _pb as pb
+from .. import payloads
+from ..errors import (
+    FailureDetails,
+    NonDeterminismError,
+    OrchestratorAwaitError,
+    TaskFailedError,
+)
+from ..history import failure_from_exception, failure_from_pb, failure_to_pb
+from .context import DurableTask, OrchestrationContext
+from .tasks import Task
+
+_S = pb.OrchestrationStatus
+
+# Which action each "scheduled" history event must match, and how to name what it did.
+_SCHEDULING_EVENTS = {
+    "task_scheduled": "schedule_task",
+    "timer_created": "create_timer",
+    "sub_orchestration_instance_created": "create_sub_orchestration",
+    "event_sent": "send_event",
+}
+
+
+def describe_action(action: pb.OrchestratorAction | None) -> str:
+    if action is None:
+        return "nothing"
+    kind, body = betterproto2.which_one_of(action, "orchestratorActionType")
+    name = getattr(body, "name", None)
+    return f"{kind}(id={action.id}{f', name={name!r}' if name else ''})"
+
+
+def _describe_event(event: pb.HistoryEvent) -> str:
+    kind, body = betterproto2.which_one_of(event, "eventType")
+    name = getattr(body, "name", None)
+    return f"{kind}(id={event.event_id}{f', name={name!r}' if name else ''})"
+
+
+class OrchestrationRun:
+    """One execution of one orchestration instance, replayable and resumable."""
+
+    def __init__(self, orchestrators: Mapping[str, Callable[..., Any]], instance_id: str) -> None:
+        self._orchestrators = orchestrators
+        self.ctx = OrchestrationContext(self, instance_id)
+        self.next_id = 0
+        self.started: pb.ExecutionStartedEvent | None = None
+        self.custom_status: str | None = None
+        self.buffered_events: dict[str, deque[str | None]] = {}
+        self.event_waiters: dict[str, deque[Any]] = {}
+        self.is_done = False
+        self._pending_actions: dict[int, pb.OrchestratorAction] = {}
+        self._tasks: dict[int, Task[Any]] = {}
+        self._coro: Any = None
+        self._blocked_on: Task[Any] | None = None
+        self._continue_as_new: tuple[str | None, bool] | None = None
+        self._suspended = False
+        self._held: list[pb.HistoryEvent] = []
+        self._history_index = 0
+
+    @property
+    def is_suspended(self) -> bool:
+        return self._suspended
+
+    # -- feeding history ---------------------------------------------------------------
+
+    def feed(
+        self, past: Iterable[pb.HistoryEvent], new: Iterable[pb.HistoryEvent]
+    ) -> list[pb.OrchestratorAction]:
+        """Process events; return the actions the orchestrator produced that history lacks."""
+        self.ctx.is_replaying = True
+        for event in past:
+            self._history_index += 1
+            self._process(event)
+        self.ctx.is_replaying = False
+        for event in new:
+            self._history_index += 1
+            self._process(event)
+        actions = list(self._pending_actions.values())
+        self._pending_actions.clear()
+        return actions
+
+    def _process(self, event: pb.HistoryEvent) -> None:
+        if self.is_done:
+            return
+        kind, body = betterproto2.which_one_of(event, "eventType")
+        if self._suspended and kind not in ("execution_resumed", "execution_terminated"):
+            self._held.append(event)
+            return
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            self._fail_run(
+                FailureDetails(
+                    "UnsupportedHistoryEvent",
+                    f"history event #{self._history_index} of kind {kind or 'unknown'!r} "
+                    "is not supported by this engine",
+                )
+            )
+            return
+        try:
+            handler(self, event, body)
+        except NonDeterminismError as exc:
+            self._pending_actions.clear()
+            self._fail_run(failure_from_exception(exc))
+            return
+        blocked = self._blocked_on
+        if blocked is not None and blocked.is_complete:
+            self._blocked_on = None
+            self._resume()
+
+    # -- actions -------------------------------------------------------------------------
+
+    def emit(self, action: pb.OrchestratorAction, task: Task[Any] | None) -> None:
+        """Record an action from ctx; `task` completes when history answers it."""
+        if self.is_done:
+            return
+        action.id = self.next_id
+        self.next_id += 1
+        self._pending_actions[action.id] = action
+        if task is not None:
+            self._tasks[action.id] = task
+
+    def request_continue_as_new(self, new_input: str | None, save_events: bool) -> None:
+        self._continue_as_new = (new_input, save_events)
+
+    def _match_scheduled(self, event: pb.HistoryEvent, kind: str) -> None:
+        action = self._pending_actions.pop(event.event_id, None)
+        expected = _SCHEDULING_EVENTS[kind]
+        actual_kind = (
+            betterproto2.which_one_of(action, "orchestratorActionType")[0] if action else None
+        )
+        recorded_name = getattr(betterproto2.which_one_of(event, "eventType")[1], "name", None)
+        actual_name = (
+            getattr(betterproto2.which_one_of(action, "orchestratorActionType")[1], "name", None)
+            if action
+            else None
+        )
+        if actual_kind != expected or (recorded_name and actual_name != recorded_name):
+            raise NonDeterminismError(
+                f"non-deterministic orchestrator {self.ctx.name!r}: history event "
+                f"#{self._history_index} {_describe_event(event)} expects the orchestrator to "
+                f"produce {expected}(id={event.event_id}"
+                f"{f', name={recorded_name!r}' if recorded_name else ''}), but it produced "
+                f"{describe_action(action)} at that point. The orchestrator code probably "
+                "changed while this instance was running; ship such changes under a new "
+                "orchestrator name or version."
+            )
+
+    # -- driving the coroutine -----------------------------------------------------------
+
+    def _start(self, started: pb.ExecutionStartedEvent) -> None:
+        self.started = started
+        self.ctx.name = started.name
+        self.ctx.version = started.version
+        fn = self._orchestrators.get(started.name)
+        if fn is None:
+            self._fail_run(
+                FailureDetails(
+                    "OrchestratorNotRegistered",
+                    f"orchestrator {started.name!r} is not registered with this worker",
+                    is_non_retriable=True,
+                )
+            )
+            return
+        try:
+            value = payloads.decode(started.input, f"input of orchestrator {started.name!r}")
+            coro = fn(self.ctx, value)
+        except Exception as exc:
+            self._fail_run(failure_from_exception(exc))
+            return
+        if not inspect.iscoroutine(coro):
+            self._fail_run(
+                FailureDetails(
+                    "TypeError", f"orchestrator {started.name!r} must be an async def function"
+                )
+            )
+            return
+        self._coro = coro
+        self._resume()
+
+    def _resume(self) -> None:
+        while not self.is_done:
+            try:
+                awaited = self._coro.send(None)
+            except StopIteration as stop:
+                self._finish(stop.value)
+                return
+            except Exception as exc:
+                self._fail_run(failure_from_exception(exc))
+                return
+            if self._continue_as_new is not None:
+                self._coro.close()
+                self._finish(None)
+                return
+            if isinstance(awaited, Task):
+                if not awaited.is_complete:
+                    self._blocked_on = awaited
+                    return
+                continue
+            self._close_coroutine()
+            self._fail_run(
+                failure_from_exception(
+                    OrchestratorAwaitError(
+                        f"orchestrator {self.ctx.name!r} awaited {awaited!r}, which is not a "
+                        "dtrio task. Orchestrators may only await what ctx gives them: "
+                        "ctx.create_timer(...) instead of trio.sleep/asyncio.sleep, "
+                        "ctx.call_activity(...) for I/O, dtrio.when_all/when_any to combine."
+                    )
+                )
+            )
+            return
+
+    def _close_coroutine(self) -> None:
+        try:
+            self._coro.close()
+        except Exception:  # noqa: BLE001 - the foreign awaitable's cleanup is not our failure
+            pass
+
+    def _finish(self, value: Any) -> None:
+        if self._continue_as_new is not None:
+            new_input, save_events = self._continue_as_new
+            carry = []
+            if save_events:
+                for name, queue in self.buffered_events.items():
+                    carry += [
+                        pb.HistoryEvent(event_id=-1, event_raised=pb.EventRaisedEvent(name=name, input=data))
+                        for data in queue
+                    ]
+            self._complete(_S.CONTINUED_AS_NEW, result=new_input, carryover_events=carry)
+            return
+        try:
+            result = payloads.encode(value, f"output of orchestrator {self.ctx.name!r}")
+        except Exception as exc:
+            self._fail_run(failure_from_exception(exc))
+            return
+        self._complete(_S.COMPLETED, result=result)
+
+    def _fail_run(self, details: FailureDetails) -> None:
+        self._complete(_S.FAILED, failure_details=failure_to_pb(details))
+
+    def _complete(self, status: pb.OrchestrationStatus, **fields: Any) -> None:
+        if self.is_done:
+            return
+        self._blocked_on = None
+        action = pb.CompleteOrchestrationAction(orchestration_status=status, **fields)
+        self.emit(pb.OrchestratorAction(complete_orchestration=action), None)
+        self.is_done = True
+
+    def _resolve(self, task_id: int) -> Task[Any] | None:
+        return self._tasks.pop(task_id, None)
+
+
+# -- history event handlers (dispatched on the event's oneof name) ---------------------------
+
+
+def _on_orchestrator_started(run: OrchestrationRun, event: pb.HistoryEvent, _body: Any) -> None:
+    if event.timestamp is not None:
+        run.ctx.now = event.timestamp
+
+
+def _on_execution_started(run: OrchestrationRun, event: pb.HistoryEvent, body: pb.ExecutionStartedEvent) -> None:
+    if run.started is None:
+        if run.ctx.now.year == 1970 and event.timestamp is not None:
+            run.ctx.now = event.timestamp
+        run._start(body)
+
+
+def _on_scheduled(run: OrchestrationRun, event: pb.HistoryEvent, _body: Any) -> None:
+    run._match_scheduled(event, betterproto2.which_one_of(event, "eventType")[0])
+
+
+def _on_task_completed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
+    task = run._resolve(body.task_scheduled_id)
+    if task is not None:
+        what = task.description if isinstance(task, DurableTask) else "task"
+        task._complete(payloads.decode(body.result, f"result of {what}"))
+
+
+def _on_task_failed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
+    task = run._resolve(body.task_scheduled_id)
+    if task is not None:
+        details = failure_from_pb(body.failure_details)
+        what = task.description if isinstance(task, DurableTask) else "task"
+        task._fail(TaskFailedError(f"{what} failed: {details.error_type}: {details.message}", details))
+
+
+def _on_timer_fired(run: OrchestrationRun, _event: pb.HistoryEvent, body: pb.TimerFiredEvent) -> None:
+    task = run._resolve(body.timer_id)
+    if task is not None:
+        task._complete(None)
+
+
+def _on_event_raised(run: OrchestrationRun, _event: pb.HistoryEvent, body: pb.EventRaisedEvent) -> None:
+    key = body.name.lower()
+    waiters = run.event_waiters.get(key)
+    while waiters:
+        wait = waiters.popleft()
+        if not wait.is_complete:
+            wait._complete(payloads.decode(body.input, f"data of event {body.name!r}"))
+            return
+    run.buffered_events.setdefault(key, deque()).append(body.input)
+
+
+def _on_execution_terminated(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
+    run._suspended = False
+    run._pending_actions.clear()
+    run._complete(_S.TERMINATED, result=body.input)
+
+
+def _on_execution_suspended(run: OrchestrationRun, _event: pb.HistoryEvent, _body: Any) -> None:
+    run._suspended = True
+
+
+def _on_execution_resumed(run: OrchestrationRun, _event: pb.HistoryEvent, _body: Any) -> None:
+    run._suspended = False
+    held, run._held = run._held, []
+    for event in held:
+        run._process(event)
+
+
+def _ignore(_run: OrchestrationRun, _event: pb.HistoryEvent, _body: Any) -> None:
+    pass
+
+
+_HANDLERS: dict[str, Callable[[OrchestrationRun, pb.HistoryEvent, Any], None]] = {
+    "orchestrator_started": _on_orchestrator_started,
+    "orchestrator_completed": _ignore,
+    "execution_started": _on_execution_started,
+    "execution_completed": _ignore,
+    "execution_terminated": _on_execution_terminated,
+    "execution_suspended": _on_execution_suspended,
+    "execution_resumed": _on_execution_resumed,
+    "task_scheduled": _on_scheduled,
+    "task_completed": _on_task_completed,
+    "task_failed": _on_task_failed,
+    "timer_created": _on_scheduled,
+    "timer_fired": _on_timer_fired,
+    "sub_orchestration_instance_created": _on_scheduled,
+    "sub_orchestration_instance_completed": _on_task_completed,
+    "sub_orchestration_instance_failed": _on_task_failed,
+    "event_sent": _on_scheduled,
+    "event_raised": _on_event_raised,
+    "continue_as_new": _ignore,
+    "generic_event": _ignore,
+    "history_state": _ignore,
+}

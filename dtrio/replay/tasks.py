@@ -1,0 +1,122 @@
+"""Durable tasks: what an orchestrator awaits. Completed only by history events."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Task(Generic[T]):
+    """A durable step. Awaiting it suspends the orchestrator until history completes it."""
+
+    __slots__ = ("_done", "_value", "_exc", "_parents")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+        self._exc: BaseException | None = None
+        self._parents: list[_Composite] = []
+
+    @property
+    def is_complete(self) -> bool:
+        return self._done
+
+    @property
+    def is_failed(self) -> bool:
+        return self._exc is not None
+
+    def result(self) -> T:
+        if not self._done:
+            raise RuntimeError("this task has not completed yet; await it first")
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        return self._exc
+
+    def _complete(self, value: Any) -> None:
+        if self._done:
+            return
+        self._done, self._value = True, value
+        self._notify()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._done:
+            return
+        self._done, self._exc = True, exc
+        self._notify()
+
+    def _notify(self) -> None:
+        parents, self._parents = self._parents, []
+        for parent in parents:
+            parent._child_done(self)
+
+    def __await__(self) -> Generator[Task[Any], None, T]:
+        if not self._done:
+            # The replay driver receives the task itself and resumes us once it is done.
+            yield self
+        return self.result()
+
+
+class _Composite(Task[T]):
+    __slots__ = ("children",)
+
+    def __init__(self, children: Iterable[Task[Any]]) -> None:
+        super().__init__()
+        self.children = list(children)
+        for child in self.children:
+            if not isinstance(child, Task):
+                raise TypeError(
+                    f"when_all/when_any take dtrio tasks, got {type(child).__name__}; "
+                    "pass what ctx.call_activity, ctx.create_timer, ... return (without awaiting)"
+                )
+        for child in self.children:
+            if child.is_complete:
+                self._child_done(child)
+            else:
+                child._parents.append(self)
+
+    def _child_done(self, child: Task[Any]) -> None:
+        raise NotImplementedError
+
+
+class WhenAll(_Composite[list[Any]]):
+    __slots__ = ()
+
+    def __init__(self, children: Iterable[Task[Any]]) -> None:
+        super().__init__(children)
+        if not self.children:
+            self._complete([])
+
+    def _child_done(self, child: Task[Any]) -> None:
+        if self._done:
+            return
+        if child.is_failed:
+            self._fail(child._exc)  # type: ignore[arg-type]
+        elif all(c.is_complete for c in self.children):
+            self._complete([c._value for c in self.children])
+
+
+class WhenAny(_Composite[Task[Any]]):
+    __slots__ = ()
+
+    def __init__(self, children: Iterable[Task[Any]]) -> None:
+        super().__init__(children)
+        if not self.children:
+            raise ValueError("when_any needs at least one task")
+
+    def _child_done(self, child: Task[Any]) -> None:
+        self._complete(child)
+
+
+def when_all(tasks: Iterable[Task[Any]]) -> Task[list[Any]]:
+    """A task that completes with every result, in order, or fails with the first failure."""
+    return WhenAll(tasks)
+
+
+def when_any(tasks: Iterable[Task[Any]]) -> Task[Task[Any]]:
+    """A task that completes with the first of `tasks` to complete (the task, not its result)."""
+    return WhenAny(tasks)

@@ -1,0 +1,117 @@
+"""The engine root: one nursery holding the poller and both dispatchers over one backend."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+import trio
+
+from ..backend import Backend, open_sqlite_backend
+from ..client import Client
+from ..clock import Clock
+from ..registry import Registry
+from .activities import ActivityDispatcher
+from .options import EngineOptions
+from .orchestrations import OrchestrationDispatcher
+from .poller import serve_poller
+
+log = logging.getLogger("dtrio.engine")
+
+DEFAULT_DB = "dtrio.sqlite3"
+
+
+class Engine:
+    """A running engine: `client` to drive it, `shutdown()` to stop it gracefully."""
+
+    def __init__(self, registry: Registry, backend: Backend, clock: Clock, options: EngineOptions) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.clock = clock
+        self.options = options
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.client = Client(backend, clock, poll_interval=options.max_poll_interval)
+        self.orchestrations = OrchestrationDispatcher(backend, clock, registry, options, self.owner)
+        self.activities = ActivityDispatcher(backend, clock, registry, options, self.owner)
+        self._stop = trio.Event()
+
+    def shutdown(self) -> None:
+        """Stop taking work; in-flight items get `shutdown_grace` seconds to finish."""
+        self._stop.set()
+
+
+def _options(options: EngineOptions | None, overrides: dict[str, Any]) -> EngineOptions:
+    return replace(options or EngineOptions(), **overrides)
+
+
+async def serve_engine(
+    registry: Registry,
+    *,
+    db: str | os.PathLike[str] | None = DEFAULT_DB,
+    options: EngineOptions | None = None,
+    task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED,
+    **overrides: Any,
+) -> None:
+    """Run an engine until cancelled or until `engine.shutdown()`; `started()` gives the Engine."""
+    opts = _options(options, overrides)
+    clock = Clock()
+    backend = open_sqlite_backend(db, clock, synchronous=opts.synchronous)
+    try:
+        engine = Engine(registry, backend, clock, opts)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_poller, backend, clock, opts.max_poll_interval)
+            await nursery.start(engine.orchestrations.dispatcher.serve)
+            await nursery.start(engine.activities.serve)
+            log.info("engine %s started on %s", engine.owner, getattr(backend, "where", backend))
+            task_status.started(engine)
+            await engine._stop.wait()
+            dispatchers = (engine.orchestrations.dispatcher, engine.activities.dispatcher)
+            for dispatcher in dispatchers:
+                dispatcher.drain()
+            with trio.move_on_after(opts.shutdown_grace):
+                for dispatcher in dispatchers:
+                    await dispatcher.finished.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        await backend.aclose()
+        log.info("engine stopped")
+
+
+@asynccontextmanager
+async def open_engine(
+    registry: Registry,
+    *,
+    db: str | os.PathLike[str] | None = DEFAULT_DB,
+    options: EngineOptions | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Engine]:
+    """Run an engine for the duration of the block; leaving the block shuts it down gracefully.
+
+    `db` is a SQLite file (created if missing), or None / ":memory:" for a throwaway store.
+    Keyword overrides set `EngineOptions` fields (e.g. `max_concurrent_activities=50`).
+    """
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            engine: Engine = await nursery.start(
+                partial(serve_engine, registry, db=db, options=options, **overrides)
+            )
+            try:
+                yield engine
+            except BaseException as exc:
+                body_error = exc
+                raise
+            finally:
+                engine.shutdown()
+    except BaseExceptionGroup as group:
+        # Report the block's own error as itself, not wrapped in the nursery's group.
+        if body_error is not None and len(group.exceptions) == 1 and group.exceptions[0] is body_error:
+            raise body_error from None
+        raise

@@ -1,0 +1,40 @@
+"""Engine settings, with defaults suited to one process on a small machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InvalidInput
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    max_concurrent_orchestrations: int = 200
+    max_concurrent_activities: int = 200
+    # How long a worker may hold an orchestration work item before others may take it.
+    orchestration_lease: float = 60.0
+    # How long an activity may run without its lease being renewed; running activities in
+    # this process renew it every third of this time, so only a dead process loses it.
+    activity_lease: float = 300.0
+    # Longest gap between polls for work written by other processes (None: never poll; for
+    # stores only this process uses, like the in-memory one).
+    max_poll_interval: float | None = 1.0
+    # On shutdown, how long in-flight work items may take to finish before being abandoned.
+    shutdown_grace: float = 10.0
+    # Replayed orchestrations kept in memory between steps.
+    cache_size: int = 10_000
+    synchronous: str = "NORMAL"
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrent_orchestrations", "max_concurrent_activities"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name} must be at least 1")
+        for name in ("orchestration_lease", "activity_lease"):
+            if getattr(self, name) <= 0:
+                raise InvalidInput(f"{name} must be positive (seconds)")
+        if self.max_poll_interval is not None and self.max_poll_interval <= 0:
+            raise InvalidInput("max_poll_interval must be positive or None")
+        if self.shutdown_grace < 0:
+            raise InvalidInput("shutdown_grace must not be negative")
+        if self.cache_size < 0:
+            raise InvalidInput("cache_size must not be negative")

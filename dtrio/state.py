@@ -1,0 +1,308 @@
+"""Runtime state transitions: one orchestration step's actions become history and messages.
+
+Pure: the caller supplies `now` and IDs come from uuid4. The backend commits the resulting
+`OrchestrationStep` atomically, whether the actions came from our replay core or from a remote
+SDK worker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import betterproto2
+
+from . import _pb as pb
+from . import history as h
+from .errors import FailureDetails
+
+_S = pb.OrchestrationStatus
+TERMINAL = frozenset({int(_S.COMPLETED), int(_S.FAILED), int(_S.TERMINATED), int(_S.CANCELED)})
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_us(when: datetime) -> int:
+    """Microseconds since the epoch: how the store keeps every time."""
+    delta = when - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+
+
+def new_execution_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class NewInstance:
+    """An instance to create with `started` (an executionStarted event) as its first message."""
+
+    instance_id: str
+    execution_id: str
+    name: str
+    version: str | None
+    input: str | None
+    started: bytes
+    visible_at: int
+    parent_instance_id: str | None = None
+    tags: dict[str, str] | None = None
+    # Sent to the parent instead when the ID is already taken (sub-orchestrations only).
+    conflict: Message | None = None
+
+
+@dataclass(slots=True)
+class Message:
+    """An event for an instance's inbox, delivered only while `execution_id` (if set) is current."""
+
+    instance_id: str
+    event: bytes
+    visible_at: int
+    execution_id: str | None = None
+
+
+@dataclass(slots=True)
+class ActivityTask:
+    instance_id: str
+    execution_id: str
+    task_id: int
+    name: str
+    version: str | None
+    input: str | None
+    visible_at: int
+
+
+@dataclass(slots=True)
+class OrchestrationStep:
+    """Everything one orchestration work item changes, committed in one transaction."""
+
+    history: list[bytes]
+    execution_id: str
+    status: int
+    custom_status: str | None
+    reset_history: bool = False
+    output: str | None = None
+    failure: bytes | None = None
+    new_input: str | None = None  # the next execution's input, with reset_history
+    activities: list[ActivityTask] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    new_instances: list[NewInstance] = field(default_factory=list)
+
+    @property
+    def completed(self) -> bool:
+        return self.status in TERMINAL
+
+
+class _StepBuilder:
+    def __init__(
+        self,
+        instance_id: str,
+        execution_id: str,
+        started: pb.ExecutionStartedEvent | None,
+        now: datetime,
+    ) -> None:
+        self.instance_id = instance_id
+        self.execution_id = execution_id
+        self.started = started
+        self.now = now
+        self.now_us = to_us(now)
+        self.events: list[pb.HistoryEvent] = []
+        self.step = OrchestrationStep([], execution_id, int(_S.RUNNING), None)
+
+    def add(self, event: pb.HistoryEvent) -> None:
+        self.events.append(event)
+
+    def message(self, instance_id: str, event: pb.HistoryEvent, visible_at: int | None = None,
+                execution_id: str | None = None) -> None:
+        self.step.messages.append(
+            Message(instance_id, bytes(event), self.now_us if visible_at is None else visible_at, execution_id)
+        )
+
+
+def apply_step(
+    instance_id: str,
+    execution_id: str,
+    started: pb.ExecutionStartedEvent | None,
+    new_events: Sequence[tuple[pb.HistoryEvent, bytes | None]],
+    actions: Sequence[pb.OrchestratorAction],
+    now: datetime,
+    *,
+    custom_status: str | None = None,
+    suspended: bool = False,
+) -> OrchestrationStep:
+    """Turn one step (the events it consumed and the actions it produced) into a commit plan."""
+    b = _StepBuilder(instance_id, execution_id, started, now)
+    history: list[bytes] = [data if data is not None else bytes(ev) for ev, data in new_events]
+    b.step.custom_status = custom_status
+    b.step.status = int(_S.SUSPENDED if suspended else _S.RUNNING)
+    for action in actions:
+        kind, body = betterproto2.which_one_of(action, "orchestratorActionType")
+        handler = _ACTIONS.get(kind)
+        if handler is None:
+            _fail(b, action.id, FailureDetails(
+                "UnsupportedAction",
+                f"orchestrator action #{action.id} of kind {kind or 'unknown'!r} is not supported "
+                "by this engine",
+                is_non_retriable=True,
+            ))
+            break
+        if handler(b, action, body) is _STOP:
+            break
+    history += [bytes(ev) for ev in b.events]
+    if not b.step.reset_history:
+        history.append(bytes(h.orchestrator_completed(now)))
+        b.step.history = history
+    return b.step
+
+
+_STOP = object()
+
+
+def _schedule_task(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.ScheduleTaskAction) -> None:
+    b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, task_scheduled=pb.TaskScheduledEvent(
+        name=body.name, version=body.version, input=body.input, tags=body.tags,
+        parent_trace_context=body.parent_trace_context,
+    )))
+    b.step.activities.append(ActivityTask(
+        b.instance_id, b.execution_id, action.id, body.name, body.version, body.input, b.now_us
+    ))
+
+
+def _create_timer(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CreateTimerAction) -> None:
+    fire_at = body.fire_at or b.now
+    b.add(h.timer_created(b.now, action.id, fire_at))
+    b.message(b.instance_id, h.timer_fired(fire_at, action.id, fire_at), max(to_us(fire_at), b.now_us),
+              b.execution_id)
+
+
+def _create_sub_orchestration(
+    b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CreateSubOrchestrationAction
+) -> None:
+    b.add(pb.HistoryEvent(
+        event_id=action.id, timestamp=b.now,
+        sub_orchestration_instance_created=pb.SubOrchestrationInstanceCreatedEvent(
+            instance_id=body.instance_id, name=body.name, version=body.version, input=body.input,
+            parent_trace_context=body.parent_trace_context, tags=body.tags,
+        ),
+    ))
+    child_execution = new_execution_id()
+    parent = pb.ParentInstanceInfo(
+        task_scheduled_id=action.id,
+        name=b.started.name if b.started else None,
+        version=b.started.version if b.started else None,
+        orchestration_instance=pb.OrchestrationInstance(
+            instance_id=b.instance_id, execution_id=b.execution_id
+        ),
+    )
+    # An unset version inherits the parent's, as the Durable Task Framework does.
+    version = body.version if body.version is not None else (b.started.version if b.started else None)
+    started = h.execution_started(
+        b.now, body.name, body.instance_id, child_execution, body.input,
+        version=version, parent=parent, tags=dict(body.tags) or None,
+    )
+    conflict = h.sub_orchestration_failed(b.now, action.id, FailureDetails(
+        "InstanceAlreadyExists",
+        f"cannot start sub-orchestration {body.name!r}: an instance with ID "
+        f"{body.instance_id!r} already exists",
+        is_non_retriable=True,
+    ))
+    b.step.new_instances.append(NewInstance(
+        body.instance_id, child_execution, body.name, version, body.input, bytes(started),
+        b.now_us, parent_instance_id=b.instance_id, tags=dict(body.tags) or None,
+        conflict=Message(b.instance_id, bytes(conflict), b.now_us, b.execution_id),
+    ))
+
+
+def _send_event(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.SendEventAction) -> None:
+    target = body.instance.instance_id if body.instance else ""
+    b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, event_sent=pb.EventSentEvent(
+        instance_id=target, name=body.name, input=body.data,
+    )))
+    if target:
+        b.message(target, h.event_raised(b.now, body.name, body.data))
+
+
+def _terminate(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.TerminateOrchestrationAction) -> None:
+    if body.instance_id:
+        b.message(body.instance_id, h.execution_terminated(b.now, body.reason, body.recurse))
+
+
+def _complete(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CompleteOrchestrationAction) -> object:
+    status = int(body.orchestration_status)
+    if status == int(_S.CONTINUED_AS_NEW):
+        _continue_as_new(b, body)
+        return _STOP
+    if status not in TERMINAL:
+        status = int(_S.COMPLETED)
+    failure = body.failure_details if status == int(_S.FAILED) else None
+    if status == int(_S.FAILED) and failure is None:
+        failure = pb.TaskFailureDetails(error_type="OrchestrationFailed", error_message="the orchestration failed without details")
+    b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, execution_completed=pb.ExecutionCompletedEvent(
+        orchestration_status=pb.OrchestrationStatus(status), result=body.result, failure_details=failure,
+    )))
+    b.step.status = status
+    b.step.output = body.result
+    b.step.failure = bytes(failure) if failure is not None else None
+    parent = b.started.parent_instance if b.started else None
+    if parent is not None and parent.orchestration_instance is not None:
+        if status == int(_S.COMPLETED):
+            event = h.sub_orchestration_completed(b.now, parent.task_scheduled_id, body.result)
+        else:
+            details = h.failure_from_pb(failure) if failure is not None else FailureDetails(
+                "OrchestrationTerminated", f"sub-orchestration {b.instance_id!r} was terminated: {body.result}"
+            )
+            event = h.sub_orchestration_failed(b.now, parent.task_scheduled_id, details)
+        b.message(parent.orchestration_instance.instance_id, event,
+                  execution_id=parent.orchestration_instance.execution_id)
+    return _STOP
+
+
+def _continue_as_new(b: _StepBuilder, body: pb.CompleteOrchestrationAction) -> None:
+    started = b.started or pb.ExecutionStartedEvent()
+    execution_id = new_execution_id()
+    b.step.reset_history = True
+    b.step.new_input = body.result
+    b.step.execution_id = execution_id
+    b.step.status = int(_S.RUNNING)
+    b.step.activities.clear()
+    b.step.new_instances.clear()
+    # Only messages to other instances survive; this execution's own timers die with it.
+    b.step.messages = [m for m in b.step.messages if m.instance_id != b.instance_id]
+    new_start = h.execution_started(
+        b.now, started.name, b.instance_id, execution_id, body.result,
+        version=body.new_version if body.new_version is not None else started.version,
+        parent=started.parent_instance, tags=dict(started.tags) or None,
+    )
+    b.message(b.instance_id, new_start, execution_id=execution_id)
+    for carried in body.carryover_events:
+        b.message(b.instance_id, carried, execution_id=execution_id)
+    b.step.history = []
+
+
+def _fail(b: _StepBuilder, action_id: int, details: FailureDetails) -> None:
+    _complete(b, pb.OrchestratorAction(id=action_id), pb.CompleteOrchestrationAction(
+        orchestration_status=_S.FAILED, failure_details=h.failure_to_pb(details)))
+
+
+def _entity_message(b: _StepBuilder, action: pb.OrchestratorAction, _body: Any) -> object:
+    _fail(b, action.id, FailureDetails(
+        "EntitiesNotSupported",
+        "this orchestration sent an entity message, but durable entities are not supported yet",
+        is_non_retriable=True,
+    ))
+    return _STOP
+
+
+_ACTIONS: dict[str, Callable[[_StepBuilder, pb.OrchestratorAction, Any], object]] = {
+    "schedule_task": _schedule_task,
+    "create_timer": _create_timer,
+    "create_sub_orchestration": _create_sub_orchestration,
+    "send_event": _send_event,
+    "terminate_orchestration": _terminate,
+    "complete_orchestration": _complete,
+    "send_entity_message": _entity_message,
+}
