@@ -1,52 +1,57 @@
-"""dtrio: durable async-def orchestrations on Trio, and a Durable Task gRPC sidecar."""
+"""dtrio: durable async-def orchestrations on Trio, and a Durable Task gRPC sidecar.
 
-from ._pb import OrchestrationStatus
-from .activity import ActivityContext
-from .client import Client, OrchestrationState
-from .errors import (
-    DtrioError,
-    EngineClosed,
-    FailureDetails,
-    InstanceAlreadyExists,
-    InstanceNotFound,
-    InvalidInput,
-    LeaseLost,
-    NonDeterminismError,
-    NotRegistered,
-    OrchestratorAwaitError,
-    SerializationError,
-    StorageError,
-    TaskFailedError,
-)
-from .registry import Registry
-from .replay import OrchestrationContext, Task, when_all, when_any
-from .services import Engine, EngineOptions, open_engine, serve_engine
+Public names are re-exported lazily so that importing a pure part (`dtrio.replay`,
+`dtrio.state`) does not pull in Trio or SQLite.
+"""
 
-__all__ = [
-    "ActivityContext",
-    "Client",
-    "DtrioError",
-    "Engine",
-    "EngineClosed",
-    "EngineOptions",
-    "FailureDetails",
-    "InstanceAlreadyExists",
-    "InstanceNotFound",
-    "InvalidInput",
-    "LeaseLost",
-    "NonDeterminismError",
-    "NotRegistered",
-    "OrchestrationContext",
-    "OrchestrationState",
-    "OrchestrationStatus",
-    "OrchestratorAwaitError",
-    "Registry",
-    "SerializationError",
-    "StorageError",
-    "Task",
-    "TaskFailedError",
-    "open_engine",
-    "serve_engine",
-    "when_all",
-    "when_any",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "OrchestrationStatus": "dtrio._pb",
+    "ActivityContext": "dtrio.activity",
+    "Client": "dtrio.client",
+    "OrchestrationState": "dtrio.client",
+    "Registry": "dtrio.registry",
+    "OrchestrationContext": "dtrio.replay",
+    "Task": "dtrio.replay",
+    "when_all": "dtrio.replay",
+    "when_any": "dtrio.replay",
+    "Engine": "dtrio.services",
+    "EngineOptions": "dtrio.services",
+    "open_engine": "dtrio.services",
+    "serve_engine": "dtrio.services",
+    **{
+        name: "dtrio.errors"
+        for name in (
+            "DtrioError",
+            "EngineClosed",
+            "FailureDetails",
+            "InstanceAlreadyExists",
+            "InstanceNotFound",
+            "InvalidInput",
+            "LeaseLost",
+            "NonDeterminismError",
+            "NotRegistered",
+            "OrchestratorAwaitError",
+            "SerializationError",
+            "StorageError",
+            "TaskFailedError",
+        )
+    },
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dtrio' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -51,22 +51,23 @@ def _options(options: EngineOptions | None, overrides: dict[str, Any]) -> Engine
     return replace(options or EngineOptions(), **overrides)
 
 
-async def serve_engine(
+def _build_engine(
     registry: Registry,
-    *,
-    db: str | os.PathLike[str] | None = DEFAULT_DB,
-    options: EngineOptions | None = None,
-    task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED,
-    **overrides: Any,
-) -> None:
-    """Run an engine until cancelled or until `engine.shutdown()`; `started()` gives the Engine."""
+    db: str | os.PathLike[str] | None,
+    options: EngineOptions | None,
+    overrides: dict[str, Any],
+) -> Engine:
     opts = _options(options, overrides)
     clock = Clock()
     backend = open_sqlite_backend(db, clock, synchronous=opts.synchronous)
+    return Engine(registry, backend, clock, opts)
+
+
+async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -> None:
+    backend, opts = engine.backend, engine.options
     try:
-        engine = Engine(registry, backend, clock, opts)
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_poller, backend, clock, opts.max_poll_interval)
+            await nursery.start(serve_poller, backend, engine.clock, opts.max_poll_interval)
             await nursery.start(engine.orchestrations.dispatcher.serve)
             await nursery.start(engine.activities.serve)
             log.info("engine %s started on %s", engine.owner, getattr(backend, "where", backend))
@@ -81,7 +82,19 @@ async def serve_engine(
             nursery.cancel_scope.cancel()
     finally:
         await backend.aclose()
-        log.info("engine stopped")
+        log.info("engine %s stopped", engine.owner)
+
+
+async def serve_engine(
+    registry: Registry,
+    *,
+    db: str | os.PathLike[str] | None = DEFAULT_DB,
+    options: EngineOptions | None = None,
+    task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED,
+    **overrides: Any,
+) -> None:
+    """Run an engine until cancelled or until `engine.shutdown()`; `started()` gives the Engine."""
+    await _run_engine(_build_engine(registry, db, options, overrides), task_status=task_status)
 
 
 @asynccontextmanager
@@ -97,12 +110,12 @@ async def open_engine(
     `db` is a SQLite file (created if missing), or None / ":memory:" for a throwaway store.
     Keyword overrides set `EngineOptions` fields (e.g. `max_concurrent_activities=50`).
     """
+    # Opening the store here, outside the nursery, lets its errors reach the caller unwrapped.
+    engine = _build_engine(registry, db, options, overrides)
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            engine: Engine = await nursery.start(
-                partial(serve_engine, registry, db=db, options=options, **overrides)
-            )
+            await nursery.start(partial(_run_engine, engine))
             try:
                 yield engine
             except BaseException as exc:
