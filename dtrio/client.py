@@ -19,6 +19,7 @@ from .clock import Clock
 from .errors import FailureDetails, InstanceNotFound, InvalidInput
 from .registry import name_of
 from .state import TERMINAL, NewInstance, from_us, new_execution_id, to_us
+from .wire import encode
 
 OrchestrationStatus = pb.OrchestrationStatus
 
@@ -129,7 +130,8 @@ class Client:
         )
         visible_at = max(to_us(start_at), to_us(now)) if start_at is not None else to_us(now)
         await self._backend.create_instance(NewInstance(
-            iid, execution_id, name, version, data, bytes(started), visible_at, tags=tags,
+            iid, execution_id, name, version, data, encode(started), visible_at, tags=tags,
+            started_event=started,
         ))
         return iid
 
@@ -159,7 +161,8 @@ class Client:
         if not name:
             raise InvalidInput("event name must not be empty")
         encoded = payloads.encode(data, f"data of event {name!r}")
-        await self._backend.add_event(instance_id, bytes(h.event_raised(self._clock.now_dt(), name, encoded)))
+        event = h.event_raised(self._clock.now_dt(), name, encoded)
+        await self._backend.add_event(instance_id, encode(event), decoded=event)
 
     async def _wait(
         self,

@@ -18,6 +18,7 @@ import betterproto2
 from . import _pb as pb
 from . import history as h
 from .errors import FailureDetails
+from .wire import encode
 
 _S = pb.OrchestrationStatus
 TERMINAL = frozenset({int(_S.COMPLETED), int(_S.FAILED), int(_S.TERMINATED), int(_S.CANCELED)})
@@ -51,6 +52,7 @@ class NewInstance:
     visible_at: int
     parent_instance_id: str | None = None
     tags: dict[str, str] | None = None
+    started_event: pb.HistoryEvent | None = None
     # Sent to the parent instead when the ID is already taken (sub-orchestrations only).
     conflict: Message | None = None
 
@@ -63,6 +65,8 @@ class Message:
     event: bytes
     visible_at: int
     execution_id: str | None = None
+    # The event itself, when the sender has it: spares the receiver a parse in this process.
+    decoded: pb.HistoryEvent | None = None
 
 
 @dataclass(slots=True)
@@ -119,7 +123,8 @@ class _StepBuilder:
     def message(self, instance_id: str, event: pb.HistoryEvent, visible_at: int | None = None,
                 execution_id: str | None = None) -> None:
         self.step.messages.append(
-            Message(instance_id, bytes(event), self.now_us if visible_at is None else visible_at, execution_id)
+            Message(instance_id, encode(event), self.now_us if visible_at is None else visible_at,
+                    execution_id, event)
         )
 
 
@@ -136,7 +141,7 @@ def apply_step(
 ) -> OrchestrationStep:
     """Turn one step (the events it consumed and the actions it produced) into a commit plan."""
     b = _StepBuilder(instance_id, execution_id, started, now)
-    history: list[bytes] = [data if data is not None else bytes(ev) for ev, data in new_events]
+    history: list[bytes] = [data if data is not None else encode(ev) for ev, data in new_events]
     b.step.custom_status = custom_status
     b.step.status = int(_S.SUSPENDED if suspended else _S.RUNNING)
     for action in actions:
@@ -152,9 +157,9 @@ def apply_step(
             break
         if handler(b, action, body) is _STOP:
             break
-    history += [bytes(ev) for ev in b.events]
+    history += [encode(ev) for ev in b.events]
     if not b.step.reset_history:
-        history.append(bytes(h.orchestrator_completed(now)))
+        history.append(encode(h.orchestrator_completed(now)))
         b.step.history = history
     return b.step
 
@@ -211,9 +216,10 @@ def _create_sub_orchestration(
         is_non_retriable=True,
     ))
     b.step.new_instances.append(NewInstance(
-        body.instance_id, child_execution, body.name, version, body.input, bytes(started),
+        body.instance_id, child_execution, body.name, version, body.input, encode(started),
         b.now_us, parent_instance_id=b.instance_id, tags=dict(body.tags) or None,
-        conflict=Message(b.instance_id, bytes(conflict), b.now_us, b.execution_id),
+        conflict=Message(b.instance_id, encode(conflict), b.now_us, b.execution_id, conflict),
+        started_event=started,
     ))
 
 
@@ -246,7 +252,7 @@ def _complete(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CompleteO
     )))
     b.step.status = status
     b.step.output = body.result
-    b.step.failure = bytes(failure) if failure is not None else None
+    b.step.failure = encode(failure) if failure is not None else None
     parent = b.started.parent_instance if b.started else None
     if parent is not None and parent.orchestration_instance is not None:
         if status == int(_S.COMPLETED):

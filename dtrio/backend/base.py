@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from .. import _pb as pb
 from ..signals import ChangeBoard, Wakeup
 from ..state import NewInstance, OrchestrationStep
 
@@ -20,6 +21,8 @@ class OrchestrationWorkItem:
     lock_token: str
     step: int  # increases with every committed step; a cached run is current if it matches
     events: list[tuple[int, bytes]]  # (inbox id, serialized HistoryEvent)
+    # Events this process wrote and still holds parsed, by inbox id (a cache, may be empty).
+    decoded: dict[int, pb.HistoryEvent] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -65,12 +68,17 @@ class Backend(Protocol):
     activities_ready: Wakeup
     schedule_changed: Wakeup
     instance_changes: ChangeBoard
+    poller_due: int | None  # set by the poller: work due before this must wake it
+    commits: int  # transactions committed by this process, for the poller's backoff
 
     async def create_instance(self, new: NewInstance) -> None: ...
 
     async def get_instance(self, instance_id: str, *, payloads: bool = True) -> InstanceRecord | None: ...
 
-    async def add_event(self, instance_id: str, event: bytes, *, visible_at: int | None = None) -> None: ...
+    async def add_event(
+        self, instance_id: str, event: bytes, *, visible_at: int | None = None,
+        decoded: pb.HistoryEvent | None = None,
+    ) -> None: ...
 
     async def lease_orchestrations(self, owner: str, limit: int, lease_us: int) -> list[OrchestrationWorkItem]: ...
 
@@ -86,7 +94,9 @@ class Backend(Protocol):
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None: ...
 
-    async def complete_activity(self, item: ActivityWorkItem, result: bytes) -> None: ...
+    async def complete_activity(
+        self, item: ActivityWorkItem, result: bytes, *, decoded: pb.HistoryEvent | None = None
+    ) -> None: ...
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None: ...
 

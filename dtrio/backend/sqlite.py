@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,8 @@ from .. import _pb as pb
 _PENDING = int(pb.OrchestrationStatus.PENDING)
 _RUNNING = int(pb.OrchestrationStatus.RUNNING)
 _SUSPENDED = int(pb.OrchestrationStatus.SUSPENDED)
+
+_DECODED_CACHE = 50_000
 
 _INSTANCE_COLUMNS = (
     "instance_id, execution_id, name, version, status, created_at, updated_at, completed_at, "
@@ -64,6 +67,10 @@ class SqliteBackend:
         # The poller's next wake-up; only work due earlier than this needs to wake it.
         self.poller_due: int | None = None
         self.commits = 0
+        # Parsed events this process inserted, by inbox id; merged only once committed.
+        self._decoded: OrderedDict[int, pb.HistoryEvent] = OrderedDict()
+        self._op_decoded: list[tuple[int, pb.HistoryEvent]] = []
+        self._tx_decoded: list[tuple[int, pb.HistoryEvent]] = []
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -97,9 +104,12 @@ class SqliteBackend:
                 conn.execute("SAVEPOINT op")
                 try:
                     op.result = op.fn(conn)
+                    self._tx_decoded += self._op_decoded
                 except (LeaseLost, InstanceAlreadyExists, InstanceNotFound) as exc:
                     conn.execute("ROLLBACK TO op")
                     op.error = exc
+                finally:
+                    self._op_decoded.clear()
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
         except BaseException as exc:
@@ -114,12 +124,18 @@ class SqliteBackend:
         self._announce()
 
     def _reset_notes(self) -> None:
+        self._tx_decoded.clear()
         self._wake_orchestrations = self._wake_activities = False
         self._earliest_future = None
         self._changed.clear()
 
     def _announce(self) -> None:
         self.commits += 1
+        decoded = self._decoded
+        for inbox_id, event in self._tx_decoded:
+            decoded[inbox_id] = event
+        while len(decoded) > _DECODED_CACHE:
+            decoded.popitem(last=False)
         if self._wake_orchestrations:
             self.orchestrations_ready.set()
         if self._wake_activities:
@@ -142,11 +158,13 @@ class SqliteBackend:
     # -- instances and their inboxes -------------------------------------------------------
 
     def _enqueue(self, conn: sqlite3.Connection, instance_id: str, execution_id: str | None,
-                 event: bytes, visible_at: int, now: int) -> None:
-        conn.execute(
+                 event: bytes, visible_at: int, now: int, decoded: pb.HistoryEvent | None = None) -> None:
+        cur = conn.execute(
             "INSERT INTO inbox (instance_id, execution_id, event, visible_at) VALUES (?, ?, ?, ?)",
             (instance_id, execution_id, event, visible_at),
         )
+        if decoded is not None:
+            self._op_decoded.append((cur.lastrowid, decoded))
         conn.execute(
             "UPDATE instances SET ready_at = min(coalesce(ready_at, ?1), ?1) WHERE instance_id = ?2",
             (visible_at, instance_id),
@@ -163,7 +181,7 @@ class SqliteBackend:
         if message.execution_id is not None and row[0] != message.execution_id:
             return
         self._enqueue(conn, message.instance_id, message.execution_id, message.event,
-                      message.visible_at, now)
+                      message.visible_at, now, message.decoded)
 
     def _insert_instance(self, conn: sqlite3.Connection, new: NewInstance, now: int) -> bool:
         cur = conn.execute(
@@ -176,7 +194,8 @@ class SqliteBackend:
         )
         if cur.rowcount != 1:
             return False
-        self._enqueue(conn, new.instance_id, new.execution_id, new.started, new.visible_at, now)
+        self._enqueue(conn, new.instance_id, new.execution_id, new.started, new.visible_at, now,
+                      new.started_event)
         self._changed.add(new.instance_id)
         return True
 
@@ -206,7 +225,10 @@ class SqliteBackend:
             record.tags = json.loads(row[14]) if row[14] else None
         return record
 
-    async def add_event(self, instance_id: str, event: bytes, *, visible_at: int | None = None) -> None:
+    async def add_event(
+        self, instance_id: str, event: bytes, *, visible_at: int | None = None,
+        decoded: pb.HistoryEvent | None = None,
+    ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             now = self._clock.now_us()
             row = conn.execute(
@@ -216,7 +238,8 @@ class SqliteBackend:
                 raise InstanceNotFound(instance_id)
             if row[0] in TERMINAL:
                 return
-            self._enqueue(conn, instance_id, None, event, now if visible_at is None else visible_at, now)
+            self._enqueue(conn, instance_id, None, event, now if visible_at is None else visible_at,
+                          now, decoded)
 
         await self._write(op)
 
@@ -244,7 +267,11 @@ class SqliteBackend:
                     f"AND visible_at <= ? ORDER BY id",
                     (*items, now),
                 ):
-                    items[instance_id].events.append((inbox_id, event))
+                    item = items[instance_id]
+                    item.events.append((inbox_id, event))
+                    parsed = self._decoded.pop(inbox_id, None)
+                    if parsed is not None:
+                        item.decoded[inbox_id] = parsed
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -265,12 +292,14 @@ class SqliteBackend:
             now = self._clock.now_us()
             iid = item.instance_id
             row = conn.execute(
-                "SELECT history_len, execution_id FROM instances WHERE instance_id = ? AND lock_token = ?",
+                "SELECT history_len, status FROM instances WHERE instance_id = ? AND lock_token = ?",
                 (iid, item.lock_token),
             ).fetchone()
             if row is None:
                 raise LeaseLost(f"lease on orchestration {iid!r} was lost; its step was not saved")
             history_len = row[0]
+            if row[1] != step.status or step.reset_history:
+                self._changed.add(iid)
             if step.reset_history:
                 conn.execute("DELETE FROM history WHERE instance_id = ?", (iid,))
                 conn.execute(
@@ -309,7 +338,6 @@ class SqliteBackend:
             if completed:
                 conn.execute("DELETE FROM inbox WHERE instance_id = ?", (iid,))
             self._refresh_ready(conn, iid, now)
-            self._changed.add(iid)
 
         await self._write(op)
 
@@ -380,7 +408,9 @@ class SqliteBackend:
 
         await self._write(op)
 
-    async def complete_activity(self, item: ActivityWorkItem, result: bytes) -> None:
+    async def complete_activity(
+        self, item: ActivityWorkItem, result: bytes, *, decoded: pb.HistoryEvent | None = None
+    ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
                 "DELETE FROM activities WHERE id = ? AND lock_token = ?", (item.id, item.lock_token)
@@ -391,7 +421,7 @@ class SqliteBackend:
                     "lost; its result was not saved"
                 )
             now = self._clock.now_us()
-            self._deliver(conn, Message(item.instance_id, result, now, item.execution_id), now)
+            self._deliver(conn, Message(item.instance_id, result, now, item.execution_id, decoded), now)
 
         await self._write(op)
 

@@ -52,10 +52,10 @@ def _v1(db: sqlite_utils.Database) -> None:
         pk=("instance_id", "seq"),
         not_null={"event"},
     )
-    db["inbox"].create(
-        {"id": int, "instance_id": str, "execution_id": str, "event": bytes, "visible_at": int},
-        pk="id",
-        not_null={"instance_id", "event", "visible_at"},
+    # AUTOINCREMENT: an inbox ID is never reused, so a process may cache what it inserted.
+    db.execute(
+        "CREATE TABLE inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NULL, "
+        "execution_id TEXT, event BLOB NOT NULL, visible_at INTEGER NOT NULL)"
     )
     db["inbox"].create_index(["instance_id", "visible_at"], index_name="inbox_instance")
     db["activities"].create(

@@ -17,6 +17,7 @@ from ..errors import FailureDetails, LeaseLost
 from ..registry import Registry
 from .dispatch import RELEASE_TIMEOUT, Dispatcher, backoff
 from .options import EngineOptions
+from ..wire import encode
 
 log = logging.getLogger("dtrio.engine")
 
@@ -63,7 +64,7 @@ class ActivityDispatcher:
         self._running[item.id] = item
         try:
             event = await self._invoke(item)
-            await self._backend.complete_activity(item, bytes(event))
+            await self._backend.complete_activity(item, encode(event), decoded=event)
             settled = True
         except LeaseLost as exc:
             settled = True

@@ -59,12 +59,12 @@ class Dispatcher(Generic[Item]):
                         continue
                     self._ready.clear()
                     batch = await self._lease(free)
-                    if not batch:
-                        await self._ready.wait()
-                        continue
                     for item in batch:
                         self.in_flight += 1
                         items.start_soon(self._run_one, item)
+                    if len(batch) < free:
+                        # That was everything available; anything newer sets `ready` again.
+                        await self._ready.wait()
         finally:
             self.finished.set()
 

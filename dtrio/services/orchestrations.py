@@ -84,7 +84,10 @@ class OrchestrationDispatcher:
                 past = [pb.HistoryEvent.parse(data) for data in await self._backend.load_history(item.instance_id)]
             now = self._clock.now_dt()
             new = [(h.orchestrator_started(now), None)]
-            new += [(pb.HistoryEvent.parse(data), data) for _, data in item.events]
+            cached = item.decoded
+            for inbox_id, data in item.events:
+                event = cached.get(inbox_id)
+                new.append((pb.HistoryEvent.parse(data) if event is None else event, data))
             actions = run.feed(past, [event for event, _ in new])
             step = apply_step(
                 item.instance_id, item.execution_id, run.started, new, actions, now,
