@@ -15,9 +15,10 @@ from ..backend import ActivityWorkItem, Backend
 from ..clock import Clock
 from ..errors import FailureDetails, LeaseLost
 from ..registry import Registry
+from ..signals import Wakeup
+from ..wire import encode
 from .dispatch import RELEASE_TIMEOUT, Dispatcher, backoff
 from .options import EngineOptions
-from ..wire import encode
 
 log = logging.getLogger("dtrio.engine")
 
@@ -31,6 +32,7 @@ class ActivityDispatcher:
         self._lease_s = options.activity_lease
         self._lease_us = int(options.activity_lease * 1_000_000)
         self._running: dict[int, ActivityWorkItem] = {}
+        self._started = Wakeup()
         self.dispatcher: Dispatcher[ActivityWorkItem] = Dispatcher(
             "activity",
             options.max_concurrent_activities,
@@ -52,6 +54,9 @@ class ActivityDispatcher:
     async def _renew_leases(self) -> None:
         """Keep the leases of long-running activities alive; only a dead process loses them."""
         while True:
+            if not self._running:
+                # Sleep without a deadline while idle, so a MockClock can jump straight to timers.
+                await self._started.wait()
             await trio.sleep(self._lease_s / 3)
             for item in list(self._running.values()):
                 try:
@@ -62,6 +67,7 @@ class ActivityDispatcher:
     async def _execute(self, item: ActivityWorkItem) -> None:
         settled = False
         self._running[item.id] = item
+        self._started.set()
         try:
             event = await self._invoke(item)
             await self._backend.complete_activity(item, encode(event), decoded=event)
