@@ -7,7 +7,7 @@ moves durable time as fast as the mock clock jumps.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import trio
 
@@ -25,7 +25,7 @@ class Clock:
         return int(self.now() * 1_000_000)
 
     def now_dt(self) -> datetime:
-        return datetime.fromtimestamp(self.now_us() / 1_000_000, tz=timezone.utc)
+        return datetime.fromtimestamp(self.now_us() / 1_000_000, tz=UTC)
 
     def trio_deadline(self, epoch_us: int) -> float:
         """The Trio clock reading at which wall time reaches `epoch_us`."""

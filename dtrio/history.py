@@ -9,11 +9,12 @@ import betterproto2
 
 from . import _pb as pb
 from .errors import FailureDetails
+from .wire import one_of
 
 
 def kind(event: pb.HistoryEvent) -> str:
     """The event's oneof name, e.g. "task_completed"."""
-    return betterproto2.which_one_of(event, "eventType")[0]
+    return one_of(event, "eventType")[0]
 
 
 def failure_to_pb(details: FailureDetails) -> pb.TaskFailureDetails:

@@ -10,19 +10,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
-
-import betterproto2
 
 from . import _pb as pb
 from . import history as h
 from .errors import FailureDetails
-from .wire import encode
+from .wire import encode, one_of
 
 _S = pb.OrchestrationStatus
 TERMINAL = frozenset({int(_S.COMPLETED), int(_S.FAILED), int(_S.TERMINATED), int(_S.CANCELED)})
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_us(when: datetime) -> int:
@@ -32,7 +30,7 @@ def to_us(when: datetime) -> int:
 
 
 def from_us(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
 
 
 def new_execution_id() -> str:
@@ -145,7 +143,7 @@ def apply_step(
     b.step.custom_status = custom_status
     b.step.status = int(_S.SUSPENDED if suspended else _S.RUNNING)
     for action in actions:
-        kind, body = betterproto2.which_one_of(action, "orchestratorActionType")
+        kind, body = one_of(action, "orchestratorActionType")
         handler = _ACTIONS.get(kind)
         if handler is None:
             _fail(b, action.id, FailureDetails(

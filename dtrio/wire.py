@@ -9,14 +9,15 @@ across every message kind), so either may be used anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import betterproto2
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _VARINT = frozenset({betterproto2.TYPE_ENUM, betterproto2.TYPE_BOOL, betterproto2.TYPE_INT32,
                      betterproto2.TYPE_INT64, betterproto2.TYPE_UINT32, betterproto2.TYPE_UINT64})
@@ -32,11 +33,9 @@ _K_VARINT, _K_ZIGZAG, _K_FIXED, _K_STRING, _K_BYTES, _K_MESSAGE, _K_WRAPPED, _K_
     _K_STRINGVALUE, _K_REPEATED, _K_MAP = range(11)
 
 
-def varint(value: int) -> bytes:
+def _varint_slow(value: int) -> bytes:
     if value < 0:
         value += 1 << 64
-    if value < 0x80:
-        return bytes((value,))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -45,11 +44,26 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+_SMALL = [_varint_slow(i) for i in range(1 << 14)]
+
+
+_MINUS_ONE = _varint_slow(-1)  # every event's eventId that names no action
+
+
+def varint(value: int) -> bytes:
+    if 0 <= value < 16384:
+        return _SMALL[value]
+    if value == -1:
+        return _MINUS_ONE
+    return _varint_slow(value)
+
+
 def _key(number: int, wire: int) -> bytes:
     return varint((number << 3) | wire)
 
 
-_PLANS: dict[type, list[tuple[Any, ...]]] = {}
+# Per message class: field name -> (kind, key, default, extra), in declaration order.
+_PLANS: dict[type, dict[str, tuple[Any, ...]]] = {}
 
 
 def encode(message: betterproto2.Message) -> bytes:
@@ -63,9 +77,16 @@ def _encode_into(message: betterproto2.Message, out: bytearray) -> None:
     plan = _PLANS.get(type(message))
     if plan is None:
         plan = _compile(type(message))
-    for name, kind, key, default, extra in plan:
-        value = getattr(message, name)
-        if value is None or value == default:
+    # Instance attributes are in field declaration order (dataclass __init__ order), which is
+    # the order betterproto2 writes; walking them skips unset oneof members cheaply.
+    for name, value in message.__dict__.items():
+        if value is None:
+            continue
+        step = plan.get(name)
+        if step is None:
+            continue
+        kind, key, default, extra = step
+        if value == default:
             continue
         if kind == _K_STRING:
             data = value.encode()
@@ -104,7 +125,15 @@ def _encode_len_delimited(message: betterproto2.Message, out: bytearray) -> None
     out += body
 
 
+_last_timestamp: tuple[datetime, bytes] | None = None
+
+
 def _timestamp(when: datetime) -> bytes:
+    # The events of one step share one timestamp: remember the last one encoded.
+    global _last_timestamp
+    last = _last_timestamp
+    if last is not None and last[0] is when:
+        return last[1]
     if when.tzinfo is None:
         raise ValueError("datetime must be timezone aware")
     offset = when - _EPOCH
@@ -117,7 +146,9 @@ def _timestamp(when: datetime) -> bytes:
     if us:
         body += b"\x10"
         body += varint(us * 1000)
-    return varint(len(body)) + body
+    data = varint(len(body)) + body
+    _last_timestamp = (when, data)
+    return data
 
 
 def _single(kind: int, value: Any, extra: Any) -> bytes:
@@ -193,12 +224,15 @@ def _field_kind(meta: Any) -> tuple[int, int, Any]:
     raise NotImplementedError(f"protobuf type {proto_type}")
 
 
-def _compile(cls: type) -> list[tuple[Any, ...]]:
+def _compile(cls: type) -> dict[str, tuple[Any, ...]]:
     proto = cls._betterproto  # type: ignore[attr-defined]
-    plan: list[tuple[Any, ...]] = []
+    plan: dict[str, tuple[Any, ...]] = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         defaults = {name: gen() for name, gen in proto.default_gen.items()}
+    declared = [f.name for f in dataclasses.fields(cls)]
+    if declared != list(proto.meta_by_field_name):
+        raise TypeError(f"{cls.__name__}: field order differs from its protobuf metadata")
     for name, meta in proto.meta_by_field_name.items():
         default = defaults[name]
         if meta.map_meta:
@@ -206,14 +240,32 @@ def _compile(cls: type) -> list[tuple[Any, ...]]:
             kkind, kwire, kextra = _field_kind(kmeta)
             vkind, vwire, vextra = _field_kind(vmeta)
             extra = ((kkind, kextra, _key(1, kwire)), (vkind, vextra, _key(2, vwire)))
-            plan.append((name, _K_MAP, _key(meta.number, 2), default, extra))
+            plan[name] = (_K_MAP, _key(meta.number, 2), default, extra)
         elif meta.repeated:
             kind, wire, item_extra = _field_kind(meta)
             packed = meta.proto_type in betterproto2.PACKED_TYPES
-            plan.append((name, _K_REPEATED, _key(meta.number, 2), default,
-                         (kind, _key(meta.number, wire), item_extra, packed)))
+            plan[name] = (_K_REPEATED, _key(meta.number, 2), default,
+                          (kind, _key(meta.number, wire), item_extra, packed))
         else:
             kind, wire, extra = _field_kind(meta)
-            plan.append((name, kind, _key(meta.number, wire), default, extra))
+            plan[name] = (kind, _key(meta.number, wire), default, extra)
     _PLANS[cls] = plan
     return plan
+
+
+_GROUPS: dict[tuple[type, str], frozenset[str]] = {}
+
+
+def one_of(message: betterproto2.Message, group: str) -> tuple[str, Any]:
+    """(field name, value) of the set member of a oneof, like `betterproto2.which_one_of`
+    but without a getattr per member."""
+    members = _GROUPS.get((type(message), group))
+    if members is None:
+        members = frozenset(
+            f.name for f in message._betterproto.oneof_field_by_group[group]  # type: ignore[attr-defined]
+        )
+        _GROUPS[(type(message), group)] = members
+    for name, value in message.__dict__.items():
+        if value is not None and name in members:
+            return name, value
+    return "", None

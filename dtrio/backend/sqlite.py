@@ -17,13 +17,13 @@ from typing import Any
 
 import trio
 
+from .. import _pb as pb
 from ..clock import Clock
 from ..errors import InstanceAlreadyExists, InstanceNotFound, LeaseLost, StorageError
 from ..signals import ChangeBoard, Wakeup
 from ..state import TERMINAL, Message, NewInstance, OrchestrationStep
 from .base import ActivityWorkItem, InstanceRecord, OrchestrationWorkItem
 from .sqlite_schema import check_and_migrate
-from .. import _pb as pb
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
 _RUNNING = int(pb.OrchestrationStatus.RUNNING)
@@ -39,7 +39,7 @@ _PAYLOAD_COLUMNS = ", input, output, custom_status, failure, tags"
 
 
 class _Op:
-    __slots__ = ("fn", "done", "error", "result")
+    __slots__ = ("done", "error", "fn", "result")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
         self.fn = fn

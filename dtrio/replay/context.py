@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import _pb as pb
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .executor import OrchestrationRun
 
 _UUID_NAMESPACE = uuid.UUID("9e952958-5e33-4daf-827f-2fa12937b875")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class DurableTask(Task[Any]):
@@ -46,7 +46,7 @@ class _EventTimeout(DurableTask):
     arrived changes nothing, and a later wait for the same name gets its own timer.
     """
 
-    __slots__ = ("wait", "waiters", "_timeout")
+    __slots__ = ("_timeout", "wait", "waiters")
 
     def __init__(self, wait: ExternalEventTask, waiters: deque[ExternalEventTask], timeout: timedelta):
         super().__init__(f"timeout of wait for event {wait.name!r}")
@@ -166,5 +166,5 @@ class OrchestrationContext:
         if isinstance(fire_at, datetime):
             if fire_at.tzinfo is None:
                 raise InvalidInput("timer fire time must be timezone-aware (use UTC)")
-            return fire_at.astimezone(timezone.utc)
+            return fire_at.astimezone(UTC)
         raise InvalidInput(f"timer needs a datetime or a timedelta, got {type(fire_at).__name__}")

@@ -11,8 +11,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import betterproto2
-
 from .. import _pb as pb
 from .. import payloads
 from ..errors import (
@@ -22,6 +20,7 @@ from ..errors import (
     TaskFailedError,
 )
 from ..history import failure_from_exception, failure_from_pb, failure_to_pb
+from ..wire import one_of
 from .context import DurableTask, OrchestrationContext
 from .tasks import Task
 
@@ -39,13 +38,13 @@ _SCHEDULING_EVENTS = {
 def describe_action(action: pb.OrchestratorAction | None) -> str:
     if action is None:
         return "nothing"
-    kind, body = betterproto2.which_one_of(action, "orchestratorActionType")
+    kind, body = one_of(action, "orchestratorActionType")
     name = getattr(body, "name", None)
     return f"{kind}(id={action.id}{f', name={name!r}' if name else ''})"
 
 
 def _describe_event(event: pb.HistoryEvent) -> str:
-    kind, body = betterproto2.which_one_of(event, "eventType")
+    kind, body = one_of(event, "eventType")
     name = getattr(body, "name", None)
     return f"{kind}(id={event.event_id}{f', name={name!r}' if name else ''})"
 
@@ -96,7 +95,7 @@ class OrchestrationRun:
     def _process(self, event: pb.HistoryEvent) -> None:
         if self.is_done:
             return
-        kind, body = betterproto2.which_one_of(event, "eventType")
+        kind, body = one_of(event, "eventType")
         if self._suspended and kind not in ("execution_resumed", "execution_terminated"):
             self._held.append(event)
             return
@@ -140,11 +139,11 @@ class OrchestrationRun:
         action = self._pending_actions.pop(event.event_id, None)
         expected = _SCHEDULING_EVENTS[kind]
         actual_kind = (
-            betterproto2.which_one_of(action, "orchestratorActionType")[0] if action else None
+            one_of(action, "orchestratorActionType")[0] if action else None
         )
-        recorded_name = getattr(betterproto2.which_one_of(event, "eventType")[1], "name", None)
+        recorded_name = getattr(one_of(event, "eventType")[1], "name", None)
         actual_name = (
-            getattr(betterproto2.which_one_of(action, "orchestratorActionType")[1], "name", None)
+            getattr(one_of(action, "orchestratorActionType")[1], "name", None)
             if action
             else None
         )
@@ -279,7 +278,7 @@ def _on_execution_started(run: OrchestrationRun, event: pb.HistoryEvent, body: p
 
 
 def _on_scheduled(run: OrchestrationRun, event: pb.HistoryEvent, _body: Any) -> None:
-    run._match_scheduled(event, betterproto2.which_one_of(event, "eventType")[0])
+    run._match_scheduled(event, one_of(event, "eventType")[0])
 
 
 def _on_task_completed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:

@@ -11,7 +11,7 @@ T = TypeVar("T")
 class Task(Generic[T]):
     """A durable step. Awaiting it suspends the orchestrator until history completes it."""
 
-    __slots__ = ("_done", "_value", "_exc", "_parents")
+    __slots__ = ("_done", "_exc", "_parents", "_value")
 
     def __init__(self) -> None:
         self._done = False

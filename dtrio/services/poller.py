@@ -32,8 +32,7 @@ async def serve_poller(
             # Back off while this process is idle; others' work shows up within the cap.
             poll = _MIN_POLL if backend.commits != seen_commits else min(poll * 2, max_poll_interval)
             seen_commits = backend.commits
-            if trio.current_time() + poll < deadline:
-                deadline = trio.current_time() + poll
+            deadline = min(deadline, trio.current_time() + poll)
         with trio.move_on_at(deadline) as timer:
             await backend.schedule_changed.wait()
         if timer.cancelled_caught:

@@ -1,6 +1,6 @@
 """The pure replay core: history in, actions out. No Trio, no storage."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import betterproto2
 import pytest
@@ -10,7 +10,7 @@ from dtrio import _pb as pb
 from dtrio import history as h
 from dtrio.replay import OrchestrationRun
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 registry = dtrio.Registry()
 
 
@@ -294,7 +294,7 @@ def test_non_serializable_input_is_an_error_at_the_call_site():
     assert "input of activity 'x' cannot be serialized to JSON" in done.result
 
 
-@pytest.mark.parametrize("module", ["dtrio.replay", "dtrio.state", "dtrio.history", "dtrio.payloads"])
+@pytest.mark.parametrize("module", ["dtrio.replay", "dtrio.state", "dtrio.history", "dtrio.payloads", "dtrio.wire"])
 def test_pure_modules_import_no_trio_or_sqlite(module):
     import subprocess
     import sys
