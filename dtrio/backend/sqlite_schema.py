@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from ..errors import StorageError
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 APPLICATION = "dtrio"
 SCHEMA_VERSION = 1
 
 
-def _v1(db: sqlite_utils.Database) -> None:
+def _v1(db: "sqlite_utils.Database") -> None:
     db["instances"].create(
         {
             "instance_id": str,
@@ -81,7 +83,7 @@ def _v1(db: sqlite_utils.Database) -> None:
 
 
 # Index i upgrades a store from version i to i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -109,6 +111,8 @@ def check_and_migrate(conn: sqlite3.Connection, where: str) -> None:
             )
     if version == SCHEMA_VERSION:
         return
+    import sqlite_utils  # only needed to create or upgrade a store; slow to import
+
     db = sqlite_utils.Database(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
