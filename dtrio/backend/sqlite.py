@@ -81,10 +81,13 @@ class SqliteBackend:
     async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run `fn` in a transaction shared with every write queued in the same scheduling tick."""
         self._check_open()
+        # Cancelled may be raised only before the op is queued: once queued, a neighbour's flush
+        # may commit it, so a write that raised Cancelled would have happened after all.
+        await trio.lowlevel.checkpoint_if_cancelled()
         op = _Op(fn)
         self._queue.append(op)
         try:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
         except BaseException:
             if not op.done:
                 self._queue.remove(op)
@@ -105,9 +108,13 @@ class SqliteBackend:
                 try:
                     op.result = op.fn(conn)
                     self._tx_decoded += self._op_decoded
-                except (LeaseLost, InstanceAlreadyExists, InstanceNotFound) as exc:
+                except Exception as exc:
+                    # One failing write must not take the rest of the batch down with it.
                     conn.execute("ROLLBACK TO op")
-                    op.error = exc
+                    op.error = (
+                        StorageError(f"the store {self.where} refused a write: {exc}")
+                        if isinstance(exc, sqlite3.Error) else exc
+                    )
                 finally:
                     self._op_decoded.clear()
                 conn.execute("RELEASE op")
@@ -247,6 +254,7 @@ class SqliteBackend:
 
     async def lease_orchestrations(self, owner: str, limit: int, lease_us: int) -> list[OrchestrationWorkItem]:
         self._check_open()
+        await trio.lowlevel.checkpoint_if_cancelled()  # never take leases we cannot hand out
         conn = self._conn
         now = self._clock.now_us()
         conn.execute("BEGIN IMMEDIATE")
@@ -276,7 +284,7 @@ class SqliteBackend:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return list(items.values())
 
     async def load_history(self, instance_id: str) -> list[bytes]:
@@ -378,6 +386,7 @@ class SqliteBackend:
 
     async def lease_activities(self, owner: str, limit: int, lease_us: int) -> list[ActivityWorkItem]:
         self._check_open()
+        await trio.lowlevel.checkpoint_if_cancelled()  # never take leases we cannot hand out
         now = self._clock.now_us()
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
@@ -394,7 +403,7 @@ class SqliteBackend:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return [ActivityWorkItem(*r) for r in sorted(rows)]
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None:

@@ -1,7 +1,7 @@
 """dtrio.wire.encode must produce exactly the bytes betterproto2 produces, for every message."""
 
 import inspect
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import betterproto2
 import pytest
@@ -32,8 +32,8 @@ def sample(meta, variant, depth):
         if meta.unwrap is not None:
             wrapper = meta.unwrap()
             if wrapper.__name__ == "Timestamp":
-                base = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
-                return [base, datetime(1970, 1, 1, tzinfo=timezone.utc), base - timedelta(days=30000)][variant % 3]
+                base = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+                return [base, datetime(1970, 1, 1, tzinfo=UTC), base - timedelta(days=30000)][variant % 3]
             if wrapper.__name__ == "Duration":
                 return [timedelta(seconds=5, microseconds=3), timedelta(0)][variant % 2]
             if wrapper.__name__ == "StringValue":
