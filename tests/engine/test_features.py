@@ -350,3 +350,31 @@ async def test_shutdown_lets_in_flight_activities_finish_within_grace(autojump_c
         state = await engine.client.wait_for_orchestration_completion("slow", timeout=1000)
     assert state.runtime_status == S.COMPLETED
     assert finished == [2, 100]
+
+
+async def test_local_work_wakes_dispatchers_without_polling(autojump_clock, tmp_path):
+    # An hour between polls: only in-process wakeups can make this take no virtual time.
+    async with dtrio.open_engine(registry, db=tmp_path / "w.sqlite3", max_poll_interval=3600) as engine:
+        begin = trio.current_time()
+        state = await run(engine, sequence)
+        assert state.runtime_status == S.COMPLETED
+        assert trio.current_time() - begin < 0.001
+
+
+async def test_work_written_by_another_process_is_found_by_polling(autojump_clock, tmp_path):
+    from dtrio.backend import open_sqlite_backend
+    from dtrio.client import Client
+    from dtrio.clock import Clock
+
+    db = tmp_path / "shared.sqlite3"
+    async with dtrio.open_engine(registry, db=db, max_poll_interval=2.0) as engine:
+        await trio.sleep(60)  # idle: the poller has backed off to its 2-second cap
+        other = open_sqlite_backend(db, Clock())  # a second connection, as another process has
+        try:
+            iid = await Client(other, Clock(), poll_interval=None).schedule_new_orchestration(sequence)
+        finally:
+            await other.aclose()
+        begin = trio.current_time()
+        state = await engine.client.wait_for_orchestration_completion(iid, timeout=10)
+        assert state.output == ["Hello, Tokyo!", "Hello, London!", "Hello, Seattle!"]
+        assert trio.current_time() - begin <= 2.0 + 0.001
