@@ -172,9 +172,12 @@ class SqliteBackend:
         )
         if decoded is not None:
             self._op_decoded.append((cur.lastrowid, decoded))
+        # A pending instance becomes ready when its start comes due, not when an early event
+        # arrives: the event waits in the inbox for the orchestration to begin.
         conn.execute(
-            "UPDATE instances SET ready_at = min(coalesce(ready_at, ?1), ?1) WHERE instance_id = ?2",
-            (visible_at, instance_id),
+            "UPDATE instances SET ready_at = min(coalesce(ready_at, ?1), ?1) WHERE instance_id = ?2 "
+            "AND (status != ?3 OR ready_at IS NULL)",
+            (visible_at, instance_id, _PENDING),
         )
         self._note_visible(visible_at, now)
 

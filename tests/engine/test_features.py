@@ -378,3 +378,15 @@ async def test_work_written_by_another_process_is_found_by_polling(autojump_cloc
         state = await engine.client.wait_for_orchestration_completion(iid, timeout=10)
         assert state.output == ["Hello, Tokyo!", "Hello, London!", "Hello, Seattle!"]
         assert trio.current_time() - begin <= 2.0 + 0.001
+
+
+async def test_event_raised_before_a_scheduled_start_waits_for_it(autojump_clock):
+    async with open_test_engine(registry) as engine:
+        start_at = engine.clock.now_dt() + timedelta(hours=1)
+        iid = await engine.client.schedule_new_orchestration(approval, start_at=start_at)
+        await engine.client.raise_orchestration_event(iid, "Approval", "early")
+        await trio.sleep(1800)
+        assert (await engine.client.get_orchestration_state(iid)).runtime_status == S.PENDING
+        state = await engine.client.wait_for_orchestration_completion(iid)
+    assert state.output == "early"
+    assert state.completed_at >= start_at
