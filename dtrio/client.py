@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,9 +14,9 @@ import trio
 from . import _pb as pb
 from . import history as h
 from . import payloads
-from .backend import Backend, InstanceRecord
+from .backend import Backend, InstanceQuery, InstanceRecord
 from .clock import Clock
-from .errors import FailureDetails, InstanceNotFound, InvalidInput
+from .errors import FailureDetails, InstanceNotFound, InvalidInput, InvalidOperation
 from .registry import name_of
 from .state import TERMINAL, NewInstance, from_us, new_execution_id, to_us
 from .wire import encode
@@ -100,6 +100,35 @@ def _seconds(timeout: float | timedelta | None) -> float:
     return seconds
 
 
+@dataclass(frozen=True, slots=True)
+class ReusePolicy:
+    """What starting an instance does when its ID is taken: replace an existing instance whose
+    status is in `replace`, keep it (and start nothing) when in `ignore`, else refuse with
+    `InstanceAlreadyExists`. Replacing a running instance discards it without a trace."""
+
+    replace: frozenset[pb.OrchestrationStatus] = frozenset()
+    ignore: frozenset[pb.OrchestrationStatus] = frozenset()
+
+    def __post_init__(self) -> None:
+        both = set(self.replace) & set(self.ignore)
+        if both:
+            raise InvalidInput(f"statuses {sorted(s.name for s in both)} are both replaced and ignored")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    states: list[OrchestrationState]
+    continuation_token: str | None  # pass back for the next page; None on the last page
+
+
+def _us(when: datetime | None, what: str) -> int | None:
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        raise InvalidInput(f"{what} must be timezone-aware (use UTC)")
+    return to_us(when)
+
+
 class Client:
     def __init__(self, backend: Backend, clock: Clock, *, poll_interval: float | None) -> None:
         self._backend = backend
@@ -116,8 +145,10 @@ class Client:
         start_at: datetime | None = None,
         version: str | None = None,
         tags: dict[str, str] | None = None,
+        reuse_policy: ReusePolicy | None = None,
     ) -> str:
-        """Start an instance and return its ID. A duplicate ID raises `InstanceAlreadyExists`."""
+        """Start an instance and return its ID. A taken ID raises `InstanceAlreadyExists`
+        unless `reuse_policy` says to replace or keep the existing instance."""
         name = name_of(orchestrator, "orchestrator")
         iid = validate_instance_id(instance_id) if instance_id is not None else uuid.uuid4().hex
         data = payloads.encode(input, f"input of orchestrator {name!r}")
@@ -129,10 +160,13 @@ class Client:
             now, name, iid, execution_id, data, version=version, scheduled_start=start_at, tags=tags,
         )
         visible_at = max(to_us(start_at), to_us(now)) if start_at is not None else to_us(now)
-        await self._backend.create_instance(NewInstance(
-            iid, execution_id, name, version, data, encode(started), visible_at, tags=tags,
-            started_event=started,
-        ))
+        policy = reuse_policy or ReusePolicy()
+        await self._backend.create_instance(
+            NewInstance(iid, execution_id, name, version, data, encode(started), visible_at,
+                        tags=tags, started_event=started),
+            replace=frozenset(int(s) for s in policy.replace),
+            ignore=frozenset(int(s) for s in policy.ignore),
+        )
         return iid
 
     async def get_orchestration_state(
@@ -162,6 +196,97 @@ class Client:
             raise InvalidInput("event name must not be empty")
         encoded = payloads.encode(data, f"data of event {name!r}")
         event = h.event_raised(self._clock.now_dt(), name, encoded)
+        await self._backend.add_event(instance_id, encode(event), decoded=event)
+
+    async def suspend_orchestration(self, instance_id: str, reason: str | None = None) -> None:
+        """Stop processing events until resumed (they are kept). No-op for finished instances."""
+        await self._send(instance_id, h.execution_suspended(self._clock.now_dt(), reason))
+
+    async def resume_orchestration(self, instance_id: str, reason: str | None = None) -> None:
+        """Process the events held while suspended. No-op unless suspended."""
+        await self._send(instance_id, h.execution_resumed(self._clock.now_dt(), reason))
+
+    async def terminate_orchestration(
+        self, instance_id: str, *, output: Any = None, recursive: bool = True
+    ) -> None:
+        """End an instance as TERMINATED with `output`; with `recursive`, its live
+        sub-orchestrations too. No-op for finished instances."""
+        data = payloads.encode(output, "output of terminate")
+        event = h.execution_terminated(self._clock.now_dt(), data, recursive)
+        await self._backend.add_event(instance_id, encode(event), decoded=event, wake_pending=True)
+
+    async def purge_orchestration(self, instance_id: str, *, recursive: bool = True) -> int:
+        """Delete a finished instance's state and history (with `recursive`, its finished
+        sub-orchestrations' too). Returns the number deleted: 0 if unknown or not finished."""
+        return await self._backend.purge_instance(instance_id, recursive=recursive)
+
+    async def purge_orchestrations(
+        self,
+        *,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        statuses: Iterable[pb.OrchestrationStatus] | None = None,
+    ) -> int:
+        """Delete every finished instance created in [created_from, created_to) with one of
+        `statuses` (any finished status when None). Returns the number deleted."""
+        return await self._backend.purge_instances(
+            _us(created_from, "created_from"), _us(created_to, "created_to"),
+            frozenset(int(s) for s in statuses) if statuses else None,
+        )
+
+    async def query_orchestrations(
+        self,
+        *,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        statuses: Iterable[pb.OrchestrationStatus] | None = None,
+        instance_id_prefix: str | None = None,
+        page_size: int = 100,
+        continuation_token: str | None = None,
+        fetch_inputs_and_outputs: bool = False,
+    ) -> QueryResult:
+        """One page of instances, oldest first; stable while instances are added."""
+        page = await self._backend.query_instances(InstanceQuery(
+            _us(created_from, "created_from"), _us(created_to, "created_to"),
+            frozenset(int(s) for s in statuses) if statuses else None,
+            instance_id_prefix, page_size, continuation_token, fetch_inputs_and_outputs,
+        ))
+        return QueryResult(
+            [OrchestrationState.from_record(r) for r in page.instances], page.continuation_token
+        )
+
+    async def restart_orchestration(
+        self, instance_id: str, *, restart_with_new_instance_id: bool = False
+    ) -> str:
+        """Run a finished instance again with its original input; returns the instance ID."""
+        record = await self._backend.get_instance(instance_id, payloads=True)
+        if record is None:
+            raise InstanceNotFound(instance_id)
+        if record.status not in TERMINAL:
+            raise InvalidOperation(
+                f"cannot restart orchestration {instance_id!r}: it is "
+                f"{pb.OrchestrationStatus(record.status).name}; only finished instances restart"
+            )
+        now = self._clock.now_dt()
+        new_id = uuid.uuid4().hex if restart_with_new_instance_id else instance_id
+        execution_id = new_execution_id()
+        started = h.execution_started(
+            now, record.name, new_id, execution_id, record.input, version=record.version,
+            tags=record.tags,
+        )
+        await self._backend.create_instance(
+            NewInstance(new_id, execution_id, record.name, record.version, record.input,
+                        encode(started), to_us(now), tags=record.tags, started_event=started),
+            replace=TERMINAL,
+        )
+        return new_id
+
+    async def rewind_orchestration(self, instance_id: str, reason: str | None = None) -> None:
+        """Resume a FAILED instance from its failed activities and sub-orchestrations;
+        what succeeded is not run again. Other statuses raise `InvalidOperation`."""
+        await self._backend.rewind_instance(instance_id, reason)
+
+    async def _send(self, instance_id: str, event: pb.HistoryEvent) -> None:
         await self._backend.add_event(instance_id, encode(event), decoded=event)
 
     async def _wait(

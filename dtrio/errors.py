@@ -73,3 +73,8 @@ class LeaseLost(DtrioError):
 
 class EngineClosed(DtrioError):
     """The engine is shutting down or has shut down."""
+
+
+class InvalidOperation(DtrioError):
+    """The instance's state does not allow this (rewind a completed instance, restart a
+    running one, ...)."""

@@ -51,8 +51,10 @@ class NewInstance:
     parent_instance_id: str | None = None
     tags: dict[str, str] | None = None
     started_event: pb.HistoryEvent | None = None
-    # Sent to the parent instead when the ID is already taken (sub-orchestrations only).
+    # Sent to the parent instead when the ID is taken by a live instance (sub-orchestrations).
     conflict: Message | None = None
+    # Sub-orchestrations replace a finished instance of the same ID (a retry with an explicit ID).
+    replace_finished: bool = False
 
 
 @dataclass(slots=True)
@@ -79,6 +81,16 @@ class ActivityTask:
 
 
 @dataclass(slots=True)
+class ChildRewind:
+    """A sub-orchestration to rewind with its parent (or to start again if it was purged)."""
+
+    instance_id: str
+    reason: str | None
+    parent_execution_id: str
+    recreate: NewInstance
+
+
+@dataclass(slots=True)
 class OrchestrationStep:
     """Everything one orchestration work item changes, committed in one transaction."""
 
@@ -93,6 +105,9 @@ class OrchestrationStep:
     activities: list[ActivityTask] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     new_instances: list[NewInstance] = field(default_factory=list)
+    # Terminated recursively: live sub-orchestrations are terminated too, with the same output.
+    terminate_children: bool = False
+    rewind_children: list[ChildRewind] = field(default_factory=list)
 
     @property
     def completed(self) -> bool:
@@ -114,6 +129,7 @@ class _StepBuilder:
         self.now_us = to_us(now)
         self.events: list[pb.HistoryEvent] = []
         self.step = OrchestrationStep([], execution_id, int(_S.RUNNING), None)
+        self.terminate_recursive = False
 
     def add(self, event: pb.HistoryEvent) -> None:
         self.events.append(event)
@@ -140,6 +156,9 @@ def apply_step(
     """Turn one step (the events it consumed and the actions it produced) into a commit plan."""
     b = _StepBuilder(instance_id, execution_id, started, now)
     history: list[bytes] = [data if data is not None else encode(ev) for ev, data in new_events]
+    b.terminate_recursive = any(
+        ev.execution_terminated is not None and ev.execution_terminated.recurse for ev, _ in new_events
+    )
     b.step.custom_status = custom_status
     b.step.status = int(_S.SUSPENDED if suspended else _S.RUNNING)
     for action in actions:
@@ -217,6 +236,7 @@ def _create_sub_orchestration(
         body.instance_id, child_execution, body.name, version, body.input, encode(started),
         b.now_us, parent_instance_id=b.instance_id, tags=dict(body.tags) or None,
         conflict=Message(b.instance_id, encode(conflict), b.now_us, b.execution_id, conflict),
+        replace_finished=True,
         started_event=started,
     ))
 
@@ -251,6 +271,8 @@ def _complete(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CompleteO
     b.step.status = status
     b.step.output = body.result
     b.step.failure = encode(failure) if failure is not None else None
+    if status == int(_S.TERMINATED) and b.terminate_recursive:
+        b.step.terminate_children = True
     parent = b.started.parent_instance if b.started else None
     if parent is not None and parent.orchestration_instance is not None:
         if status == int(_S.COMPLETED):
@@ -287,6 +309,50 @@ def _continue_as_new(b: _StepBuilder, body: pb.CompleteOrchestrationAction) -> N
     b.step.history = []
 
 
+def _rewind(b: _StepBuilder, _action: pb.OrchestratorAction, body: pb.RewindOrchestrationAction) -> object:
+    history = list(body.new_history)
+    started = next((e.execution_started for e in history if e.execution_started is not None), None)
+    execution_id = b.execution_id
+    if started is not None and started.orchestration_instance and started.orchestration_instance.execution_id:
+        execution_id = started.orchestration_instance.execution_id
+    reason = next(
+        (e.execution_rewound.reason for e in reversed(history) if e.execution_rewound is not None), None
+    )
+    b.step = OrchestrationStep(
+        [encode(e) for e in history], execution_id, int(_S.RUNNING), b.step.custom_status,
+        reset_history=True, new_input=started.input if started is not None else None,
+    )
+    finished = {
+        e.sub_orchestration_instance_completed.task_scheduled_id
+        for e in history if e.sub_orchestration_instance_completed is not None
+    }
+    for event in history:
+        created = event.sub_orchestration_instance_created
+        if created is None or event.event_id in finished:
+            continue
+        parent = pb.ParentInstanceInfo(
+            task_scheduled_id=event.event_id,
+            name=started.name if started else None,
+            version=started.version if started else None,
+            orchestration_instance=pb.OrchestrationInstance(instance_id=b.instance_id, execution_id=execution_id),
+        )
+        child_execution = new_execution_id()
+        child_start = h.execution_started(
+            b.now, created.name, created.instance_id, child_execution, created.input,
+            version=created.version, parent=parent,
+        )
+        b.step.rewind_children.append(ChildRewind(
+            created.instance_id, reason, execution_id,
+            NewInstance(created.instance_id, child_execution, created.name, created.version,
+                        created.input, encode(child_start), b.now_us,
+                        parent_instance_id=b.instance_id, started_event=child_start),
+        ))
+    # A lone orchestratorStarted makes the instance run again, replaying the clean history.
+    b.message(b.instance_id, h.orchestrator_started(b.now), execution_id=execution_id)
+    b.events.clear()
+    return _STOP
+
+
 def _fail(b: _StepBuilder, action_id: int, details: FailureDetails) -> None:
     _complete(b, pb.OrchestratorAction(id=action_id), pb.CompleteOrchestrationAction(
         orchestration_status=_S.FAILED, failure_details=h.failure_to_pb(details)))
@@ -309,4 +375,5 @@ _ACTIONS: dict[str, Callable[[_StepBuilder, pb.OrchestratorAction, Any], object]
     "terminate_orchestration": _terminate,
     "complete_orchestration": _complete,
     "send_entity_message": _entity_message,
+    "rewind_orchestration": _rewind,
 }

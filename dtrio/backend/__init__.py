@@ -1,11 +1,20 @@
 """Storage: the `Backend` contract and its implementations."""
 
-from .base import ActivityWorkItem, Backend, InstanceRecord, OrchestrationWorkItem
+from .base import (
+    ActivityWorkItem,
+    Backend,
+    InstancePage,
+    InstanceQuery,
+    InstanceRecord,
+    OrchestrationWorkItem,
+)
 from .sqlite import SqliteBackend, open_sqlite_backend
 
 __all__ = [
     "ActivityWorkItem",
     "Backend",
+    "InstancePage",
+    "InstanceQuery",
     "InstanceRecord",
     "OrchestrationWorkItem",
     "SqliteBackend",

@@ -57,6 +57,23 @@ class InstanceRecord:
     tags: dict[str, str] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceQuery:
+    created_from: int | None = None  # microseconds since the epoch, inclusive
+    created_to: int | None = None  # exclusive
+    statuses: frozenset[int] | None = None
+    instance_id_prefix: str | None = None
+    page_size: int = 100
+    continuation_token: str | None = None
+    fetch_payloads: bool = False
+
+
+@dataclass(slots=True)
+class InstancePage:
+    instances: list[InstanceRecord]
+    continuation_token: str | None  # None on the last page
+
+
 class Backend(Protocol):
     """Durable storage for instances, history, inboxes and the activity queue.
 
@@ -71,14 +88,27 @@ class Backend(Protocol):
     poller_due: int | None  # set by the poller: work due before this must wake it
     commits: int  # transactions committed by this process, for the poller's backoff
 
-    async def create_instance(self, new: NewInstance) -> None: ...
+    async def create_instance(
+        self, new: NewInstance, *, replace: frozenset[int] = frozenset(),
+        ignore: frozenset[int] = frozenset(),
+    ) -> bool: ...
 
     async def get_instance(self, instance_id: str, *, payloads: bool = True) -> InstanceRecord | None: ...
 
     async def add_event(
         self, instance_id: str, event: bytes, *, visible_at: int | None = None,
-        decoded: pb.HistoryEvent | None = None,
-    ) -> None: ...
+        decoded: pb.HistoryEvent | None = None, wake_pending: bool = False,
+    ) -> bool: ...
+
+    async def rewind_instance(self, instance_id: str, reason: str | None) -> None: ...
+
+    async def purge_instance(self, instance_id: str, *, recursive: bool = True) -> int: ...
+
+    async def purge_instances(
+        self, created_from: int | None, created_to: int | None, statuses: frozenset[int] | None
+    ) -> int: ...
+
+    async def query_instances(self, query: InstanceQuery) -> InstancePage: ...
 
     async def lease_orchestrations(self, owner: str, limit: int, lease_us: int) -> list[OrchestrationWorkItem]: ...
 

@@ -23,6 +23,7 @@ from ..errors import InstanceAlreadyExists, InstanceNotFound, LeaseLost, Storage
 from ..signals import ChangeBoard, Wakeup
 from ..state import TERMINAL, Message, NewInstance, OrchestrationStep
 from .base import ActivityWorkItem, InstanceRecord, OrchestrationWorkItem
+from .sqlite_admin import SqliteAdmin, record, record_columns
 from .sqlite_schema import check_and_migrate
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
@@ -30,12 +31,6 @@ _RUNNING = int(pb.OrchestrationStatus.RUNNING)
 _SUSPENDED = int(pb.OrchestrationStatus.SUSPENDED)
 
 _DECODED_CACHE = 50_000
-
-_INSTANCE_COLUMNS = (
-    "instance_id, execution_id, name, version, status, created_at, updated_at, completed_at, "
-    "scheduled_start, parent_instance_id"
-)
-_PAYLOAD_COLUMNS = ", input, output, custom_status, failure, tags"
 
 
 class _Op:
@@ -48,7 +43,7 @@ class _Op:
         self.result: Any = None
 
 
-class SqliteBackend:
+class SqliteBackend(SqliteAdmin):
     def __init__(self, conn: sqlite3.Connection, clock: Clock, where: str) -> None:
         self._conn = conn
         self._clock = clock
@@ -209,37 +204,58 @@ class SqliteBackend:
         self._changed.add(new.instance_id)
         return True
 
-    async def create_instance(self, new: NewInstance) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            now = self._clock.now_us()
-            if not self._insert_instance(conn, new, now):
-                status = conn.execute(
-                    "SELECT status FROM instances WHERE instance_id = ?", (new.instance_id,)
-                ).fetchone()[0]
-                raise InstanceAlreadyExists(new.instance_id, pb.OrchestrationStatus(status).name)
+    async def create_instance(
+        self,
+        new: NewInstance,
+        *,
+        replace: frozenset[int] = frozenset(),
+        ignore: frozenset[int] = frozenset(),
+    ) -> bool:
+        """Create `new`. If the ID exists: replace it when its status is in `replace`, do
+        nothing (returning False) when in `ignore`, else raise InstanceAlreadyExists."""
 
-        await self._write(op)
+        def op(conn: sqlite3.Connection) -> bool:
+            now = self._clock.now_us()
+            if self._insert_instance(conn, new, now):
+                return True
+            status = conn.execute(
+                "SELECT status FROM instances WHERE instance_id = ?", (new.instance_id,)
+            ).fetchone()[0]
+            if status in ignore:
+                return False
+            if status not in replace:
+                raise InstanceAlreadyExists(new.instance_id, pb.OrchestrationStatus(status).name)
+            self._delete_instances(conn, [new.instance_id])
+            if not self._insert_instance(conn, new, now):
+                raise StorageError(f"could not replace instance {new.instance_id!r}")
+            return True
+
+        return await self._write(op)
+
+    def _delete_instances(self, conn: sqlite3.Connection, instance_ids: list[str]) -> None:
+        rows = [(i,) for i in instance_ids]
+        for table in ("history", "inbox", "activities", "instances"):
+            conn.executemany(f"DELETE FROM {table} WHERE instance_id = ?", rows)
+        for instance_id in instance_ids:
+            self._changed.add(instance_id)
 
     async def get_instance(self, instance_id: str, *, payloads: bool = True) -> InstanceRecord | None:
         self._check_open()
-        columns = _INSTANCE_COLUMNS + (_PAYLOAD_COLUMNS if payloads else "")
         row = self._conn.execute(
-            f"SELECT {columns} FROM instances WHERE instance_id = ?", (instance_id,)
+            f"SELECT {record_columns(payloads)} FROM instances WHERE instance_id = ?", (instance_id,)
         ).fetchone()
         await trio.lowlevel.checkpoint()
-        if row is None:
-            return None
-        record = InstanceRecord(*row[:10])
-        if payloads:
-            record.input, record.output, record.custom_status, record.failure = row[10:14]
-            record.tags = json.loads(row[14]) if row[14] else None
-        return record
+        return None if row is None else record(row, payloads)
 
     async def add_event(
         self, instance_id: str, event: bytes, *, visible_at: int | None = None,
-        decoded: pb.HistoryEvent | None = None,
-    ) -> None:
-        def op(conn: sqlite3.Connection) -> None:
+        decoded: pb.HistoryEvent | None = None, wake_pending: bool = False,
+    ) -> bool:
+        """Queue an event for a live instance; False (and nothing queued) if it has finished.
+
+        `wake_pending` makes a not-yet-started instance run now (to terminate it)."""
+
+        def op(conn: sqlite3.Connection) -> bool:
             now = self._clock.now_us()
             row = conn.execute(
                 "SELECT status FROM instances WHERE instance_id = ?", (instance_id,)
@@ -247,11 +263,17 @@ class SqliteBackend:
             if row is None:
                 raise InstanceNotFound(instance_id)
             if row[0] in TERMINAL:
-                return
-            self._enqueue(conn, instance_id, None, event, now if visible_at is None else visible_at,
-                          now, decoded)
+                return False
+            at = now if visible_at is None else visible_at
+            self._enqueue(conn, instance_id, None, event, at, now, decoded)
+            if wake_pending and row[0] == _PENDING:
+                conn.execute(
+                    "UPDATE instances SET ready_at = min(ready_at, ?) WHERE instance_id = ?",
+                    (at, instance_id),
+                )
+            return True
 
-        await self._write(op)
+        return await self._write(op)
 
     # -- orchestration work items ----------------------------------------------------------
 
@@ -316,6 +338,8 @@ class SqliteBackend:
                 conn.execute(
                     "DELETE FROM inbox WHERE instance_id = ? AND execution_id IS NOT NULL", (iid,)
                 )
+                # The old execution's queued activities would only be discarded on completion.
+                conn.execute("DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL", (iid,))
                 history_len = 0
             conn.executemany(
                 "INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)",
@@ -333,8 +357,20 @@ class SqliteBackend:
                  step.reset_history, step.new_input, iid),
             )
             for new in step.new_instances:
-                if not self._insert_instance(conn, new, now) and new.conflict is not None:
+                if self._insert_instance(conn, new, now):
+                    continue
+                existing = conn.execute(
+                    "SELECT status FROM instances WHERE instance_id = ?", (new.instance_id,)
+                ).fetchone()
+                if new.replace_finished and existing[0] in TERMINAL:
+                    self._delete_instances(conn, [new.instance_id])
+                    self._insert_instance(conn, new, now)
+                elif new.conflict is not None:
                     self._deliver(conn, new.conflict, now)
+            if step.terminate_children:
+                self._terminate_children(conn, iid, step.output, now)
+            for child in step.rewind_children:
+                self._rewind_child(conn, child, now)
             for message in step.messages:
                 self._deliver(conn, message, now)
             if step.activities:

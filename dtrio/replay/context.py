@@ -12,6 +12,7 @@ from .. import _pb as pb
 from .. import payloads
 from ..errors import InvalidInput
 from ..registry import name_of
+from .retry import RetryableTask, RetryPolicy
 from .tasks import Task
 
 if TYPE_CHECKING:
@@ -79,12 +80,24 @@ class OrchestrationContext:
         """Alias of `now`, the name the Durable Task SDKs use."""
         return self.now
 
-    def call_activity(self, activity: Callable[..., Any] | str, *, input: Any = None) -> Task[Any]:
+    def call_activity(
+        self,
+        activity: Callable[..., Any] | str,
+        *,
+        input: Any = None,
+        retry_policy: RetryPolicy | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> Task[Any]:
         name = name_of(activity, "activity")
         data = payloads.encode(input, f"input of activity {name!r}")
-        task = DurableTask(f"activity {name!r}")
-        self._run.emit(pb.OrchestratorAction(schedule_task=pb.ScheduleTaskAction(name=name, input=data)), task)
-        return task
+
+        def attempt() -> Task[Any]:
+            task = DurableTask(f"activity {name!r}")
+            action = pb.ScheduleTaskAction(name=name, input=data, tags=tags or {})
+            self._run.emit(pb.OrchestratorAction(schedule_task=action), task)
+            return task
+
+        return attempt() if retry_policy is None else RetryableTask(self, retry_policy, attempt)
 
     def call_sub_orchestrator(
         self,
@@ -93,17 +106,24 @@ class OrchestrationContext:
         input: Any = None,
         instance_id: str | None = None,
         version: str | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> Task[Any]:
         name = name_of(orchestrator, "orchestrator")
         data = payloads.encode(input, f"input of sub-orchestration {name!r}")
-        seq = self._run.next_id
-        child_id = instance_id if instance_id is not None else f"{self.instance_id}:{seq:04x}"
-        if not child_id:
+        if instance_id is not None and not instance_id:
             raise InvalidInput("sub-orchestration instance ID must not be empty")
-        task = DurableTask(f"sub-orchestration {name!r} ({child_id})")
-        action = pb.CreateSubOrchestrationAction(instance_id=child_id, name=name, input=data, version=version)
-        self._run.emit(pb.OrchestratorAction(create_sub_orchestration=action), task)
-        return task
+
+        def attempt() -> Task[Any]:
+            seq = self._run.next_id
+            child_id = instance_id if instance_id is not None else f"{self.instance_id}:{seq:04x}"
+            task = DurableTask(f"sub-orchestration {name!r} ({child_id})")
+            action = pb.CreateSubOrchestrationAction(
+                instance_id=child_id, name=name, input=data, version=version
+            )
+            self._run.emit(pb.OrchestratorAction(create_sub_orchestration=action), task)
+            return task
+
+        return attempt() if retry_policy is None else RetryableTask(self, retry_policy, attempt)
 
     def create_timer(self, fire_at: datetime | timedelta) -> Task[None]:
         """A durable timer: use this instead of `trio.sleep`. It survives restarts."""

@@ -22,6 +22,7 @@ from ..errors import (
 from ..history import failure_from_exception, failure_from_pb, failure_to_pb
 from ..wire import one_of
 from .context import DurableTask, OrchestrationContext
+from .rewind import is_rewind_request, rewind_action
 from .tasks import Task
 
 _S = pb.OrchestrationStatus
@@ -80,6 +81,10 @@ class OrchestrationRun:
         self, past: Iterable[pb.HistoryEvent], new: Iterable[pb.HistoryEvent]
     ) -> list[pb.OrchestratorAction]:
         """Process events; return the actions the orchestrator produced that history lacks."""
+        past, new = list(past), list(new)
+        if self.started is None and is_rewind_request(past, new):
+            self.is_done = True
+            return [rewind_action(past, new)]
         self.ctx.is_replaying = True
         for event in past:
             self._history_index += 1
@@ -353,6 +358,7 @@ _HANDLERS: dict[str, Callable[[OrchestrationRun, pb.HistoryEvent, Any], None]] =
     "event_sent": _on_scheduled,
     "event_raised": _on_event_raised,
     "continue_as_new": _ignore,
+    "execution_rewound": _ignore,
     "generic_event": _ignore,
     "history_state": _ignore,
 }
