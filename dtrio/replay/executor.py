@@ -69,6 +69,7 @@ class OrchestrationRun:
         self._continue_as_new: tuple[str | None, bool] | None = None
         self._suspended = False
         self._held: list[pb.HistoryEvent] = []
+        self._carryover: list[pb.HistoryEvent] | None = None
         self._history_index = 0
 
     @property
@@ -98,9 +99,13 @@ class OrchestrationRun:
         return actions
 
     def _process(self, event: pb.HistoryEvent) -> None:
-        if self.is_done:
-            return
         kind, body = one_of(event, "eventType")
+        if self.is_done:
+            # Events that arrive in the same batch after continue_as_new(save_events=True)
+            # belong to the next execution too.
+            if self._carryover is not None and kind == "event_raised":
+                self._carryover.append(event)
+            return
         if self._suspended and kind not in ("execution_resumed", "execution_terminated"):
             self._held.append(event)
             return
@@ -244,6 +249,8 @@ class OrchestrationRun:
                         for data in queue
                     ]
             self._complete(_S.CONTINUED_AS_NEW, result=new_input, carryover_events=carry)
+            if save_events:
+                self._carryover = carry
             return
         try:
             result = payloads.encode(value, f"output of orchestrator {self.ctx.name!r}")

@@ -290,7 +290,7 @@ SDK_ENUMS = flatten_enums(SDK_FILE)
 SDK_METHODS = flatten_methods(SDK_FILE)
 
 
-@pytest.mark.parametrize("name", (sorted(SDK_MESSAGES)))
+@pytest.mark.parametrize("name", sorted(SDK_MESSAGES))
 def test_message_matches_sdk(ours_file, name):
     ours = flatten_messages(ours_file)
     assert name in ours, f"message {name} is missing from {PROTO_FILE.name}"
