@@ -566,3 +566,16 @@ async def test_instance_id_reuse_policy(autojump_clock):
         assert (await engine.client.wait_for_orchestration_completion(live)).output == 3
         with pytest.raises(dtrio.InvalidInput):
             dtrio.ReusePolicy(replace=frozenset({S.FAILED}), ignore=frozenset({S.FAILED}))
+
+
+async def test_scheduled_start_survives_a_restart(autojump_clock, tmp_path):
+    db = tmp_path / "later.sqlite3"
+    async with dtrio.open_engine(registry, db=db, max_poll_interval=None) as engine:
+        start_at = engine.clock.now_dt() + timedelta(hours=5)
+        await engine.client.schedule_new_orchestration(quick, input="late", instance_id="s", start_at=start_at)
+        await trio.sleep(3600)
+    async with dtrio.open_engine(registry, db=db, max_poll_interval=None) as engine:
+        assert (await engine.client.get_orchestration_state("s")).runtime_status == S.PENDING
+        state = await engine.client.wait_for_orchestration_completion("s", timeout=6 * 3600)
+    assert state.output == "late"
+    assert state.scheduled_start is not None and abs((state.scheduled_start - start_at).total_seconds()) < 1e-3
