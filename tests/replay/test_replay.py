@@ -306,3 +306,18 @@ def test_pure_modules_import_no_trio_or_sqlite(module):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_retry_policy_delays_cap_and_timeout():
+    from dtrio.replay import RetryPolicy
+
+    failure = dtrio.TaskFailedError("x", dtrio.FailureDetails("IOError", "down"))
+    policy = RetryPolicy(max_attempts=6, first_retry_interval=timedelta(seconds=2),
+                         backoff_coefficient=3, max_retry_interval=timedelta(seconds=30),
+                         retry_timeout=timedelta(seconds=60))
+    delays = [policy.next_delay(n, timedelta(0), failure) for n in range(1, 7)]
+    assert delays[:4] == [timedelta(seconds=s) for s in (2, 6, 18, 30)]
+    assert delays[5] is None  # the sixth attempt was the last
+    assert policy.next_delay(2, timedelta(seconds=55), failure) is None  # would end past the timeout
+    final = dtrio.TaskFailedError("x", dtrio.FailureDetails("E", "m", is_non_retriable=True))
+    assert policy.next_delay(1, timedelta(0), final) is None
