@@ -16,11 +16,12 @@ from typing import Any
 from . import _pb as pb
 from . import history as h
 from .errors import FailureDetails
-from .wire import encode, one_of
+from .wire import encode, history_marker, one_of
 
 _S = pb.OrchestrationStatus
 TERMINAL = frozenset({int(_S.COMPLETED), int(_S.FAILED), int(_S.TERMINATED), int(_S.CANCELED)})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ORCHESTRATOR_COMPLETED = pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_completed"].number
 
 
 def to_us(when: datetime) -> int:
@@ -176,7 +177,7 @@ def apply_step(
             break
     history += [encode(ev) for ev in b.events]
     if not b.step.reset_history:
-        history.append(encode(h.orchestrator_completed(now)))
+        history.append(history_marker(_ORCHESTRATOR_COMPLETED, now))
         b.step.history = history
     return b.step
 

@@ -269,3 +269,9 @@ def one_of(message: betterproto2.Message, group: str) -> tuple[str, Any]:
         if value is not None and name in members:
             return name, value
     return "", None
+
+
+def history_marker(field_number: int, when: datetime) -> bytes:
+    """A field-less HistoryEvent (eventId -1, `when`, an empty `field_number` member), such as
+    orchestratorStarted (14) and orchestratorCompleted (15): two of every step's events."""
+    return b"\x08" + _MINUS_ONE + b"\x12" + _timestamp(when) + _key(field_number, 2) + b"\x00"

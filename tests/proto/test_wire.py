@@ -123,3 +123,15 @@ def test_every_history_event_kind_is_covered():
     kinds = {name for name, m in pb.HistoryEvent._betterproto.meta_by_field_name.items() if m.group}
     covered = {betterproto2.which_one_of(fill(pb.HistoryEvent, v), "eventType")[0] for v in range(len(kinds))}
     assert covered == kinds
+
+
+def test_history_markers_match_full_encoding():
+    from datetime import datetime, timezone
+
+    from dtrio import history as h
+    from dtrio.wire import history_marker
+
+    for when in (datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc),
+                 datetime(1970, 1, 1, tzinfo=timezone.utc)):
+        assert history_marker(14, when) == encode(h.orchestrator_started(when))
+        assert history_marker(15, when) == encode(h.orchestrator_completed(when))
