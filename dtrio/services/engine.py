@@ -68,12 +68,14 @@ async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_poller, backend, engine.clock, opts.max_poll_interval)
-            await nursery.start(engine.orchestrations.dispatcher.serve)
-            await nursery.start(engine.activities.serve)
+            dispatchers = []
+            if opts.local_workers:
+                await nursery.start(engine.orchestrations.dispatcher.serve)
+                await nursery.start(engine.activities.serve)
+                dispatchers = [engine.orchestrations.dispatcher, engine.activities.dispatcher]
             log.info("engine %s started on %s", engine.owner, getattr(backend, "where", backend))
             task_status.started(engine)
             await engine._stop.wait()
-            dispatchers = (engine.orchestrations.dispatcher, engine.activities.dispatcher)
             for dispatcher in dispatchers:
                 dispatcher.drain()
             with trio.move_on_after(opts.shutdown_grace):

@@ -24,6 +24,10 @@ class EngineOptions:
     # Replayed orchestrations kept in memory between steps.
     cache_size: int = 10_000
     synchronous: str = "NORMAL"
+    # Run orchestrators and activities in this process from the registry. The gRPC sidecar
+    # turns this off: its work belongs to remote SDK workers, which lease it through
+    # `dtrio.grpc`, and an in-process dispatcher with an empty registry would fail it.
+    local_workers: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent_orchestrations", "max_concurrent_activities"):
