@@ -16,6 +16,7 @@ from typing import Any
 from . import _pb as pb
 from . import history as h
 from .errors import FailureDetails
+from .trace_context import new_span_id, orchestration_context, start_traced
 from .wire import encode, history_marker, one_of
 
 _S = pb.OrchestrationStatus
@@ -79,6 +80,8 @@ class ActivityTask:
     version: str | None
     input: str | None
     visible_at: int
+    # The orchestration span this activity's span belongs under (None: not traced).
+    trace_context: pb.TraceContext | None = None
 
 
 @dataclass(slots=True)
@@ -100,6 +103,8 @@ class OrchestrationStep:
     status: int
     custom_status: str | None
     reset_history: bool = False
+    # This execution ended and a new one begins (reset_history also covers rewinds).
+    continued_as_new: bool = False
     output: str | None = None
     failure: bytes | None = None
     new_input: str | None = None  # the next execution's input, with reset_history
@@ -131,6 +136,8 @@ class _StepBuilder:
         self.events: list[pb.HistoryEvent] = []
         self.step = OrchestrationStep([], execution_id, int(_S.RUNNING), None)
         self.terminate_recursive = False
+        # What this execution's scheduled work is traced under; None when it is not traced.
+        self.trace = orchestration_context(started)
 
     def add(self, event: pb.HistoryEvent) -> None:
         self.events.append(event)
@@ -186,12 +193,15 @@ _STOP = object()
 
 
 def _schedule_task(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.ScheduleTaskAction) -> None:
+    # A remote SDK worker may send its own (client span's) context; ours is the orchestration's.
+    trace = body.parent_trace_context or b.trace
     b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, task_scheduled=pb.TaskScheduledEvent(
         name=body.name, version=body.version, input=body.input, tags=body.tags,
-        parent_trace_context=body.parent_trace_context,
+        parent_trace_context=trace,
     )))
     b.step.activities.append(ActivityTask(
-        b.instance_id, b.execution_id, action.id, body.name, body.version, body.input, b.now_us
+        b.instance_id, b.execution_id, action.id, body.name, body.version, body.input, b.now_us,
+        trace,
     ))
 
 
@@ -205,11 +215,12 @@ def _create_timer(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.Creat
 def _create_sub_orchestration(
     b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CreateSubOrchestrationAction
 ) -> None:
+    trace = body.parent_trace_context or b.trace
     b.add(pb.HistoryEvent(
         event_id=action.id, timestamp=b.now,
         sub_orchestration_instance_created=pb.SubOrchestrationInstanceCreatedEvent(
             instance_id=body.instance_id, name=body.name, version=body.version, input=body.input,
-            parent_trace_context=body.parent_trace_context, tags=body.tags,
+            parent_trace_context=trace, tags=body.tags,
         ),
     ))
     child_execution = new_execution_id()
@@ -223,10 +234,10 @@ def _create_sub_orchestration(
     )
     # An unset version inherits the parent's, as the Durable Task Framework does.
     version = body.version if body.version is not None else (b.started.version if b.started else None)
-    started = h.execution_started(
+    started = start_traced(h.execution_started(
         b.now, body.name, body.instance_id, child_execution, body.input,
         version=version, parent=parent, tags=dict(body.tags) or None,
-    )
+    ), trace)
     conflict = h.sub_orchestration_failed(b.now, action.id, FailureDetails(
         "InstanceAlreadyExists",
         f"cannot start sub-orchestration {body.name!r}: an instance with ID "
@@ -292,6 +303,7 @@ def _continue_as_new(b: _StepBuilder, body: pb.CompleteOrchestrationAction) -> N
     started = b.started or pb.ExecutionStartedEvent()
     execution_id = new_execution_id()
     b.step.reset_history = True
+    b.step.continued_as_new = True
     b.step.new_input = body.result
     b.step.execution_id = execution_id
     b.step.status = int(_S.RUNNING)
@@ -299,11 +311,12 @@ def _continue_as_new(b: _StepBuilder, body: pb.CompleteOrchestrationAction) -> N
     b.step.new_instances.clear()
     # Only messages to other instances survive; this execution's own timers die with it.
     b.step.messages = [m for m in b.step.messages if m.instance_id != b.instance_id]
-    new_start = h.execution_started(
+    # The next execution gets its own span, a sibling under the same parent as this one.
+    new_start = start_traced(h.execution_started(
         b.now, started.name, b.instance_id, execution_id, body.result,
         version=body.new_version if body.new_version is not None else started.version,
         parent=started.parent_instance, tags=dict(started.tags) or None,
-    )
+    ), started.parent_trace_context)
     b.message(b.instance_id, new_start, execution_id=execution_id)
     for carried in body.carryover_events:
         b.message(b.instance_id, carried, execution_id=execution_id)
@@ -319,6 +332,10 @@ def _rewind(b: _StepBuilder, _action: pb.OrchestratorAction, body: pb.RewindOrch
     reason = next(
         (e.execution_rewound.reason for e in reversed(history) if e.execution_rewound is not None), None
     )
+    if started is not None and started.orchestration_span_id:
+        # The failed run's span was emitted when it failed; the resumed run reports a new one.
+        started.orchestration_span_id = new_span_id()
+    trace = orchestration_context(started)
     b.step = OrchestrationStep(
         [encode(e) for e in history], execution_id, int(_S.RUNNING), b.step.custom_status,
         reset_history=True, new_input=started.input if started is not None else None,
@@ -338,10 +355,10 @@ def _rewind(b: _StepBuilder, _action: pb.OrchestratorAction, body: pb.RewindOrch
             orchestration_instance=pb.OrchestrationInstance(instance_id=b.instance_id, execution_id=execution_id),
         )
         child_execution = new_execution_id()
-        child_start = h.execution_started(
+        child_start = start_traced(h.execution_started(
             b.now, created.name, created.instance_id, child_execution, created.input,
             version=created.version, parent=parent,
-        )
+        ), trace)
         b.step.rewind_children.append(ChildRewind(
             created.instance_id, reason, execution_id,
             NewInstance(created.instance_id, child_execution, created.name, created.version,

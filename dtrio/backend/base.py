@@ -36,6 +36,8 @@ class ActivityWorkItem:
     input: str | None
     lock_token: str
     attempt: int
+    # The orchestration span this activity runs under (None: not traced).
+    trace_context: pb.TraceContext | None = None
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from ..clock import Clock
 from ..errors import InstanceAlreadyExists, InstanceNotFound, LeaseLost, StorageError
 from ..signals import ChangeBoard, Wakeup
 from ..state import TERMINAL, Message, NewInstance, OrchestrationStep
+from ..wire import encode
 from .base import ActivityWorkItem, InstanceRecord, OrchestrationWorkItem
 from .sqlite_admin import SqliteAdmin, record, record_columns
 from .sqlite_schema import check_and_migrate
@@ -376,9 +377,10 @@ class SqliteBackend(SqliteAdmin):
             if step.activities:
                 conn.executemany(
                     "INSERT INTO activities (instance_id, execution_id, task_id, name, version, input, "
-                    "available_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "available_at, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(a.instance_id, a.execution_id, a.task_id, a.name, a.version, a.input,
-                      a.visible_at) for a in step.activities],
+                      a.visible_at, encode(a.trace_context) if a.trace_context else None)
+                     for a in step.activities],
                 )
                 for a in step.activities:
                     self._note_visible(a.visible_at, now, orchestration=False)
@@ -435,7 +437,7 @@ class SqliteBackend(SqliteAdmin):
                 "available_at = ?2, attempt = attempt + 1 WHERE id IN (SELECT id FROM activities "
                 "WHERE available_at <= ?3 ORDER BY available_at LIMIT ?4) "
                 "RETURNING id, instance_id, execution_id, task_id, name, version, input, "
-                "lock_token, attempt",
+                "lock_token, attempt, trace_context",
                 (owner, now + lease_us, now, limit),
             ).fetchall()
             conn.execute("COMMIT")
@@ -443,7 +445,10 @@ class SqliteBackend(SqliteAdmin):
             conn.execute("ROLLBACK")
             raise
         await trio.lowlevel.cancel_shielded_checkpoint()
-        return [ActivityWorkItem(*r) for r in sorted(rows)]
+        return [
+            ActivityWorkItem(*r[:-1], pb.TraceContext.parse(r[-1]) if r[-1] else None)
+            for r in sorted(rows)
+        ]
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None:
         def op(conn: sqlite3.Connection) -> None:

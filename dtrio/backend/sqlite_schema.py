@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -11,8 +12,10 @@ from ..errors import StorageError
 if TYPE_CHECKING:
     import sqlite_utils
 
+log = logging.getLogger("dtrio.backend")
+
 APPLICATION = "dtrio"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _v1(db: "sqlite_utils.Database") -> None:
@@ -82,8 +85,14 @@ def _v1(db: "sqlite_utils.Database") -> None:
     db["activities"].create_index(["available_at"], index_name="activities_available")
 
 
+def _v2(db: "sqlite_utils.Database") -> None:
+    # The serialized TraceContext of the orchestration span an activity runs under; NULL when
+    # the instance is not traced. Stored with the task so an activity needs no history lookup.
+    db.execute("ALTER TABLE activities ADD COLUMN trace_context BLOB")
+
+
 # Index i upgrades a store from version i to i + 1.
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1]
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -130,3 +139,7 @@ def check_and_migrate(conn: sqlite3.Connection, where: str) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    if version == 0:
+        log.info("created store %s (schema version %d)", where, SCHEMA_VERSION)
+    else:
+        log.info("upgraded store %s from schema version %d to %d", where, version, SCHEMA_VERSION)
