@@ -1,0 +1,194 @@
+"""grpclib inside the Trio root: the one module where asyncio appears.
+
+trio-asyncio runs an asyncio loop as a guest of the Trio run; grpclib serves on it, and every
+RPC hops at once into Trio (`trio_as_aio`) to run the servicer's Trio method of the same name in
+snake_case. Cancellation flows both ways: a client that goes away or a deadline that passes
+makes grpclib cancel its handler task, which cancels the Trio task running the method.
+
+Servicer methods are plain Trio coroutines: unary RPCs are `async def rpc(request) -> reply`,
+server-streaming ones `async def rpc(request, send)` where `await send(message)` writes to the
+stream. An RPC the servicer lacks answers UNIMPLEMENTED with a message naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpclib.const
+import grpclib.server
+import trio
+import trio_asyncio
+from grpclib.encoding.proto import ProtoCodec
+from grpclib.exceptions import GRPCError
+
+from .. import _pb as pb
+from ..wire import encode
+from .status import grpc_error
+
+log = logging.getLogger("dtrio.grpc")
+
+# How long closing the server may take: handlers are cancelled and release what they hold.
+CLOSE_TIMEOUT = 10.0
+
+
+
+def _leave_other_threads_alone() -> None:
+    """Keep trio-asyncio's takeover of asyncio to Trio code.
+
+    Importing trio-asyncio makes every asyncio loop created outside Trio one of its "sync
+    loops", which breaks plain asyncio code in other threads of the process (the Durable Task
+    SDK worker runs `asyncio.run` in a thread of its own, for one). Threads that chose no
+    policy get asyncio's stock one instead; Trio code still gets trio-asyncio's loops. The
+    fallback lives in trio-asyncio's thread-local policy holder, whose class attribute is the
+    value for threads that never set one.
+    """
+    from trio_asyncio import _loop
+
+    holder = getattr(_loop, "_FakedPolicy", None)
+    if holder is not None and holder.policy is None:
+        holder.policy = asyncio.DefaultEventLoopPolicy()
+
+
+_leave_other_threads_alone()
+
+
+class _Codec(ProtoCodec):
+    """Encodes with dtrio's fast encoder, and passes pre-encoded messages through as they are:
+    work items are assembled from the stored bytes of history events (see `workitems`)."""
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return message if isinstance(message, bytes) else encode(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return message_type.parse(data)
+
+
+class _Service:
+    """What grpclib serves: a path -> handler mapping."""
+
+    def __init__(self, mapping: dict[str, grpclib.const.Handler]) -> None:
+        self._mapping = mapping
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return self._mapping
+
+
+def _snake(rpc: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
+
+
+async def _call(rpc: str, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Run a servicer method in Trio; its typed errors become gRPC statuses here."""
+    try:
+        return await method(*args)
+    except GRPCError:
+        raise
+    except Exception as exc:
+        error = grpc_error(exc)
+        if error is None:
+            log.exception("%s failed", rpc)
+            raise GRPCError(
+                grpclib.const.Status.INTERNAL, f"{rpc} failed with an internal error: {exc!r}"
+            ) from None
+        raise error from None
+
+
+def _unary(rpc: str, method: Callable[..., Awaitable[Any]]) -> Callable[[Any], Awaitable[None]]:
+    async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        reply = await trio_asyncio.trio_as_aio(_call)(rpc, method, request)
+        await stream.send_message(reply)
+
+    return handle
+
+
+def _server_stream(
+    rpc: str, method: Callable[..., Awaitable[Any]]
+) -> Callable[[Any], Awaitable[None]]:
+    async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        send = trio_asyncio.aio_as_trio(stream.send_message)
+        await trio_asyncio.trio_as_aio(_call)(rpc, method, request, send)
+
+    return handle
+
+
+def _unimplemented(rpc: str) -> Callable[[Any], Awaitable[None]]:
+    async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
+        raise GRPCError(
+            grpclib.const.Status.UNIMPLEMENTED, f"{rpc} is not implemented by this dtrio sidecar"
+        )
+
+    return handle
+
+
+def handlers(servicer: object) -> dict[str, grpclib.const.Handler]:
+    """grpclib handlers for every TaskHubSidecarService RPC, each running `servicer`'s method."""
+    mapping = {}
+    for path, handler in pb.TaskHubSidecarServiceBase().__mapping__().items():
+        rpc = path.rsplit("/", 1)[1]
+        method = getattr(servicer, _snake(rpc), None)
+        if method is None:
+            func = _unimplemented(rpc)
+        elif handler.cardinality is grpclib.const.Cardinality.UNARY_STREAM:
+            func = _server_stream(rpc, method)
+        else:
+            func = _unary(rpc, method)
+        mapping[path] = grpclib.const.Handler(
+            func, handler.cardinality, handler.request_type, handler.reply_type
+        )
+    return mapping
+
+
+async def _bind(host: str, port: int) -> socket.socket:
+    """A bound socket, so that the port is known (port 0) and a taken one fails here, plainly."""
+    family, kind, proto, _, address = (await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ))[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+async def serve_grpc(
+    servicer: object,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve TaskHubSidecarService until cancelled; `started()` gives the bound port."""
+    # The server closes the socket when it closes; `with` covers a failure to start it.
+    with await _bind(host, port) as sock:
+        async with trio_asyncio.open_loop():
+            server = await trio_asyncio.aio_as_trio(_start)(handlers(servicer), sock)
+            try:
+                task_status.started(sock.getsockname()[1])
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+                    await trio_asyncio.aio_as_trio(_close)(server)
+
+
+async def _start(
+    mapping: dict[str, grpclib.const.Handler], sock: socket.socket
+) -> grpclib.server.Server:
+    server = grpclib.server.Server([_Service(mapping)], codec=_Codec())
+    await server.start(sock=sock)
+    return server
+
+
+async def _close(server: grpclib.server.Server) -> None:
+    server.close()
+    await server.wait_closed()

@@ -1,0 +1,38 @@
+"""dtrio's typed errors as gRPC statuses: the one place they are translated for remote callers."""
+
+from __future__ import annotations
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from ..errors import (
+    EngineClosed,
+    InstanceAlreadyExists,
+    InstanceNotFound,
+    InvalidInput,
+    LeaseLost,
+    NotRegistered,
+    SerializationError,
+    StorageError,
+)
+
+# Checked in order: the first class the error is an instance of decides.
+_STATUSES: tuple[tuple[type[Exception], Status], ...] = (
+    (InstanceNotFound, Status.NOT_FOUND),
+    (InstanceAlreadyExists, Status.ALREADY_EXISTS),
+    (InvalidInput, Status.INVALID_ARGUMENT),
+    (SerializationError, Status.INVALID_ARGUMENT),
+    (NotRegistered, Status.NOT_FOUND),
+    # A completion for a work item this caller no longer holds (stale or unknown token).
+    (LeaseLost, Status.FAILED_PRECONDITION),
+    (EngineClosed, Status.UNAVAILABLE),
+    (StorageError, Status.UNAVAILABLE),
+)
+
+
+def grpc_error(exc: Exception) -> GRPCError | None:
+    """The status a remote caller gets for `exc`, or None for an unexpected error (a bug)."""
+    for cls, status in _STATUSES:
+        if isinstance(exc, cls):
+            return GRPCError(status, str(exc))
+    return None
