@@ -1,0 +1,382 @@
+"""Work for remote SDK workers.
+
+One dispatcher per engine leases orchestration steps and activities from the backend, up to
+the free capacity of the connected GetWorkItems streams, and hands each item to the stream with
+the most room. (A backend Wakeup is cleared by whoever waits on it, so one lease loop per kind
+serves every stream; a loop per stream would steal each other's wake-ups.) Completions and
+abandons come back by completion token, which is the item's lease token; a stream that drops
+releases everything it held at once, so another worker picks it up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .. import _pb as pb
+from .. import history as h
+from ..backend import ActivityWorkItem, OrchestrationWorkItem
+from ..errors import InvalidInput, LeaseLost
+from ..services import Engine
+from ..services.dispatch import RELEASE_TIMEOUT, backoff
+from ..signals import Wakeup
+from ..state import TERMINAL, apply_step
+from ..wire import encode
+from .workitems import HEALTH_PING, activity_work_item, orchestrator_work_item
+
+log = logging.getLogger("dtrio.grpc")
+
+_SUSPENDED = int(pb.OrchestrationStatus.SUSPENDED)
+
+Item = OrchestrationWorkItem | ActivityWorkItem
+Send = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class StepInput:
+    """What an orchestration step was given, kept to turn the worker's actions into a commit."""
+
+    new_events: list[tuple[pb.HistoryEvent, bytes]]
+    started: pb.ExecutionStartedEvent | None
+    suspended: bool
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """A work item handed to a stream, until completed, abandoned or released."""
+
+    queue: _Queue
+    item: Item
+    stream: WorkerStream
+    step: StepInput | None = None  # orchestrations only
+
+    @property
+    def token(self) -> str:
+        return self.item.lock_token
+
+
+@dataclass(eq=False)
+class _Queue:
+    """One kind of work (orchestrations or activities) and the leases out on it."""
+
+    kind: str
+    limit: int  # most items of this kind out with workers at once, over all streams
+    lease_us: int
+    ready: Wakeup  # the backend's "there may be work of this kind"
+    lease: Callable[[str, int, int], Awaitable[list[Any]]]
+    abandon: Callable[[Any, int], Awaitable[None]]
+    leases: dict[str, Lease] = field(default_factory=dict)  # by completion token
+    capacity: Wakeup = field(default_factory=Wakeup)  # a stream connected or a slot freed
+
+
+class WorkerStream:
+    """One connected GetWorkItems stream: how much it may hold, what it holds, its outbox."""
+
+    def __init__(self, limits: dict[str, int]) -> None:
+        self.limits = limits
+        self.counts = dict.fromkeys(limits, 0)
+        self.held: dict[str, Lease] = {}
+        self._send, self._outbox = trio.open_memory_channel[bytes](math.inf)
+
+    def free(self, kind: str) -> int:
+        return self.limits[kind] - self.counts[kind]
+
+    def put(self, lease: Lease, message: bytes) -> None:
+        self.held[lease.token] = lease
+        self.counts[lease.queue.kind] += 1
+        self._send.send_nowait(message)
+
+    def forget(self, lease: Lease) -> None:
+        del self.held[lease.token]
+        self.counts[lease.queue.kind] -= 1
+
+    async def forward(self, send: Send, ping_interval: float) -> None:
+        """Write work items to the stream as they come, and a health ping after each silence."""
+        while True:
+            message = HEALTH_PING
+            with trio.move_on_after(ping_interval):
+                message = await self._outbox.receive()
+            await send(message)
+
+
+class RemoteWork:
+    def __init__(self, engine: Engine, *, health_ping_interval: float = 30.0) -> None:
+        self._backend = engine.backend
+        self._clock = engine.clock
+        self._owner = engine.owner
+        self._ping_interval = health_ping_interval
+        options, backend = engine.options, engine.backend
+        self._orchestrations = _Queue(
+            "orchestration", options.max_concurrent_orchestrations,
+            int(options.orchestration_lease * 1_000_000), backend.orchestrations_ready,
+            backend.lease_orchestrations, backend.abandon_orchestration,
+        )
+        self._activities = _Queue(
+            "activity", options.max_concurrent_activities,
+            int(options.activity_lease * 1_000_000), backend.activities_ready,
+            backend.lease_activities, backend.abandon_activity,
+        )
+        self._renew_every = options.activity_lease / 3
+        self._activity_held = Wakeup()
+        self._streams: list[WorkerStream] = []
+        # Abandoned steps per instance, for the backoff of a worker that keeps giving one back.
+        self._abandoned: dict[str, int] = {}
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._dispatch, self._orchestrations, self._offer_orchestration)
+                nursery.start_soon(self._dispatch, self._activities, self._offer_activity)
+                nursery.start_soon(self._renew_activities)
+                task_status.started()
+        finally:
+            held = [*self._orchestrations.leases.values(), *self._activities.leases.values()]
+            await self._release(held)
+
+    # -- streams ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connect(self, request: pb.GetWorkItemsRequest) -> AsyncIterator[WorkerStream]:
+        """A stream for one connected worker; leaving releases whatever it still holds."""
+        stream = WorkerStream({
+            # A hint of 0 (unset) leaves only the sidecar-wide limit.
+            "orchestration": request.max_concurrent_orchestration_work_items
+            or self._orchestrations.limit,
+            "activity": request.max_concurrent_activity_work_items or self._activities.limit,
+        })
+        self._streams.append(stream)
+        self._orchestrations.capacity.set()
+        self._activities.capacity.set()
+        log.info("worker stream connected (%d connected)", len(self._streams))
+        try:
+            yield stream
+        finally:
+            self._streams.remove(stream)
+            if stream.held:
+                log.info("worker stream dropped; releasing its %d work items", len(stream.held))
+            await self._release(list(stream.held.values()))
+
+    async def serve_stream(self, request: pb.GetWorkItemsRequest, send: Send) -> None:
+        async with self.connect(request) as stream:
+            await stream.forward(send, self._ping_interval)
+
+    # -- leasing and handing out -----------------------------------------------------------
+
+    def _free(self, queue: _Queue) -> int:
+        room = sum(max(0, s.free(queue.kind)) for s in self._streams)
+        return min(queue.limit - len(queue.leases), room)
+
+    def _pick(self, queue: _Queue) -> WorkerStream | None:
+        best = max(self._streams, key=lambda s: s.free(queue.kind), default=None)
+        return best if best is not None and best.free(queue.kind) > 0 else None
+
+    async def _dispatch(self, queue: _Queue, offer: Callable[[Any], Awaitable[None]]) -> None:
+        while True:
+            free = self._free(queue)
+            if free <= 0:
+                await queue.capacity.wait()
+                continue
+            queue.ready.clear()
+            batch = await queue.lease(self._owner, free, queue.lease_us)
+            pending = list(batch)
+            try:
+                while pending:
+                    try:
+                        await offer(pending[0])
+                    except Exception:
+                        log.exception("could not hand out %s work item %r", queue.kind, pending[0])
+                        await self._abandon(queue, pending[0], self._backoff(pending[0]))
+                    pending.pop(0)
+            finally:
+                for item in pending:  # cancelled midway: these were never handed out
+                    await self._abandon(queue, item, 0)
+            if len(batch) < free:
+                # That was everything available; anything newer sets `ready` again.
+                await queue.ready.wait()
+
+    def _hold(self, lease: Lease, message: bytes) -> None:
+        lease.queue.leases[lease.token] = lease
+        lease.stream.put(lease, message)
+        if lease.queue is self._activities:
+            self._activity_held.set()
+
+    def _drop(self, lease: Lease) -> None:
+        del lease.queue.leases[lease.token]
+        lease.stream.forget(lease)
+        lease.queue.capacity.set()
+
+    async def _offer_orchestration(self, item: OrchestrationWorkItem) -> None:
+        if not item.events or item.status in TERMINAL:
+            await self._backend.release_orchestration(item)
+            return
+        past = await self._backend.load_history(item.instance_id)
+        opener = h.orchestrator_started(self._clock.now_dt())
+        new = [(opener, encode(opener))]
+        for inbox_id, data in item.events:
+            event = item.decoded.get(inbox_id)
+            new.append((pb.HistoryEvent.parse(data) if event is None else event, data))
+        stream = self._pick(self._orchestrations)
+        if stream is None:  # every stream with room went away meanwhile
+            await self._backend.abandon_orchestration(item, 0)
+            return
+        step = StepInput(new, _execution_started(past, new), _suspended_after(item.status, new))
+        message = orchestrator_work_item(
+            item.lock_token, item.instance_id, item.execution_id, past, [data for _, data in new]
+        )
+        self._hold(Lease(self._orchestrations, item, stream, step), message)
+
+    async def _offer_activity(self, item: ActivityWorkItem) -> None:
+        stream = self._pick(self._activities)
+        if stream is None:
+            await self._backend.abandon_activity(item, 0)
+            return
+        self._hold(Lease(self._activities, item, stream), activity_work_item(item.lock_token, item))
+
+    async def _renew_activities(self) -> None:
+        """Keep the leases of activities that connected workers still run alive."""
+        while True:
+            if not self._activities.leases:
+                await self._activity_held.wait()
+            await trio.sleep(self._renew_every)
+            for lease in list(self._activities.leases.values()):
+                try:
+                    await self._backend.renew_activity(lease.item, self._activities.lease_us)
+                except LeaseLost as exc:
+                    log.warning("%s", exc)
+
+    # -- completions -----------------------------------------------------------------------
+
+    def _take(self, queue: _Queue, token: str, matches: Callable[[Item], bool], what: str) -> Lease:
+        """The lease a completion names; an empty token (older SDKs) is matched by `matches`."""
+        if token:
+            lease = queue.leases.get(token)
+            if lease is not None and not matches(lease.item):
+                raise InvalidInput(f"completion token {token!r} does not belong to {what}")
+        else:
+            lease = next((lease for lease in queue.leases.values() if matches(lease.item)), None)
+        if lease is None:
+            raise LeaseLost(
+                f"no {queue.kind} work item for {what} is held under completion token {token!r}: "
+                "it was already completed or abandoned, or released and dispatched again"
+            )
+        self._drop(lease)
+        return lease
+
+    async def complete_orchestration(self, response: pb.OrchestratorResponse) -> None:
+        lease = self._take(
+            self._orchestrations, response.completion_token,
+            lambda item: item.instance_id == response.instance_id,
+            f"orchestration {response.instance_id!r}",
+        )
+        item, step = lease.item, lease.step
+        assert isinstance(item, OrchestrationWorkItem) and step is not None
+        settled = False
+        try:
+            plan = apply_step(
+                item.instance_id, item.execution_id, step.started, step.new_events,
+                response.actions, self._clock.now_dt(),
+                custom_status=response.custom_status, suspended=step.suspended,
+            )
+            await self._backend.complete_orchestration(item, plan)
+            settled = True
+            self._abandoned.pop(item.instance_id, None)
+        except LeaseLost:
+            settled = True
+            raise
+        finally:
+            if not settled:
+                await self._abandon(self._orchestrations, item, self._backoff(item))
+
+    async def complete_activity(self, response: pb.ActivityResponse) -> None:
+        lease = self._take(
+            self._activities, response.completion_token,
+            lambda item: isinstance(item, ActivityWorkItem)
+            and (item.instance_id, item.task_id) == (response.instance_id, response.task_id),
+            f"activity #{response.task_id} of orchestration {response.instance_id!r}",
+        )
+        item = lease.item
+        assert isinstance(item, ActivityWorkItem)
+        now = self._clock.now_dt()
+        if response.failure_details is not None:
+            # Passed through as the worker sent them: the SDK reads its own details back.
+            event = h.event(now, task_failed=pb.TaskFailedEvent(
+                task_scheduled_id=item.task_id, failure_details=response.failure_details,
+            ))
+        else:
+            event = h.task_completed(now, item.task_id, response.result)
+        settled = False
+        try:
+            await self._backend.complete_activity(item, encode(event), decoded=event)
+            settled = True
+        except LeaseLost:
+            settled = True
+            raise
+        finally:
+            if not settled:
+                await self._abandon(self._activities, item, self._backoff(item))
+
+    async def abandon_orchestration(self, token: str) -> None:
+        """Give a step back, with backoff; an unknown token is a no-op (already released)."""
+        lease = self._orchestrations.leases.get(token)
+        if lease is not None:
+            self._drop(lease)
+            await self._abandon(self._orchestrations, lease.item, self._backoff(lease.item))
+
+    async def abandon_activity(self, token: str) -> None:
+        lease = self._activities.leases.get(token)
+        if lease is not None:
+            self._drop(lease)
+            await self._abandon(self._activities, lease.item, self._backoff(lease.item))
+
+    # -- releasing -------------------------------------------------------------------------
+
+    def _backoff(self, item: Item) -> float:
+        """Seconds before an item given back after a failure may be dispatched again."""
+        if isinstance(item, ActivityWorkItem):
+            return backoff(item.attempt)
+        attempt = self._abandoned[item.instance_id] = self._abandoned.get(item.instance_id, 0) + 1
+        return backoff(attempt)
+
+    async def _release(self, leases: list[Lease]) -> None:
+        """Give leases back for immediate re-dispatch (their worker went away)."""
+        # Whoever drops a lease first releases it (a stream and the dispatcher may both try).
+        mine = [lease for lease in leases if lease.queue.leases.get(lease.token) is lease]
+        for lease in mine:
+            self._drop(lease)
+        for lease in mine:
+            await self._abandon(lease.queue, lease.item, 0)
+
+    async def _abandon(self, queue: _Queue, item: Any, delay: float) -> None:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + RELEASE_TIMEOUT
+            try:
+                await queue.abandon(item, int(delay * 1_000_000))
+            except Exception:
+                log.exception("could not release %s work item of %s", queue.kind, item.instance_id)
+
+
+def _execution_started(
+    past: list[bytes], new: list[tuple[pb.HistoryEvent, bytes]]
+) -> pb.ExecutionStartedEvent | None:
+    # executionStarted is the second event of a history, so this parses two events, not all.
+    for data in past:
+        started = pb.HistoryEvent.parse(data).execution_started
+        if started is not None:
+            return started
+    return next((e.execution_started for e, _ in new if e.execution_started is not None), None)
+
+
+def _suspended_after(status: int, new: list[tuple[pb.HistoryEvent, bytes]]) -> bool:
+    suspended = status == _SUSPENDED
+    for event, _ in new:
+        if event.execution_suspended is not None:
+            suspended = True
+        elif event.execution_resumed is not None:
+            suspended = False
+    return suspended

@@ -1,0 +1,51 @@
+"""Work items as sent on the GetWorkItems stream, already encoded.
+
+An orchestrator work item carries the instance's whole history. Its events are stored as
+protobuf bytes, so the item is spliced together from those bytes instead of parsing every
+event and encoding it again.
+"""
+
+from __future__ import annotations
+
+from .. import _pb as pb
+from ..backend import ActivityWorkItem
+from ..wire import encode, varint
+
+# Keys (field number << 3 | length-delimited) of the fields spliced in by hand.
+_WORK_ITEM_ORCHESTRATOR_REQUEST = varint(1 << 3 | 2)  # WorkItem.orchestratorRequest
+_PAST_EVENT = varint(3 << 3 | 2)  # OrchestratorRequest.pastEvents
+_NEW_EVENT = varint(4 << 3 | 2)  # OrchestratorRequest.newEvents
+
+HEALTH_PING = encode(pb.WorkItem(health_ping=pb.HealthPing()))
+
+
+def orchestrator_work_item(
+    token: str, instance_id: str, execution_id: str, past: list[bytes], new: list[bytes]
+) -> bytes:
+    """A WorkItem{orchestratorRequest, completionToken}, from serialized history events."""
+    request = pb.OrchestratorRequest(instance_id=instance_id, execution_id=execution_id)
+    body = bytearray(encode(request))
+    for key, events in ((_PAST_EVENT, past), (_NEW_EVENT, new)):
+        for data in events:
+            body += key
+            body += varint(len(data))
+            body += data
+    return b"".join((
+        _WORK_ITEM_ORCHESTRATOR_REQUEST, varint(len(body)), body,
+        encode(pb.WorkItem(completion_token=token)),
+    ))
+
+
+def activity_work_item(token: str, item: ActivityWorkItem) -> bytes:
+    return encode(pb.WorkItem(
+        completion_token=token,
+        activity_request=pb.ActivityRequest(
+            name=item.name,
+            version=item.version,
+            input=item.input,
+            orchestration_instance=pb.OrchestrationInstance(
+                instance_id=item.instance_id, execution_id=item.execution_id
+            ),
+            task_id=item.task_id,
+        ),
+    ))
