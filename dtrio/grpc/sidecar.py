@@ -1,0 +1,46 @@
+"""The sidecar service: remote work dispatch and the gRPC server, over a running engine."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import trio
+
+from ..errors import InvalidInput
+from ..services import Engine
+from .bridge import serve_grpc
+from .remote import RemoteWork
+from .servicer import Servicer
+
+log = logging.getLogger("dtrio.grpc")
+
+# The Python SDK worker takes 120 s without a message for a dead stream.
+HEALTH_PING_INTERVAL = 30.0
+
+
+async def serve_sidecar(
+    engine: Engine,
+    host: str = "127.0.0.1",
+    port: int = 4001,
+    *,
+    health_ping_interval: float = HEALTH_PING_INTERVAL,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve TaskHubSidecarService for `engine` until cancelled; `started()` gives the bound port.
+
+    Run the engine with `local_workers=False`: its work is for the SDK workers that connect.
+    Cancelling releases every work item those workers hold, for the next start to pick up.
+    """
+    if engine.options.local_workers:
+        # Both would lease the same work, and wait on the same backend wake-ups.
+        raise InvalidInput(
+            "the sidecar serves an engine without in-process workers: "
+            "start it with local_workers=False"
+        )
+    remote = RemoteWork(engine, health_ping_interval=health_ping_interval)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(remote.serve)
+        bound = await nursery.start(partial(serve_grpc, Servicer(engine, remote), host, port))
+        log.info("sidecar listening on %s:%d", host, bound)
+        task_status.started(bound)

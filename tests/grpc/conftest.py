@@ -1,0 +1,92 @@
+"""The sidecar in process on port 0, driven by the official durabletask SDK (worker and client).
+
+The SDK is synchronous and threaded: its calls run in worker threads so the Trio loop, which
+serves them, stays free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pytest
+import sdk_app as app
+import trio
+from durabletask import client as sdk_client
+from durabletask import worker as sdk_worker
+
+import dtrio
+from dtrio.grpc import serve_sidecar
+
+
+@dataclass
+class Sidecar:
+    engine: dtrio.Engine
+    address: str
+    client: sdk_client.TaskHubGrpcClient
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one blocking SDK call in a thread."""
+        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs))
+
+    async def run(self, orchestrator: Any, *, input: Any = None, timeout: float = 20, **kw: Any):
+        """Start an orchestration and wait for it to finish; its final state."""
+        start = self.client.schedule_new_orchestration
+        iid = await self.call(start, orchestrator, input=input, **kw)
+        return await self.call(self.client.wait_for_orchestration_completion, iid, timeout=timeout)
+
+
+@asynccontextmanager
+async def running_sidecar(**options: Any) -> AsyncIterator[Sidecar]:
+    """An engine on an in-memory store with the sidecar in front of it, on a free port."""
+    async with dtrio.open_engine(
+        dtrio.Registry(), db=None, local_workers=False, max_poll_interval=None
+    ) as engine:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(serve_sidecar, engine, "127.0.0.1", 0, **options))
+            address = f"127.0.0.1:{port}"
+            yield Sidecar(engine, address, sdk_client.TaskHubGrpcClient(host_address=address))
+            nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def sidecar() -> AsyncIterator[Sidecar]:
+    async with running_sidecar() as running:
+        yield running
+
+
+@asynccontextmanager
+async def sdk_worker_running(
+    address: str,
+    orchestrators: Iterable[Any] = app.ORCHESTRATORS,
+    activities: Iterable[Any] = app.ACTIVITIES,
+    *,
+    max_activities: int | None = None,
+) -> AsyncIterator[sdk_worker.TaskHubGrpcWorker]:
+    """An SDK worker connected to `address`; `max_activities` is its concurrency hint."""
+    worker = sdk_worker.TaskHubGrpcWorker(
+        host_address=address,
+        concurrency_options=sdk_worker.ConcurrencyOptions(
+            maximum_concurrent_activity_work_items=max_activities
+        ),
+    )
+    for orchestrator in orchestrators:
+        worker.add_orchestrator(orchestrator)
+    for activity in activities:
+        worker.add_activity(activity)
+    await trio.to_thread.run_sync(worker.start)
+    try:
+        yield worker
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(worker.stop)
+
+
+@pytest.fixture
+async def worker(sidecar: Sidecar) -> AsyncIterator[sdk_worker.TaskHubGrpcWorker]:
+    """One SDK worker with every orchestrator and activity of `app` registered."""
+    async with sdk_worker_running(sidecar.address) as running:
+        yield running

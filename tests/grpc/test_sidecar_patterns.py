@@ -1,0 +1,103 @@
+"""Every orchestration pattern, run by the official Python SDK worker through the sidecar."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import sdk_app as app
+import trio
+from conftest import Sidecar
+from durabletask.client import OrchestrationStatus
+
+
+async def test_sequence_of_activities(sidecar: Sidecar, worker) -> None:
+    state = await sidecar.run(app.sequence)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert json.loads(state.serialized_output) == [
+        "Hello, Tokyo!", "Hello, London!", "Hello, Seattle!",
+    ]
+    assert state.failure_details is None
+
+
+async def test_fan_out_fan_in(sidecar: Sidecar, worker) -> None:
+    state = await sidecar.run(app.fan_out_fan_in, input=20)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert json.loads(state.serialized_output) == sum(i * i for i in range(20))
+
+
+async def test_when_any_returns_the_first_task(sidecar: Sidecar, worker) -> None:
+    client = sidecar.client
+    iid = await sidecar.call(client.schedule_new_orchestration, app.first_of_event_or_timer)
+    await sidecar.call(client.wait_for_orchestration_start, iid, timeout=10)
+    await sidecar.call(client.raise_orchestration_event, iid, "go")
+    state = await sidecar.call(client.wait_for_orchestration_completion, iid, timeout=10)
+    assert json.loads(state.serialized_output) == "event"
+
+
+async def test_durable_timer(sidecar: Sidecar, worker) -> None:
+    started = datetime.now(UTC)
+    state = await sidecar.run(app.sleeper, input=1)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    # The orchestration's clock (orchestratorStarted, naive UTC in the SDK) moved past the
+    # timer's due time.
+    woke = datetime.fromisoformat(json.loads(state.serialized_output)).replace(tzinfo=UTC)
+    assert woke - started >= timedelta(seconds=0.9)
+
+
+async def test_external_event_raised_while_waiting(sidecar: Sidecar, worker) -> None:
+    client = sidecar.client
+    iid = await sidecar.call(client.schedule_new_orchestration, app.approval)
+    while True:  # custom status says it waits
+        state = await sidecar.call(client.get_orchestration_state, iid)
+        if state.serialized_custom_status == json.dumps("waiting"):
+            break
+        await trio.sleep(0.02)
+    await sidecar.call(client.raise_orchestration_event, iid, "approval", data=True)
+    state = await sidecar.call(client.wait_for_orchestration_completion, iid, timeout=10)
+    assert json.loads(state.serialized_output) == {"approved": True}
+
+
+async def test_external_event_raised_before_a_scheduled_start(sidecar: Sidecar, worker) -> None:
+    client = sidecar.client
+    start_at = datetime.now(UTC) + timedelta(seconds=1)
+    iid = await sidecar.call(client.schedule_new_orchestration, app.approval, start_at=start_at)
+    await sidecar.call(client.raise_orchestration_event, iid, "approval", data="early")
+    state = await sidecar.call(client.get_orchestration_state, iid)
+    assert state.runtime_status == OrchestrationStatus.PENDING
+    state = await sidecar.call(client.wait_for_orchestration_completion, iid, timeout=10)
+    assert json.loads(state.serialized_output) == {"approved": "early"}
+    assert datetime.now(UTC) >= start_at
+
+
+async def test_sub_orchestrations(sidecar: Sidecar, worker) -> None:
+    client = sidecar.client
+    start = client.schedule_new_orchestration
+    iid = await sidecar.call(start, app.parent, input=3, instance_id="dad")
+    state = await sidecar.call(client.wait_for_orchestration_completion, iid, timeout=20)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    first, second = json.loads(state.serialized_output)
+    assert first["parent"] == second["parent"] == "dad"
+    assert (first["value"], second["value"]) == (9, 16)
+    assert second["child"] == "dad-kid"
+    kid = await sidecar.call(client.get_orchestration_state, "dad-kid")
+    assert kid.runtime_status == OrchestrationStatus.COMPLETED
+
+
+async def test_activity_failure_details_reach_the_orchestrator(sidecar: Sidecar, worker) -> None:
+    state = await sidecar.run(app.catches_failure, input="kaboom")
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    # The SDK's own details (qualified type names) come back as it sent them.
+    assert json.loads(state.serialized_output) == {
+        "type": "builtins.ValueError", "message": "kaboom",
+    }
+
+
+async def test_failed_orchestration_reports_its_failure(sidecar: Sidecar, worker) -> None:
+    state = await sidecar.run(app.fails, input="kaboom")
+    assert state.runtime_status == OrchestrationStatus.FAILED
+    details = state.failure_details
+    assert details is not None
+    assert details.error_type == "durabletask.task.TaskFailedError"
+    assert "kaboom" in details.message
+    assert details.stack_trace
