@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from functools import partial
 
 import trio
 
 from .errors import DtrioError
+
+log = logging.getLogger("dtrio.cli")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -18,21 +22,97 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    trio.run(_run_sidecar, args)
+    return 0
+
+
+async def _run_sidecar(args: argparse.Namespace) -> None:
+    from .grpc import serve_sidecar
+    from .registry import Registry
+    from .services import EngineOptions, open_engine
+
+    options = EngineOptions(
+        local_workers=False,
+        max_concurrent_orchestrations=args.max_concurrent_orchestrations,
+        max_concurrent_activities=args.max_concurrent_activities,
+    )
+    # Opened first, so that a signal arriving while the store opens is not lost.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_engine(Registry(), db=args.db, options=options) as engine:
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(partial(serve_sidecar, engine, args.host, args.port))
+                where = getattr(engine.backend, "where", args.db)
+                print(f"dtrio sidecar listening on {args.host}:{port} (store: {where})", flush=True)
+                async for signum in signals:
+                    log.info("%s: shutting down", signal.Signals(signum).name)
+                    break
+                # Cancelling the sidecar releases what remote workers hold, before the store closes.
+                nursery.cancel_scope.cancel()
+
+
+def _only_error(exc: BaseException) -> BaseException:
+    """The error a nursery wrapped in a group, when it is the only one."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _message(error: BaseException) -> str:
+    # An OSError's own text starts with "[Errno N]"; its strerror alone reads better.
+    if isinstance(error, OSError) and error.strerror and error.filename is None:
+        return error.strerror
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dtrio", description="dtrio durable task engine")
-    parser.add_argument("--log-level", default="warning", help="debug, info, warning or error")
+    parser = argparse.ArgumentParser(
+        prog="python -m dtrio", description="dtrio durable task engine"
+    )
+    levels = "debug, info, warning or error"
+    parser.add_argument("--log-level", default="warning", help=levels)
     commands = parser.add_subparsers(dest="command")
-    demo = commands.add_parser("demo", help="run an example orchestration on the embedded SQLite store")
-    demo.add_argument("--db", default="dtrio.sqlite3", help="SQLite file (default: ./dtrio.sqlite3)")
+    demo = commands.add_parser(
+        "demo", help="run an example orchestration on the embedded SQLite store"
+    )
+    demo.add_argument(
+        "--db", default="dtrio.sqlite3", help="SQLite file (default: ./dtrio.sqlite3)"
+    )
     demo.set_defaults(run=_demo)
+    serve = commands.add_parser(
+        "serve", help="serve the Durable Task gRPC protocol to the official SDKs"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=4001, help="port to listen on (default: 4001)")
+    serve.add_argument(
+        "--db", default="dtrio.sqlite3",
+        help="SQLite file (default: ./dtrio.sqlite3; :memory: for a throwaway store)",
+    )
+    serve.add_argument("--log-level", default=argparse.SUPPRESS, help=levels)
+    serve.add_argument(
+        "--max-concurrent-orchestrations", type=int, default=200, metavar="N",
+        help="orchestration steps out with workers at once (default: 200)",
+    )
+    serve.add_argument(
+        "--max-concurrent-activities", type=int, default=200, metavar="N",
+        help="activities out with workers at once (default: 200)",
+    )
+    serve.set_defaults(run=_serve)
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["demo", *(argv if argv is not None else sys.argv[1:])])
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.run(args)
-    except DtrioError as exc:
-        print(f"dtrio: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as exc:
+        error = _only_error(exc)
+        if isinstance(error, KeyboardInterrupt):
+            return 130
+        if isinstance(error, (DtrioError, OSError)):
+            print(f"dtrio: {_message(error)}", file=sys.stderr)
+            return 1
+        raise
