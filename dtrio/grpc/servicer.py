@@ -14,6 +14,7 @@ from ..client import validate_instance_id
 from ..errors import InstanceNotFound, InvalidInput
 from ..services import Engine
 from ..state import NewInstance, new_execution_id, to_us
+from ..trace_context import start_traced
 from ..wire import encode
 from .remote import RemoteWork, Send
 from .states import orchestration_state
@@ -47,11 +48,10 @@ class Servicer:
         tags = dict(request.tags) or None
         execution_id = new_execution_id()
         # The input arrives serialized already: it is stored as sent, not encoded again.
-        started = h.execution_started(
+        started = start_traced(h.execution_started(
             now, name, iid, execution_id, request.input,
             version=request.version, scheduled_start=start_at, tags=tags,
-        )
-        started.execution_started.parent_trace_context = request.parent_trace_context
+        ), request.parent_trace_context)
         visible_at = max(to_us(start_at), to_us(now)) if start_at is not None else to_us(now)
         await self._backend.create_instance(NewInstance(
             iid, execution_id, name, request.version, request.input, encode(started), visible_at,

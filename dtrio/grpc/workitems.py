@@ -47,5 +47,6 @@ def activity_work_item(token: str, item: ActivityWorkItem) -> bytes:
                 instance_id=item.instance_id, execution_id=item.execution_id
             ),
             task_id=item.task_id,
+            parent_trace_context=item.trace_context,
         ),
     ))
