@@ -16,6 +16,7 @@ _EXPORTS = {
     "ReusePolicy": "dtrio.client",
     "Registry": "dtrio.registry",
     "OrchestrationContext": "dtrio.replay",
+    "ReplaySafeLogger": "dtrio.replay",
     "Task": "dtrio.replay",
     "RetryPolicy": "dtrio.replay",
     "when_all": "dtrio.replay",

@@ -13,12 +13,13 @@ import trio
 
 from . import _pb as pb
 from . import history as h
-from . import payloads
+from . import payloads, tracing
 from .backend import Backend, InstanceQuery, InstanceRecord
 from .clock import Clock
 from .errors import FailureDetails, InstanceNotFound, InvalidInput, InvalidOperation
 from .registry import name_of
 from .state import TERMINAL, NewInstance, from_us, new_execution_id, to_us
+from .trace_context import start_traced
 from .wire import encode
 
 OrchestrationStatus = pb.OrchestrationStatus
@@ -156,17 +157,19 @@ class Client:
             raise InvalidInput("start_at must be timezone-aware (use UTC)")
         now = self._clock.now_dt()
         execution_id = new_execution_id()
-        started = h.execution_started(
-            now, name, iid, execution_id, data, version=version, scheduled_start=start_at, tags=tags,
-        )
         visible_at = max(to_us(start_at), to_us(now)) if start_at is not None else to_us(now)
         policy = reuse_policy or ReusePolicy()
-        await self._backend.create_instance(
-            NewInstance(iid, execution_id, name, version, data, encode(started), visible_at,
-                        tags=tags, started_event=started),
-            replace=frozenset(int(s) for s in policy.replace),
-            ignore=frozenset(int(s) for s in policy.ignore),
-        )
+        with tracing.create_orchestration(name, iid, version, now, self._clock) as trace:
+            started = start_traced(h.execution_started(
+                now, name, iid, execution_id, data, version=version, scheduled_start=start_at,
+                tags=tags,
+            ), trace)
+            await self._backend.create_instance(
+                NewInstance(iid, execution_id, name, version, data, encode(started), visible_at,
+                            tags=tags, started_event=started),
+                replace=frozenset(int(s) for s in policy.replace),
+                ignore=frozenset(int(s) for s in policy.ignore),
+            )
         return iid
 
     async def get_orchestration_state(
@@ -270,15 +273,17 @@ class Client:
         now = self._clock.now_dt()
         new_id = uuid.uuid4().hex if restart_with_new_instance_id else instance_id
         execution_id = new_execution_id()
-        started = h.execution_started(
-            now, record.name, new_id, execution_id, record.input, version=record.version,
-            tags=record.tags,
-        )
-        await self._backend.create_instance(
-            NewInstance(new_id, execution_id, record.name, record.version, record.input,
-                        encode(started), to_us(now), tags=record.tags, started_event=started),
-            replace=TERMINAL,
-        )
+        name, version = record.name, record.version
+        with tracing.create_orchestration(name, new_id, version, now, self._clock) as trace:
+            started = start_traced(h.execution_started(
+                now, record.name, new_id, execution_id, record.input, version=record.version,
+                tags=record.tags,
+            ), trace)
+            await self._backend.create_instance(
+                NewInstance(new_id, execution_id, record.name, record.version, record.input,
+                            encode(started), to_us(now), tags=record.tags, started_event=started),
+                replace=TERMINAL,
+            )
         return new_id
 
     async def rewind_orchestration(self, instance_id: str, reason: str | None = None) -> None:

@@ -45,12 +45,8 @@ def parse(context: pb.TraceContext | None) -> SpanRef | None:
     return ref if ref.trace_id and ref.span_id else None
 
 
-def make(trace_id: int, span_id: int, flags: int, trace_state: str | None = None) -> pb.TraceContext:
-    # The deprecated spanID field is filled too: older SDK workers still read it.
-    return pb.TraceContext(
-        trace_parent=traceparent(trace_id, span_id, flags), span_id=f"{span_id:016x}",
-        trace_state=trace_state,
-    )
+def make(trace_id: int, span_id: int, flags: int, state: str | None = None) -> pb.TraceContext:
+    return pb.TraceContext(trace_parent=traceparent(trace_id, span_id, flags), trace_state=state)
 
 
 def orchestration_context(started: pb.ExecutionStartedEvent | None) -> pb.TraceContext | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from .. import _pb as pb
 from .. import payloads
 from ..errors import InvalidInput
 from ..registry import name_of
+from .logger import ReplaySafeLogger
 from .retry import RetryableTask, RetryPolicy
 from .tasks import Task
 
@@ -74,6 +76,15 @@ class OrchestrationContext:
         self.name = ""
         self.version: str | None = None
         self._uuid_counter = 0
+        self._logger: ReplaySafeLogger | None = None
+
+    @property
+    def logger(self) -> ReplaySafeLogger:
+        """A logger (`dtrio.orchestrator.<name>`) that stays silent while replaying history."""
+        if self._logger is None:
+            logger = logging.getLogger(f"dtrio.orchestrator.{self.name}")
+            self._logger = ReplaySafeLogger(logger, self)
+        return self._logger
 
     @property
     def current_utc_datetime(self) -> datetime:

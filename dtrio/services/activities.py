@@ -8,12 +8,14 @@ import logging
 
 import trio
 
+from .. import _pb as pb
 from .. import history as h
-from .. import payloads
+from .. import payloads, tracing
 from ..activity import ActivityContext
 from ..backend import ActivityWorkItem, Backend
 from ..clock import Clock
 from ..errors import FailureDetails, LeaseLost
+from ..logs import work_item
 from ..registry import Registry
 from ..signals import Wakeup
 from ..wire import encode
@@ -21,6 +23,10 @@ from .dispatch import RELEASE_TIMEOUT, Dispatcher, backoff
 from .options import EngineOptions
 
 log = logging.getLogger("dtrio.engine")
+
+
+def _extra(item: ActivityWorkItem) -> dict[str, object]:
+    return work_item("activity", item.instance_id, task_id=item.task_id)
 
 
 class ActivityDispatcher:
@@ -62,19 +68,24 @@ class ActivityDispatcher:
                 try:
                     await self._backend.renew_activity(item, self._lease_us)
                 except LeaseLost as exc:
-                    log.warning("%s", exc)
+                    log.warning("%s", exc, extra=_extra(item))
 
     async def _execute(self, item: ActivityWorkItem) -> None:
         settled = False
         self._running[item.id] = item
         self._started.set()
         try:
-            event = await self._invoke(item)
+            with tracing.activity(item, self._clock) as span:
+                event = await self._invoke(item)
+                if event.task_failed is not None:
+                    tracing.fail(span, event.task_failed.failure_details.error_message)
             await self._backend.complete_activity(item, encode(event), decoded=event)
             settled = True
+            if log.isEnabledFor(logging.DEBUG):
+                self._log_result(item, event)
         except LeaseLost as exc:
             settled = True
-            log.warning("%s", exc)
+            log.warning("%s", exc, extra=_extra(item))
         finally:
             self._running.pop(item.id, None)
             if not settled:
@@ -83,7 +94,17 @@ class ActivityDispatcher:
                     try:
                         await self._backend.abandon_activity(item, int(backoff(item.attempt) * 1_000_000))
                     except Exception:
-                        log.exception("activity %r of %s: could not abandon it", item.name, item.instance_id)
+                        log.exception("activity %s#%d of %s: could not abandon it", item.name,
+                                      item.task_id, item.instance_id, extra=_extra(item))
+
+    def _log_result(self, item: ActivityWorkItem, event: pb.HistoryEvent) -> None:
+        failed = event.task_failed
+        outcome = (
+            f"failed: {failed.failure_details.error_type}: {failed.failure_details.error_message}"
+            if failed is not None and failed.failure_details is not None else "completed"
+        )
+        log.debug("activity %s#%d of %s (attempt %d) %s", item.name, item.task_id, item.instance_id,
+                  item.attempt, outcome, extra=_extra(item))
 
     async def _invoke(self, item: ActivityWorkItem):  # type: ignore[no-untyped-def]
         fn = self._registry.activities.get(item.name)

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from datetime import datetime
 
 import trio
 
 from .. import _pb as pb
 from .. import history as h
+from .. import tracing
 from ..backend import Backend, OrchestrationWorkItem
 from ..clock import Clock
 from ..errors import LeaseLost
+from ..logs import work_item
 from ..registry import Registry
-from ..replay import OrchestrationRun
-from ..state import TERMINAL, apply_step
+from ..replay import OrchestrationRun, describe_action
+from ..state import TERMINAL, OrchestrationStep, apply_step
 from .dispatch import RELEASE_TIMEOUT, Dispatcher, backoff
 from .options import EngineOptions
 
 log = logging.getLogger("dtrio.engine")
+_S = pb.OrchestrationStatus
 
 
 class RunCache:
@@ -78,37 +82,87 @@ class OrchestrationDispatcher:
                 settled = True
                 return
             run = self.cache.take(item.instance_id, item.step)
-            past: list[pb.HistoryEvent] = []
+            past: list[pb.HistoryEvent] | None = None
             if run is None:
                 run = OrchestrationRun(self._registry.orchestrators, item.instance_id)
-                past = [pb.HistoryEvent.parse(data) for data in await self._backend.load_history(item.instance_id)]
+                past = await self._load_history(item)
             now = self._clock.now_dt()
             new = [(h.orchestrator_started(now), None)]
             cached = item.decoded
             for inbox_id, data in item.events:
                 event = cached.get(inbox_id)
                 new.append((pb.HistoryEvent.parse(data) if event is None else event, data))
-            actions = run.feed(past, [event for event, _ in new])
+            events = [event for event, _ in new]
+            actions = run.feed(past or [], events)
             step = apply_step(
                 item.instance_id, item.execution_id, run.started, new, actions, now,
                 custom_status=run.custom_status, suspended=run.is_suspended,
             )
+            ended = step.completed or step.continued_as_new
+            execution: list[pb.HistoryEvent] | None = None
+            if ended and run.started is not None and run.started.orchestration_span_id:
+                # Read before committing: continuing as new replaces the history it is read from.
+                execution = (past if past is not None else await self._load_history(item)) + events
             await self._backend.complete_orchestration(item, step)
             settled = True
             self._failures.pop(item.instance_id, None)
             if not step.completed and not step.reset_history:
                 self.cache.put(item.instance_id, item.step + 1, run)
-            if step.completed:
-                log.info(
-                    "orchestration %s (%s) finished: %s",
-                    item.instance_id, item.name, pb.OrchestrationStatus(step.status).name,
-                )
+            self._log_step(item, events, actions, step)
+            if execution is not None:
+                self._emit_spans(item, execution, now, step)
         except LeaseLost as exc:
             settled = True
-            log.warning("orchestration %s: %s", item.instance_id, exc)
+            log.warning("orchestration %s: %s", item.instance_id, exc,
+                        extra=work_item("orchestration", item.instance_id))
         finally:
             if not settled:
                 await self._abandon(item)
+
+    async def _load_history(self, item: OrchestrationWorkItem) -> list[pb.HistoryEvent]:
+        stored = await self._backend.load_history(item.instance_id)
+        return [pb.HistoryEvent.parse(data) for data in stored]
+
+    def _emit_spans(
+        self, item: OrchestrationWorkItem, execution: list[pb.HistoryEvent], now: datetime,
+        step: OrchestrationStep,
+    ) -> None:
+        status = int(_S.CONTINUED_AS_NEW) if step.continued_as_new else step.status
+        failure = pb.TaskFailureDetails.parse(step.failure) if step.failure else None
+        try:
+            tracing.emit_execution(item.instance_id, execution, now, status, failure)
+        except Exception:
+            # The step is committed; a failing exporter must not make the engine redo it.
+            log.exception("orchestration %s: could not emit its spans", item.instance_id,
+                          extra=work_item("orchestration", item.instance_id))
+
+    def _log_step(
+        self, item: OrchestrationWorkItem, events: list[pb.HistoryEvent],
+        actions: list[pb.OrchestratorAction], step: OrchestrationStep,
+    ) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        iid, name = item.instance_id, item.name
+        extra = work_item("orchestration", iid)
+        if item.step == 0:
+            log.info("orchestration %s (%s) started", iid, name, extra=extra)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "orchestration %s (%s) step %d: events [%s] -> actions [%s]", iid, name, item.step,
+                ", ".join(h.kind(e) for e in events),
+                ", ".join(describe_action(a) for a in actions),
+                extra=extra,
+            )
+        if step.continued_as_new:
+            log.info("orchestration %s (%s) continued as new", iid, name, extra=extra)
+        elif step.completed:
+            status = _S(step.status).name
+            failure = pb.TaskFailureDetails.parse(step.failure) if step.failure else None
+            if failure is not None:
+                log.info("orchestration %s (%s) finished: %s: %s: %s", iid, name, status,
+                         failure.error_type, failure.error_message, extra=extra)
+            else:
+                log.info("orchestration %s (%s) finished: %s", iid, name, status, extra=extra)
 
     async def _abandon(self, item: OrchestrationWorkItem) -> None:
         attempt = self._failures[item.instance_id] = self._failures.get(item.instance_id, 0) + 1
@@ -117,4 +171,5 @@ class OrchestrationDispatcher:
             try:
                 await self._backend.abandon_orchestration(item, int(backoff(attempt) * 1_000_000))
             except Exception:
-                log.exception("orchestration %s: could not abandon its work item", item.instance_id)
+                log.exception("orchestration %s: could not abandon its work item", item.instance_id,
+                              extra=work_item("orchestration", item.instance_id))

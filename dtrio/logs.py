@@ -1,0 +1,77 @@
+"""Logging for operators: which logger each part uses, the fields every line about a work item
+carries, a JSON formatter, and one call that configures both formats.
+
+Loggers, one per part: `dtrio.engine` (dispatchers, the engine root), `dtrio.backend` (stores and
+their schema), `dtrio.grpc` (the sidecar), `dtrio.orchestrator.<name>` (orchestrators'
+`ctx.logger`, which never logs while replaying). INFO is the lifecycle of engines and
+instances; DEBUG is per step and per activity.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from opentelemetry import trace
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+# Record attributes that lines about a work item carry (see `work_item`); JSON shows them as fields.
+FIELDS = ("work_item", "instance_id", "orchestration", "task_id")
+
+
+def work_item(kind: str, instance_id: str, **more: Any) -> dict[str, Any]:
+    """`extra=` for a line about one work item ("orchestration" or "activity")."""
+    return {"work_item": kind, "instance_id": instance_id, **more}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC), level, logger, message, the work-item fields when
+    present, the current trace and span IDs when a span is recording, and any exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            line["trace_id"] = f"{span.trace_id:032x}"
+            line["span_id"] = f"{span.span_id:016x}"
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler `configure_logging` installed, so that calling it again replaces it."""
+
+
+def configure_logging(
+    level: int | str = "INFO", fmt: str = "text", stream: IO[str] | None = None
+) -> logging.Handler:
+    """Log every logger's records at `level` and above to `stream` (stderr), as `fmt` "text" or
+    "json" lines. What `python -m dtrio serve --log-level ... --log-format ...` calls; an
+    application that configures logging itself does not need it."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    root = logging.getLogger()
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    handler = _Handler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    return handler
