@@ -75,8 +75,16 @@ def fails(ctx: task.OrchestrationContext, message: str):
     return "unreachable"
 
 
+def counter(ctx: task.OrchestrationContext, n: int):
+    yield ctx.call_activity(square, input=n)
+    if n < 3:
+        ctx.continue_as_new(n + 1)
+        return None
+    return n
+
+
 ORCHESTRATORS = [
     sequence, fan_out_fan_in, first_of_event_or_timer, sleeper, approval, child, parent,
-    catches_failure, fails,
+    catches_failure, fails, counter,
 ]
 ACTIVITIES = [hello, square, explode]

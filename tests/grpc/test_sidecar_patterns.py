@@ -84,6 +84,12 @@ async def test_sub_orchestrations(sidecar: Sidecar, worker) -> None:
     assert kid.runtime_status == OrchestrationStatus.COMPLETED
 
 
+async def test_continue_as_new(sidecar: Sidecar, worker) -> None:
+    state = await sidecar.run(app.counter, input=0)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert (state.serialized_input, state.serialized_output) == ("3", "3")
+
+
 async def test_activity_failure_details_reach_the_orchestrator(sidecar: Sidecar, worker) -> None:
     state = await sidecar.run(app.catches_failure, input="kaboom")
     assert state.runtime_status == OrchestrationStatus.COMPLETED
