@@ -7,16 +7,20 @@ import json
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import grpc
 import pytest
 import trio
 from conftest import Sidecar, running_sidecar, sdk_worker_running
 from durabletask import task
-from durabletask.client import OrchestrationStatus
+from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 from durabletask.internal import orchestrator_service_pb2 as pb
 from google.protobuf import wrappers_pb2
 from raw_worker import RawWorker
+
+import dtrio
+from dtrio.grpc import serve_sidecar
 
 
 def schedule(action_id: int, name: str, data: str) -> pb.OrchestratorAction:
@@ -137,6 +141,31 @@ async def test_abandoned_and_dropped_work_is_dispatched_again(sidecar: Sidecar) 
         assert stale.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         second.close()
+
+
+async def test_stopping_the_sidecar_releases_the_work_it_handed_out() -> None:
+    async with dtrio.open_engine(
+        dtrio.Registry(), db=None, local_workers=False, max_poll_interval=None
+    ) as engine:
+        async with trio.open_nursery() as first:
+            port = await first.start(partial(serve_sidecar, engine, "127.0.0.1", 0))
+            client = TaskHubGrpcClient(host_address=f"127.0.0.1:{port}")
+            iid = await trio.to_thread.run_sync(client.schedule_new_orchestration, "by-hand")
+            raw = RawWorker(f"127.0.0.1:{port}")
+            held = await raw.next("orchestratorRequest")
+            first.cancel_scope.cancel()
+        raw.close()
+        # Free again at once, not when its 60 s lease runs out: the next sidecar hands it out.
+        async with trio.open_nursery() as second:
+            port = await second.start(partial(serve_sidecar, engine, "127.0.0.1", 0))
+            raw = RawWorker(f"127.0.0.1:{port}")
+            try:
+                again = await raw.next("orchestratorRequest", timeout=5)
+            finally:
+                raw.close()
+            assert again.orchestratorRequest.instanceId == iid
+            assert again.completionToken != held.completionToken
+            second.cancel_scope.cancel()
 
 
 async def test_idle_streams_get_health_pings() -> None:
