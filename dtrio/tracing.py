@@ -22,7 +22,7 @@ carries no trace context, and then nothing here runs for it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -132,14 +132,20 @@ def create_orchestration(
         span.end(end_time=_now_ns(clock))
 
 
-@contextmanager
-def activity(item: ActivityWorkItem, clock: Clock) -> Iterator[trace.Span | None]:
+def activity(item: ActivityWorkItem, clock: Clock) -> AbstractContextManager[trace.Span | None]:
     """The SERVER span of one activity execution, current while the activity runs so that the
     activity's own spans nest under it. Yields None (and costs nothing) when not traced."""
     parent = _parent(item.trace_context)
-    if parent is None:
-        yield None
-        return
+    return _NOT_TRACED if parent is None else _activity(item, clock, parent)
+
+
+_NOT_TRACED: AbstractContextManager[None] = nullcontext()
+
+
+@contextmanager
+def _activity(
+    item: ActivityWorkItem, clock: Clock, parent: otel_context.Context
+) -> Iterator[trace.Span]:
     attributes = _attributes("activity", item.name, item.instance_id, item.version)
     attributes[ATTR_TASK_ID] = item.task_id
     span = _tracer.start_span(
