@@ -24,7 +24,7 @@ import grpclib.server
 import trio
 import trio_asyncio
 from grpclib.encoding.proto import ProtoCodec
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from .. import _pb as pb
 from ..wire import encode
@@ -34,7 +34,6 @@ log = logging.getLogger("dtrio.grpc")
 
 # How long closing the server may take: handlers are cancelled and release what they hold.
 CLOSE_TIMEOUT = 10.0
-
 
 
 def _leave_other_threads_alone() -> None:
@@ -86,7 +85,7 @@ async def _call(rpc: str, method: Callable[..., Awaitable[Any]], *args: Any) -> 
     """Run a servicer method in Trio; its typed errors become gRPC statuses here."""
     try:
         return await method(*args)
-    except GRPCError:
+    except (GRPCError, StreamTerminatedError):  # already a status, or the caller went away
         raise
     except Exception as exc:
         error = grpc_error(exc)

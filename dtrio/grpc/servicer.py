@@ -53,10 +53,11 @@ class Servicer:
             version=request.version, scheduled_start=start_at, tags=tags,
         ), request.parent_trace_context)
         visible_at = max(to_us(start_at), to_us(now)) if start_at is not None else to_us(now)
+        policy = request.orchestration_id_reuse_policy
         await self._backend.create_instance(NewInstance(
             iid, execution_id, name, request.version, request.input, encode(started), visible_at,
             tags=tags, started_event=started,
-        ))
+        ), replace=frozenset(int(s) for s in policy.replaceable_status) if policy else frozenset())
         return pb.CreateInstanceResponse(instance_id=iid)
 
     async def get_instance(self, request: pb.GetInstanceRequest) -> pb.GetInstanceResponse:

@@ -10,6 +10,7 @@ import sdk_app as app
 import trio
 from conftest import Sidecar
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
+from durabletask.internal import orchestrator_service_pb2 as pb
 
 from dtrio.grpc.bridge import serve_grpc
 
@@ -36,6 +37,23 @@ async def test_duplicate_start_is_refused(sidecar: Sidecar) -> None:
     error = await rpc_error(sidecar, start, app.sequence, instance_id="once")
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "once" in error.details()
+
+
+async def test_duplicate_start_replaces_an_instance_in_a_replaceable_status(
+    sidecar: Sidecar, worker
+) -> None:
+    client = sidecar.client
+    first = await sidecar.run(app.fan_out_fan_in, input=2, instance_id="again")
+    policy = pb.OrchestrationIdReusePolicy(replaceableStatus=[pb.ORCHESTRATION_STATUS_COMPLETED])
+    start = partial(client.schedule_new_orchestration, reuse_id_policy=policy)
+    await sidecar.call(start, app.fan_out_fan_in, input=3, instance_id="again")
+    second = await sidecar.call(client.wait_for_orchestration_completion, "again", timeout=10)
+    assert (first.serialized_output, second.serialized_output) == ("1", "5")
+    # A running instance's status is not in the list: refused.
+    await sidecar.call(start, app.approval, instance_id="busy")
+    await sidecar.call(client.wait_for_orchestration_start, "busy", timeout=10)
+    error = await rpc_error(sidecar, start, app.approval, instance_id="busy")
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
 @pytest.mark.parametrize("instance_id", ["x" * 101, "bad\nid"])
