@@ -12,7 +12,7 @@ An orchestration runs as many steps, replays and engine restarts as it takes, so
 be open in memory: its span ID is chosen when the instance is created and stored in the
 executionStarted event (`dtrio.trace_context`), its children name that ID as their parent, and
 the span itself is built from the history and emitted once, after the step that ends the
-execution committed. Timers and the external, suspend and resume events recorded on the
+execution is committed. Timers and the external, suspend and resume events recorded on the
 orchestration span are read from the same history then.
 
 Sampling is decided once, for `create_orchestration`: an instance whose parent is not sampled
@@ -188,8 +188,8 @@ def emit_execution(
     own_ref, parent_ref = tc.parse(own), tc.parse(started.parent_trace_context)
     if own_ref is None or parent_ref is None:
         return
-    # An orchestration span with a span ID chosen in advance can only be built with the SDK;
-    # another provider (or none) gets nothing, which is also what it would export.
+    # Only the SDK's processors accept a span whose ID was chosen in advance; another provider
+    # gets neither the orchestration span nor the timers that would hang from it.
     from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.sdk.trace import Tracer as SdkTracer
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope

@@ -464,23 +464,41 @@ def test_replay_safe_logger_is_silent_while_replaying(caplog):
     assert caplog.records == []
 
 
-def test_json_lines_carry_the_work_item_fields():
+@pytest.fixture
+def root_logger():
+    """configure_logging changes the root logger: put it back as it was."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield root
+    root.setLevel(level)
+    root.handlers[:] = handlers
+
+
+def test_json_lines_carry_the_work_item_fields_and_the_current_span(spans, root_logger):
     stream = io.StringIO()
     handler = logs.configure_logging("DEBUG", "json", stream)
     again = logs.configure_logging("INFO", "json", stream)
-    try:
-        assert handler not in logging.getLogger().handlers  # configuring again replaces it
-        logging.getLogger("dtrio.engine").info(
-            "orchestration %s finished", "i1", extra=logs.work_item("orchestration", "i1")
-        )
-        logging.getLogger("dtrio.engine").debug("filtered out at INFO")
-    finally:
-        logging.getLogger().removeHandler(again)
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert len(lines) == 1
-    assert {k: lines[0][k] for k in ("level", "logger", "message", "work_item", "instance_id")} == {
+    assert handler not in root_logger.handlers and again in root_logger.handlers
+    engine_log = logging.getLogger("dtrio.engine")
+    engine_log.info("orchestration %s finished", "i1", extra=logs.work_item("orchestration", "i1"))
+    engine_log.debug("filtered out at INFO")
+    with app_tracer.start_as_current_span("inside") as span:
+        engine_log.warning("in a span")
+    first, second = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert {k: first[k] for k in ("level", "logger", "message", "work_item", "instance_id")} == {
         "level": "INFO", "logger": "dtrio.engine", "message": "orchestration i1 finished",
         "work_item": "orchestration", "instance_id": "i1",
     }
+    assert "trace_id" not in first
+    ctx = span.get_span_context()
+    assert second["trace_id"] == f"{ctx.trace_id:032x}"
+    assert second["span_id"] == f"{ctx.span_id:016x}"
+
+
+def test_text_lines(root_logger):
+    stream = io.StringIO()
+    logs.configure_logging(logging.INFO, "text", stream)
+    logging.getLogger("dtrio.backend").info("created store %s", "x.sqlite3")
+    assert stream.getvalue().rstrip().endswith("INFO    dtrio.backend: created store x.sqlite3")
     with pytest.raises(ValueError, match="text, json"):
         logs.configure_logging("INFO", "xml")
