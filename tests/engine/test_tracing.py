@@ -266,7 +266,7 @@ async def test_timer(autojump_clock, spans):
 
 async def test_sub_orchestration_nests_under_its_parent(autojump_clock, spans):
     async with open_test_engine(registry) as engine:
-        _, state = await run_traced(engine, parent, instance_id="p")
+        _, state = await run_traced(engine, parent, instance_id="p", version="2")
         child_events = await history(engine, "p:0000")
     assert state.output == ["Hello, kid!", "done"]
     finished = spans.get_finished_spans()
@@ -276,8 +276,13 @@ async def test_sub_orchestration_nests_under_its_parent(autojump_clock, spans):
         ("activity||nested", "SERVER", [("inside the activity", "INTERNAL", [])]),
         ("orchestration||child", "SERVER", [("activity||hello", "SERVER", [])]),
     ])
-    sub = only(finished, "orchestration||child")
-    assert dict(sub.attributes) == orchestration_attributes("child", "p:0000", "COMPLETED")
+    assert dict(orch.attributes) == orchestration_attributes(
+        "parent", "p", "COMPLETED", **{"durabletask.task.version": "2"}
+    )
+    sub = only(finished, "orchestration||child")  # a sub-orchestration inherits the version
+    assert dict(sub.attributes) == orchestration_attributes(
+        "child", "p:0000", "COMPLETED", **{"durabletask.task.version": "2"}
+    )
     started = started_of(child_events)
     assert f"{sub.context.span_id:016x}" == started.execution_started.orchestration_span_id
     assert sub.start_time == ns(started.timestamp)
