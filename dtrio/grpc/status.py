@@ -10,6 +10,7 @@ from ..errors import (
     InstanceAlreadyExists,
     InstanceNotFound,
     InvalidInput,
+    InvalidOperation,
     LeaseLost,
     NotRegistered,
     SerializationError,
@@ -23,6 +24,8 @@ _STATUSES: tuple[tuple[type[Exception], Status], ...] = (
     (InvalidInput, Status.INVALID_ARGUMENT),
     (SerializationError, Status.INVALID_ARGUMENT),
     (NotRegistered, Status.NOT_FOUND),
+    # The instance's state forbids it (restart a running instance, rewind a non-failed one).
+    (InvalidOperation, Status.FAILED_PRECONDITION),
     # A completion for a work item this caller no longer holds (stale or unknown token).
     (LeaseLost, Status.FAILED_PRECONDITION),
     (EngineClosed, Status.UNAVAILABLE),
