@@ -12,6 +12,7 @@ EXPECTED = {
     "activity_sequence.py": "COMPLETED: ['Hello, Tokyo!', 'Hello, London!', 'Hello, Seattle!']",
     "fan_out_fan_in.py": "COMPLETED: 55 words in 10 lines",
     "human_interaction.py": "COMPLETED: order #1234 was approved by the unattended approver",
+    "distributed_tracing.py": "COMPLETED: ['Hello, Tokyo!', 'Hello, Tokyo again!']",
 }
 
 
