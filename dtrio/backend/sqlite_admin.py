@@ -187,6 +187,43 @@ class SqliteAdmin:
         return InstancePage(records, token)
 
 
+    async def list_instance_ids(
+        self,
+        statuses: frozenset[int] | None,
+        completed_from: int | None,
+        completed_to: int | None,
+        page_size: int,
+        last_key: str | None,
+    ) -> tuple[list[str], str | None]:
+        """IDs of finished instances, ordered by completion time, a page at a time; the key is
+        None on the last page."""
+        self._check_open()
+        wanted = TERMINAL if not statuses else frozenset(statuses) & TERMINAL
+        if not wanted:
+            return [], None
+        where = f"status IN ({','.join(map(str, sorted(wanted)))}) AND completed_at IS NOT NULL"
+        args: list[Any] = []
+        if completed_from is not None:
+            where += " AND completed_at >= ?"
+            args.append(completed_from)
+        if completed_to is not None:
+            where += " AND completed_at < ?"
+            args.append(completed_to)
+        if last_key:
+            completed, key = _parse_token(last_key)
+            where += " AND (completed_at, instance_id) > (?, ?)"
+            args += [completed, key]
+        rows = self._conn.execute(
+            f"SELECT instance_id, completed_at FROM instances WHERE {where} "
+            f"ORDER BY completed_at, instance_id LIMIT ?",
+            [*args, page_size + 1],
+        ).fetchall()
+        await trio.lowlevel.checkpoint()
+        page = rows[:page_size]
+        more = len(rows) > page_size
+        return [r[0] for r in page], f"{page[-1][1]}:{page[-1][0]}" if more else None
+
+
 def _created_range(created_from: int | None, created_to: int | None) -> tuple[str, list[Any]]:
     where, args = "", []
     if created_from is not None:

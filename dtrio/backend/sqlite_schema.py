@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dtrio.backend")
 
 APPLICATION = "dtrio"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v1(db: "sqlite_utils.Database") -> None:
@@ -92,7 +92,12 @@ def _v2(db: "sqlite_utils.Database") -> None:
 
 
 # Index i upgrades a store from version i to i + 1.
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2]
+def _v3(db: "sqlite_utils.Database") -> None:
+    # ListInstanceIds pages finished instances by completion time.
+    db["instances"].create_index(["completed_at", "instance_id"], index_name="instances_completed")
+
+
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -15,9 +15,16 @@ from ..errors import InstanceNotFound, InvalidInput
 from ..services import Engine
 from ..state import NewInstance, new_execution_id, to_us
 from ..trace_context import start_traced
-from ..wire import encode
+from ..backend import InstanceQuery
+from ..wire import encode, one_of, varint
 from .remote import RemoteWork, Send
 from .states import orchestration_state
+
+
+DEFAULT_PAGE_SIZE = 100
+# HistoryChunk.events is field 1, length-delimited.
+HISTORY_CHUNK_EVENT = b"\x0a"
+HISTORY_CHUNK_BYTES = 1 << 20
 
 
 def _required(value: str, what: str) -> str:
@@ -97,6 +104,105 @@ class Servicer:
         event = h.event_raised(self._clock.now_dt(), name, request.input)
         await self._backend.add_event(iid, encode(event), decoded=event)
         return pb.RaiseEventResponse()
+
+    async def terminate_instance(self, request: pb.TerminateRequest) -> pb.TerminateResponse:
+        iid = validate_instance_id(request.instance_id)
+        event = h.execution_terminated(self._clock.now_dt(), request.output, request.recursive)
+        try:
+            await self._backend.add_event(iid, encode(event), decoded=event, wake_pending=True)
+        except InstanceNotFound:
+            pass  # the protocol treats terminating an unknown instance as done
+        return pb.TerminateResponse()
+
+    async def suspend_instance(self, request: pb.SuspendRequest) -> pb.SuspendResponse:
+        iid = validate_instance_id(request.instance_id)
+        await self._client.suspend_orchestration(iid, request.reason)
+        return pb.SuspendResponse()
+
+    async def resume_instance(self, request: pb.ResumeRequest) -> pb.ResumeResponse:
+        iid = validate_instance_id(request.instance_id)
+        await self._client.resume_orchestration(iid, request.reason)
+        return pb.ResumeResponse()
+
+    async def restart_instance(self, request: pb.RestartInstanceRequest) -> pb.RestartInstanceResponse:
+        iid = validate_instance_id(request.instance_id)
+        new_id = await self._client.restart_orchestration(
+            iid, restart_with_new_instance_id=request.restart_with_new_instance_id
+        )
+        return pb.RestartInstanceResponse(instance_id=new_id)
+
+    async def rewind_instance(self, request: pb.RewindInstanceRequest) -> pb.RewindInstanceResponse:
+        iid = validate_instance_id(request.instance_id)
+        await self._client.rewind_orchestration(iid, request.reason)
+        return pb.RewindInstanceResponse()
+
+    async def purge_instances(self, request: pb.PurgeInstancesRequest) -> pb.PurgeInstancesResponse:
+        which = one_of(request, "request")[0]
+        if which == "instance_id":
+            count = await self._client.purge_orchestration(
+                validate_instance_id(request.instance_id), recursive=request.recursive
+            )
+        elif which == "purge_instance_filter":
+            f = request.purge_instance_filter
+            count = await self._client.purge_orchestrations(
+                created_from=f.created_time_from, created_to=f.created_time_to,
+                statuses=[pb.OrchestrationStatus(s) for s in f.runtime_status] or None,
+            )
+        elif which == "instance_batch":
+            count = 0
+            for iid in request.instance_batch.instance_ids:
+                count += await self._client.purge_orchestration(
+                    validate_instance_id(iid), recursive=request.recursive
+                )
+        else:
+            raise InvalidInput("PurgeInstances needs an instance ID, a filter or a batch of IDs")
+        return pb.PurgeInstancesResponse(deleted_instance_count=count, is_complete=True)
+
+    async def query_instances(self, request: pb.QueryInstancesRequest) -> pb.QueryInstancesResponse:
+        q = request.query or pb.InstanceQuery()
+        fetch = q.fetch_inputs_and_outputs
+        page = await self._backend.query_instances(InstanceQuery(
+            to_us(q.created_time_from) if q.created_time_from else None,
+            to_us(q.created_time_to) if q.created_time_to else None,
+            frozenset(int(s) for s in q.runtime_status) or None,
+            q.instance_id_prefix or None,
+            q.max_instance_count if q.max_instance_count > 0 else DEFAULT_PAGE_SIZE,
+            q.continuation_token or None,
+            fetch,
+        ))
+        return pb.QueryInstancesResponse(
+            orchestration_state=[orchestration_state(r, payloads=fetch) for r in page.instances],
+            continuation_token=page.continuation_token,
+        )
+
+    async def list_instance_ids(self, request: pb.ListInstanceIdsRequest) -> pb.ListInstanceIdsResponse:
+        ids, last_key = await self._backend.list_instance_ids(
+            frozenset(int(s) for s in request.runtime_status) or None,
+            to_us(request.completed_time_from) if request.completed_time_from else None,
+            to_us(request.completed_time_to) if request.completed_time_to else None,
+            request.page_size if request.page_size > 0 else DEFAULT_PAGE_SIZE,
+            request.last_instance_key or None,
+        )
+        return pb.ListInstanceIdsResponse(instance_ids=ids, last_instance_key=last_key)
+
+    async def stream_instance_history(self, request: pb.StreamInstanceHistoryRequest, send: Send) -> None:
+        iid = validate_instance_id(request.instance_id)
+        record = await self._backend.get_instance(iid, payloads=False)
+        if record is None:
+            raise InstanceNotFound(iid)
+        if request.execution_id and request.execution_id != record.execution_id:
+            raise InstanceNotFound(f"{iid} (execution {request.execution_id})")
+        events = await self._backend.load_history(iid)
+        # Stored event bytes go out as they are, in chunks of bounded size.
+        chunk = bytearray()
+        for data in events:
+            field = HISTORY_CHUNK_EVENT + varint(len(data)) + data
+            if chunk and len(chunk) + len(field) > HISTORY_CHUNK_BYTES:
+                await send(bytes(chunk))
+                chunk.clear()
+            chunk += field
+        if chunk or not events:
+            await send(bytes(chunk))
 
     # -- worker RPCs -----------------------------------------------------------------------
 
