@@ -6,9 +6,13 @@ default: test
 test *args:
     python -m pytest {{args}}
 
-# run the engine: until the sidecar lands, the sequence example on the embedded SQLite store
+# the gRPC sidecar for the official Durable Task SDKs (port 4001, ./dtrio.sqlite3)
 serve *args:
-    python -m dtrio {{args}}
+    python -m dtrio serve {{args}}
+
+# an example orchestration on the embedded engine
+demo *args:
+    python -m dtrio demo {{args}}
 
 # regenerate the betterproto2 classes and grpclib stubs from proto/
 proto:

@@ -11,6 +11,7 @@ from functools import partial
 import trio
 
 from .errors import DtrioError
+from .logs import configure_logging
 
 log = logging.getLogger("dtrio.cli")
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     levels = "debug, info, warning or error"
     parser.add_argument("--log-level", default="warning", help=levels)
+    parser.add_argument("--log-format", default="text", choices=("text", "json"),
+                        help="log lines as text or as JSON objects (default: text)")
     commands = parser.add_subparsers(dest="command")
     demo = commands.add_parser(
         "demo", help="run an example orchestration on the embedded SQLite store"
@@ -90,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         "--db", default="dtrio.sqlite3",
         help="SQLite file (default: ./dtrio.sqlite3; :memory: for a throwaway store)",
     )
-    serve.add_argument("--log-level", default=argparse.SUPPRESS, help=levels)
+    serve.add_argument("--log-level", default=argparse.SUPPRESS, help=f"{levels} (default: info)")
+    serve.add_argument("--log-format", default=argparse.SUPPRESS, choices=("text", "json"),
+                       help="log lines as text or as JSON objects (default: text)")
     serve.add_argument(
         "--max-concurrent-orchestrations", type=int, default=200, metavar="N",
         help="orchestration steps out with workers at once (default: 200)",
@@ -103,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["demo", *(argv if argv is not None else sys.argv[1:])])
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if args.command == "serve" and "--log-level" not in (argv if argv is not None else sys.argv):
+        args.log_level = "info"  # a server says when it starts, stops and who connects
+    if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        print(f"dtrio: --log-level must be one of {levels}, not {args.log_level!r}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level, args.log_format)
     try:
         return args.run(args)
     except BaseException as exc:
