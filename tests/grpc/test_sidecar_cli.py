@@ -46,7 +46,8 @@ def test_a_port_in_use_is_a_one_line_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        process = serve("--port", str(port), "--db", ":memory:")
+        # At the default INFO level the store's and engine's start lines come first.
+        process = serve("--port", str(port), "--db", ":memory:", "--log-level", "warning")
         _, err = process.communicate(timeout=30)
     assert process.returncode != 0
     assert err.strip().splitlines() == [
@@ -55,7 +56,7 @@ def test_a_port_in_use_is_a_one_line_error() -> None:
 
 
 def test_an_unusable_store_is_a_one_line_error(tmp_path: Path) -> None:
-    process = serve("--port", "0", "--db", str(tmp_path / "missing" / "x.sqlite3"))
+    process = serve("--port", "0", "--db", str(tmp_path / "missing" / "x.sqlite3"), "--log-level", "warning")
     _, err = process.communicate(timeout=30)
     assert process.returncode != 0
     lines = err.strip().splitlines()
