@@ -94,7 +94,9 @@ def _v2(db: "sqlite_utils.Database") -> None:
 # Index i upgrades a store from version i to i + 1.
 def _v3(db: "sqlite_utils.Database") -> None:
     # ListInstanceIds pages finished instances by completion time.
-    db["instances"].create_index(["completed_at", "instance_id"], index_name="instances_completed")
+    db["instances"].create_index(
+        ["completed_at", "instance_id"], index_name="instances_completed", if_not_exists=True
+    )
 
 
 MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3]
