@@ -321,6 +321,19 @@ class SqliteBackend(SqliteAdmin):
         await trio.lowlevel.checkpoint()
         return [r[0] for r in rows]
 
+    async def renew_orchestration(self, item: OrchestrationWorkItem, lease_us: int) -> None:
+        """Keep a step's lease while its worker (a remote one) still works on it."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE instances SET lock_expires = ? WHERE instance_id = ? AND lock_token = ?",
+                (self._clock.now_us() + lease_us, item.instance_id, item.lock_token),
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(f"lease on orchestration {item.instance_id!r} was lost")
+
+        await self._write(op)
+
     async def complete_orchestration(self, item: OrchestrationWorkItem, step: OrchestrationStep) -> None:
         def op(conn: sqlite3.Connection) -> None:
             now = self._clock.now_us()

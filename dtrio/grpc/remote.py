@@ -71,7 +71,9 @@ class _Queue:
     ready: Wakeup  # the backend's "there may be work of this kind"
     lease: Callable[[str, int, int], Awaitable[list[Any]]]
     abandon: Callable[[Any, int], Awaitable[None]]
+    renew: Callable[[Any, int], Awaitable[None]]
     leases: dict[str, Lease] = field(default_factory=dict)  # by completion token
+    held: Wakeup = field(default_factory=Wakeup)  # a lease was handed out
     capacity: Wakeup = field(default_factory=Wakeup)  # a stream connected or a slot freed
 
 
@@ -116,14 +118,13 @@ class RemoteWork:
             "orchestration", options.max_concurrent_orchestrations,
             int(options.orchestration_lease * 1_000_000), backend.orchestrations_ready,
             backend.lease_orchestrations, backend.abandon_orchestration,
+            backend.renew_orchestration,
         )
         self._activities = _Queue(
             "activity", options.max_concurrent_activities,
             int(options.activity_lease * 1_000_000), backend.activities_ready,
-            backend.lease_activities, backend.abandon_activity,
+            backend.lease_activities, backend.abandon_activity, backend.renew_activity,
         )
-        self._renew_every = options.activity_lease / 3
-        self._activity_held = Wakeup()
         self._streams: list[WorkerStream] = []
         # Abandoned steps per instance, for the backoff of a worker that keeps giving one back.
         self._abandoned: dict[str, int] = {}
@@ -133,7 +134,8 @@ class RemoteWork:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._dispatch, self._orchestrations, self._offer_orchestration)
                 nursery.start_soon(self._dispatch, self._activities, self._offer_activity)
-                nursery.start_soon(self._renew_activities)
+                nursery.start_soon(self._renew, self._orchestrations)
+                nursery.start_soon(self._renew, self._activities)
                 task_status.started()
         finally:
             held = [*self._orchestrations.leases.values(), *self._activities.leases.values()]
@@ -203,8 +205,7 @@ class RemoteWork:
     def _hold(self, lease: Lease, message: bytes) -> None:
         lease.queue.leases[lease.token] = lease
         lease.stream.put(lease, message)
-        if lease.queue is self._activities:
-            self._activity_held.set()
+        lease.queue.held.set()
 
     def _drop(self, lease: Lease) -> None:
         del lease.queue.leases[lease.token]
@@ -238,15 +239,19 @@ class RemoteWork:
             return
         self._hold(Lease(self._activities, item, stream), activity_work_item(item.lock_token, item))
 
-    async def _renew_activities(self) -> None:
-        """Keep the leases of activities that connected workers still run alive."""
+    async def _renew(self, queue: _Queue) -> None:
+        """Keep the leases of work that connected workers still hold alive: a worker may take
+        longer than a lease (a slow activity, or a step of a large orchestration), and only a
+        worker that went away should lose its work."""
         while True:
-            if not self._activities.leases:
-                await self._activity_held.wait()
-            await trio.sleep(self._renew_every)
-            for lease in list(self._activities.leases.values()):
+            if not queue.leases:
+                await queue.held.wait()
+            await trio.sleep(queue.lease_us / 3_000_000)
+            for lease in list(queue.leases.values()):
+                if queue.leases.get(lease.token) is not lease:
+                    continue  # completed or released while an earlier one was renewed
                 try:
-                    await self._backend.renew_activity(lease.item, self._activities.lease_us)
+                    await queue.renew(lease.item, queue.lease_us)
                 except LeaseLost as exc:
                     log.warning("%s", exc)
 

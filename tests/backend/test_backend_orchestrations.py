@@ -448,3 +448,20 @@ async def test_decoded_events_match_their_bytes(kit):
     for inbox_id, data in item.events:
         if inbox_id in item.decoded:
             assert bytes(item.decoded[inbox_id]) == data
+
+
+async def test_renew_extends_an_orchestration_lease(kit, autojump_clock):
+    await kit.start("i1")
+    item = await kit.lease_one("i1", owner="w1", lease_us=10 * SECOND)
+    await trio.sleep(8)
+    await kit.backend.renew_orchestration(item, 10 * SECOND)  # now expires at t=18
+    await trio.sleep(8)  # t=16: past the first lease, within the renewed one
+    assert await kit.backend.lease_orchestrations("w2", 10, LEASE) == []
+    assert await kit.backend.next_due() == kit.now() + 2 * SECOND
+    await trio.sleep(3)
+    again = await kit.lease_one("i1", owner="w2")
+    with pytest.raises(LeaseLost):
+        await kit.backend.renew_orchestration(item, LEASE)  # stale token
+    await kit.backend.complete_orchestration(again, kit.step(again))
+    with pytest.raises(LeaseLost):
+        await kit.backend.renew_orchestration(again, LEASE)  # completed: nothing held

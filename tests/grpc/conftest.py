@@ -40,10 +40,14 @@ class Sidecar:
 
 
 @asynccontextmanager
-async def running_sidecar(**options: Any) -> AsyncIterator[Sidecar]:
-    """An engine on an in-memory store with the sidecar in front of it, on a free port."""
+async def running_sidecar(
+    *, engine_options: dict[str, Any] | None = None, **options: Any
+) -> AsyncIterator[Sidecar]:
+    """An engine on an in-memory store with the sidecar in front of it, on a free port.
+    `engine_options` are EngineOptions fields, `options` serve_sidecar's."""
+    engine_options = {"max_poll_interval": None, **(engine_options or {})}
     async with dtrio.open_engine(
-        dtrio.Registry(), db=None, local_workers=False, max_poll_interval=None
+        dtrio.Registry(), db=None, local_workers=False, **engine_options
     ) as engine:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(partial(serve_sidecar, engine, "127.0.0.1", 0, **options))
