@@ -21,6 +21,7 @@ from .wire import encode, history_marker, one_of
 
 _S = pb.OrchestrationStatus
 TERMINAL = frozenset({int(_S.COMPLETED), int(_S.FAILED), int(_S.TERMINATED), int(_S.CANCELED)})
+_STATUSES = frozenset(int(s) for s in _S)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ORCHESTRATOR_COMPLETED = pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_completed"].number
 
@@ -269,6 +270,14 @@ def _terminate(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.Terminat
 
 def _complete(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CompleteOrchestrationAction) -> object:
     status = int(body.orchestration_status)
+    if status not in _STATUSES:  # a newer protocol's, or garbage: its meaning is unknown here
+        _fail(b, action.id, FailureDetails(
+            "UnsupportedStatus",
+            f"orchestrator action #{action.id} completes the orchestration with status {status}, "
+            "which this engine does not know",
+            is_non_retriable=True,
+        ))
+        return _STOP
     if status == int(_S.CONTINUED_AS_NEW):
         _continue_as_new(b, body)
         return _STOP

@@ -104,6 +104,16 @@ def test_send_event_and_unsupported_action():
     assert not step.activities  # actions after the failing one are not applied
 
 
+def test_an_unknown_completion_status_fails_the_orchestration():
+    step = apply_step("i1", "e1", started(), NEW, [
+        action(0, complete_orchestration=pb.CompleteOrchestrationAction(
+            orchestration_status=S(99), result="42")),
+    ], T0)
+    assert step.status == int(S.FAILED) and step.output is None
+    failure = pb.TaskFailureDetails.parse(step.failure)
+    assert failure.error_type == "UnsupportedStatus" and "status 99" in failure.error_message
+
+
 def test_continue_as_new_resets_history_and_carries_events():
     carried = h.event_raised(T0, "later", '"x"')
     step = apply_step("i1", "e1", started(), NEW, [
