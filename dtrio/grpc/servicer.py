@@ -33,6 +33,20 @@ def _required(value: str, what: str) -> str:
     return value
 
 
+_STATUSES = frozenset(int(s) for s in pb.OrchestrationStatus)
+
+
+def _statuses(values: list[pb.OrchestrationStatus], what: str) -> frozenset[int] | None:
+    """A status filter; None for an empty one (any status). Numbers from a newer protocol
+    are refused rather than silently matching nothing."""
+    statuses = frozenset(int(s) for s in values)
+    unknown = sorted(statuses - _STATUSES)
+    if unknown:
+        raise InvalidInput(f"{what}: {', '.join(map(str, unknown))} is not an orchestration "
+                           f"status (known: {', '.join(s.name for s in pb.OrchestrationStatus)})")
+    return statuses or None
+
+
 class Servicer:
     def __init__(self, engine: Engine, remote: RemoteWork) -> None:
         self._backend = engine.backend
@@ -61,10 +75,11 @@ class Servicer:
         ), request.parent_trace_context)
         visible_at = max(to_us(start_at), to_us(now)) if start_at is not None else to_us(now)
         policy = request.orchestration_id_reuse_policy
+        replace = _statuses(policy.replaceable_status, "replaceableStatus") if policy else None
         await self._backend.create_instance(NewInstance(
             iid, execution_id, name, request.version, request.input, encode(started), visible_at,
             tags=tags, started_event=started,
-        ), replace=frozenset(int(s) for s in policy.replaceable_status) if policy else frozenset())
+        ), replace=replace or frozenset())
         return pb.CreateInstanceResponse(instance_id=iid)
 
     async def get_instance(self, request: pb.GetInstanceRequest) -> pb.GetInstanceResponse:
@@ -144,9 +159,10 @@ class Servicer:
             )
         elif which == "purge_instance_filter":
             f = request.purge_instance_filter
+            statuses = _statuses(f.runtime_status, "purge filter runtimeStatus")
             count = await self._client.purge_orchestrations(
                 created_from=f.created_time_from, created_to=f.created_time_to,
-                statuses=[pb.OrchestrationStatus(s) for s in f.runtime_status] or None,
+                statuses=[pb.OrchestrationStatus(s) for s in statuses] if statuses else None,
             )
         elif which == "instance_batch":
             count = 0
@@ -164,7 +180,7 @@ class Servicer:
         page = await self._backend.query_instances(InstanceQuery(
             to_us(q.created_time_from) if q.created_time_from else None,
             to_us(q.created_time_to) if q.created_time_to else None,
-            frozenset(int(s) for s in q.runtime_status) or None,
+            _statuses(q.runtime_status, "query runtimeStatus"),
             q.instance_id_prefix or None,
             q.max_instance_count if q.max_instance_count > 0 else DEFAULT_PAGE_SIZE,
             q.continuation_token or None,
@@ -177,7 +193,7 @@ class Servicer:
 
     async def list_instance_ids(self, request: pb.ListInstanceIdsRequest) -> pb.ListInstanceIdsResponse:
         ids, last_key = await self._backend.list_instance_ids(
-            frozenset(int(s) for s in request.runtime_status) or None,
+            _statuses(request.runtime_status, "runtimeStatus"),
             to_us(request.completed_time_from) if request.completed_time_from else None,
             to_us(request.completed_time_to) if request.completed_time_to else None,
             request.page_size if request.page_size > 0 else DEFAULT_PAGE_SIZE,
