@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 from functools import partial
@@ -42,7 +43,11 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_engine(Registry(), db=args.db, options=options) as engine:
             async with trio.open_nursery() as nursery:
-                port = await nursery.start(partial(serve_sidecar, engine, args.host, args.port))
+                # Unset, the sidecar's own default applies (the gRPC stack is imported late).
+                limit = {"max_message_size": args.max_message_size} if args.max_message_size else {}
+                port = await nursery.start(partial(
+                    serve_sidecar, engine, args.host, args.port, **limit
+                ))
                 where = getattr(engine.backend, "where", args.db)
                 print(f"dtrio sidecar listening on {args.host}:{port} (store: {where})", flush=True)
                 async for signum in signals:
@@ -50,6 +55,17 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
                     break
                 # Cancelling the sidecar releases what remote workers hold, before the store closes.
                 nursery.cancel_scope.cancel()
+
+
+def _size(text: str) -> int:
+    """A byte count: 16777216, 16MiB, 16M, 512KiB (binary units, whichever way written)."""
+    match = re.fullmatch(r"(\d+)\s*(?:([KMG])(?:I?B)?|B)?", text.strip().upper())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16777216 or 16MiB)")
+    size = int(match[1]) << {None: 0, "K": 10, "M": 20, "G": 30}[match[2]]
+    if size < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 byte")
+    return size
 
 
 def _only_error(exc: BaseException) -> BaseException:
@@ -103,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--max-concurrent-activities", type=int, default=200, metavar="N",
         help="activities out with workers at once (default: 200)",
+    )
+    serve.add_argument(
+        "--max-message-size", type=_size, default=None, metavar="SIZE",
+        help="largest request a client or worker may send, e.g. 64MiB (default: 16MiB); "
+        "a worker's larger result fails its activity or orchestration",
     )
     serve.set_defaults(run=_serve)
     args = parser.parse_args(argv)

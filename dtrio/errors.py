@@ -67,6 +67,10 @@ class StorageError(DtrioError):
     """The store could not be opened or used (corrupt, foreign, newer schema, ...)."""
 
 
+class MessageTooLarge(DtrioError):
+    """A message exceeds the size limit of the receiving side."""
+
+
 class LeaseLost(DtrioError):
     """A work item's lease expired or was taken by another worker; its completion was refused."""
 

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import re
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,7 +28,9 @@ from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from .. import _pb as pb
+from ..errors import InvalidInput
 from ..wire import encode
+from .inbound import DEFAULT_MAX_MESSAGE_SIZE, MalformedMessage, Skimmer, decode
 from .status import grpc_error
 
 log = logging.getLogger("dtrio.grpc")
@@ -64,7 +67,13 @@ class _Codec(ProtoCodec):
         return message if isinstance(message, bytes) else encode(message)
 
     def decode(self, data: bytes, message_type: Any) -> Any:
-        return message_type.parse(data)
+        return decode(message_type, data)
+
+
+_CODEC = _Codec()
+# Fields that say which work item a completion is for: all that is kept of one over the limit.
+_IDENTITY = ("instance_id", "task_id", "completion_token")
+_CHUNK = 1 << 16
 
 
 class _Service:
@@ -97,20 +106,68 @@ async def _call(rpc: str, method: Callable[..., Awaitable[Any]], *args: Any) -> 
         raise error from None
 
 
-def _unary(rpc: str, method: Callable[..., Awaitable[Any]]) -> Callable[[Any], Awaitable[None]]:
+async def _receive(
+    stream: grpclib.server.Stream[Any, Any], rpc: str, limit: int, too_large: bool
+) -> tuple[Any, int]:
+    """The request and its size in bytes.
+
+    Read here rather than by grpclib, which buffers a message of any size before decoding it.
+    A request over `limit` is refused unread, unless the servicer takes it `too_large`: then it
+    is read through in chunks, and only its identifying fields are kept.
+    """
+    # grpclib's own attributes: it offers no way to see a message's size before buffering it.
+    raw, message_type = stream._stream, stream._recv_type
+
+    async def read(size: int) -> bytes:
+        try:
+            data = await raw.recv_data(size)
+        except AssertionError:  # how grpclib says the stream ended before `size` bytes
+            data = b""
+        if len(data) < size:
+            raise MalformedMessage(f"{rpc}: the request ended before its declared length")
+        return data
+
+    try:
+        header = await read(5)
+        compressed, size = struct.unpack(">?I", header)
+        if compressed:
+            raise GRPCError(grpclib.const.Status.UNIMPLEMENTED,
+                            f"{rpc}: compressed messages are not supported")
+        if size <= limit:
+            return _CODEC.decode(await read(size), message_type), size
+        if not too_large:
+            raise GRPCError(grpclib.const.Status.RESOURCE_EXHAUSTED,
+                            f"{rpc}: the request of {size} bytes exceeds this sidecar's limit "
+                            f"of {limit} bytes per message (--max-message-size)")
+        skimmer = Skimmer(message_type, _IDENTITY)
+        for start in range(0, size, _CHUNK):
+            skimmer.feed(await read(min(_CHUNK, size - start)))
+        return skimmer.result(), size
+    except InvalidInput as exc:
+        raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, str(exc)) from None
+
+
+def _unary(
+    rpc: str, method: Callable[..., Awaitable[Any]], limit: int,
+    too_large: Callable[..., Awaitable[Any]] | None,
+) -> Callable[[Any], Awaitable[None]]:
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
-        reply = await trio_asyncio.trio_as_aio(_call)(rpc, method, request)
+        request, size = await _receive(stream, rpc, limit, too_large is not None)
+        if size > limit:
+            assert too_large is not None
+            reply = await trio_asyncio.trio_as_aio(_call)(rpc, too_large, request, size, limit)
+        else:
+            reply = await trio_asyncio.trio_as_aio(_call)(rpc, method, request)
         await stream.send_message(reply)
 
     return handle
 
 
 def _server_stream(
-    rpc: str, method: Callable[..., Awaitable[Any]]
+    rpc: str, method: Callable[..., Awaitable[Any]], limit: int
 ) -> Callable[[Any], Awaitable[None]]:
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
+        request, _ = await _receive(stream, rpc, limit, False)
         send = trio_asyncio.aio_as_trio(stream.send_message)
         await trio_asyncio.trio_as_aio(_call)(rpc, method, request, send)
 
@@ -126,8 +183,14 @@ def _unimplemented(rpc: str) -> Callable[[Any], Awaitable[None]]:
     return handle
 
 
-def handlers(servicer: object) -> dict[str, grpclib.const.Handler]:
-    """grpclib handlers for every TaskHubSidecarService RPC, each running `servicer`'s method."""
+def handlers(
+    servicer: object, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> dict[str, grpclib.const.Handler]:
+    """grpclib handlers for every TaskHubSidecarService RPC, each running `servicer`'s method.
+
+    A request over `max_message_size` bytes is refused, unless the servicer has a method named
+    `<rpc>_too_large(request, size, limit)`: that one gets the request's identifying fields.
+    """
     mapping = {}
     for path, handler in pb.TaskHubSidecarServiceBase().__mapping__().items():
         rpc = path.rsplit("/", 1)[1]
@@ -135,9 +198,10 @@ def handlers(servicer: object) -> dict[str, grpclib.const.Handler]:
         if method is None:
             func = _unimplemented(rpc)
         elif handler.cardinality is grpclib.const.Cardinality.UNARY_STREAM:
-            func = _server_stream(rpc, method)
+            func = _server_stream(rpc, method, max_message_size)
         else:
-            func = _unary(rpc, method)
+            too_large = getattr(servicer, f"{_snake(rpc)}_too_large", None)
+            func = _unary(rpc, method, max_message_size, too_large)
         mapping[path] = grpclib.const.Handler(
             func, handler.cardinality, handler.request_type, handler.reply_type
         )
@@ -164,13 +228,15 @@ async def serve_grpc(
     host: str,
     port: int,
     *,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve TaskHubSidecarService until cancelled; `started()` gives the bound port."""
+    mapping = handlers(servicer, max_message_size)
     # The server closes the socket when it closes; `with` covers a failure to start it.
     with await _bind(host, port) as sock:
         async with trio_asyncio.open_loop():
-            server = await trio_asyncio.aio_as_trio(_start)(handlers(servicer), sock)
+            server = await trio_asyncio.aio_as_trio(_start)(mapping, sock)
             try:
                 task_status.started(sock.getsockname()[1])
                 await trio.sleep_forever()
@@ -183,7 +249,7 @@ async def serve_grpc(
 async def _start(
     mapping: dict[str, grpclib.const.Handler], sock: socket.socket
 ) -> grpclib.server.Server:
-    server = grpclib.server.Server([_Service(mapping)], codec=_Codec())
+    server = grpclib.server.Server([_Service(mapping)], codec=_CODEC)
     await server.start(sock=sock)
     return server
 

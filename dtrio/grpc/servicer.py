@@ -11,7 +11,7 @@ from .. import _pb as pb
 from .. import history as h
 from .._pb.google import protobuf as google_protobuf
 from ..client import validate_instance_id
-from ..errors import InstanceNotFound, InvalidInput
+from ..errors import InstanceNotFound, InvalidInput, MessageTooLarge
 from ..services import Engine
 from ..state import NewInstance, new_execution_id, to_us
 from ..trace_context import start_traced
@@ -45,6 +45,11 @@ def _statuses(values: list[pb.OrchestrationStatus], what: str) -> frozenset[int]
         raise InvalidInput(f"{what}: {', '.join(map(str, unknown))} is not an orchestration "
                            f"status (known: {', '.join(s.name for s in pb.OrchestrationStatus)})")
     return statuses or None
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (f"the worker's result of {size} bytes exceeds this sidecar's limit of {limit} bytes "
+            "per message (--max-message-size)")
 
 
 class Servicer:
@@ -231,9 +236,48 @@ class Servicer:
         await self._remote.complete_orchestration(request)
         return pb.CompleteTaskResponse()
 
+    async def complete_orchestrator_task_too_large(
+        self, request: pb.OrchestratorResponse, size: int, limit: int
+    ) -> pb.CompleteTaskResponse:
+        """A step whose result is too large fails its orchestration: its worker could only give
+        it back, to run into the same limit again."""
+        why = _too_large(size, limit)
+        await self._remote.complete_orchestration(pb.OrchestratorResponse(
+            instance_id=request.instance_id, completion_token=request.completion_token,
+            actions=[pb.OrchestratorAction(
+                id=-1, complete_orchestration=pb.CompleteOrchestrationAction(
+                    orchestration_status=pb.OrchestrationStatus.FAILED,
+                    failure_details=pb.TaskFailureDetails(
+                        error_type="MessageTooLarge", error_message=why, is_non_retriable=True,
+                    ),
+                ),
+            )],
+        ))
+        raise MessageTooLarge(
+            f"CompleteOrchestratorTask: {why}; orchestration {request.instance_id!r} failed"
+        )
+
     async def complete_activity_task(self, request: pb.ActivityResponse) -> pb.CompleteTaskResponse:
         await self._remote.complete_activity(request)
         return pb.CompleteTaskResponse()
+
+    async def complete_activity_task_too_large(
+        self, request: pb.ActivityResponse, size: int, limit: int
+    ) -> pb.CompleteTaskResponse:
+        """An activity whose result is too large fails, as if it had raised: its orchestration
+        decides what follows."""
+        why = _too_large(size, limit)
+        await self._remote.complete_activity(pb.ActivityResponse(
+            instance_id=request.instance_id, task_id=request.task_id,
+            completion_token=request.completion_token,
+            failure_details=pb.TaskFailureDetails(
+                error_type="MessageTooLarge", error_message=why, is_non_retriable=True,
+            ),
+        ))
+        raise MessageTooLarge(
+            f"CompleteActivityTask: {why}; activity #{request.task_id} of orchestration "
+            f"{request.instance_id!r} failed"
+        )
 
     async def abandon_task_orchestrator_work_item(
         self, request: pb.AbandonOrchestrationTaskRequest

@@ -10,6 +10,7 @@ import trio
 from ..errors import InvalidInput
 from ..services import Engine
 from .bridge import serve_grpc
+from .inbound import DEFAULT_MAX_MESSAGE_SIZE
 from .remote import RemoteWork
 from .servicer import Servicer
 
@@ -25,13 +26,18 @@ async def serve_sidecar(
     port: int = 4001,
     *,
     health_ping_interval: float = HEALTH_PING_INTERVAL,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve TaskHubSidecarService for `engine` until cancelled; `started()` gives the bound port.
 
     Run the engine with `local_workers=False`: its work is for the SDK workers that connect.
     Cancelling releases every work item those workers hold, for the next start to pick up.
+    A request over `max_message_size` bytes fails alone: a client's with RESOURCE_EXHAUSTED, a
+    worker's result by failing its activity or orchestration.
     """
+    if max_message_size < 1:
+        raise InvalidInput("max_message_size must be at least 1 byte")
     if engine.options.local_workers:
         # Both would lease the same work, and wait on the same backend wake-ups.
         raise InvalidInput(
@@ -41,6 +47,8 @@ async def serve_sidecar(
     remote = RemoteWork(engine, health_ping_interval=health_ping_interval)
     async with trio.open_nursery() as nursery:
         await nursery.start(remote.serve)
-        bound = await nursery.start(partial(serve_grpc, Servicer(engine, remote), host, port))
+        bound = await nursery.start(partial(
+            serve_grpc, Servicer(engine, remote), host, port, max_message_size=max_message_size
+        ))
         log.info("sidecar listening on %s:%d", host, bound)
         task_status.started(bound)

@@ -12,6 +12,7 @@ from ..errors import (
     InvalidInput,
     InvalidOperation,
     LeaseLost,
+    MessageTooLarge,
     NotRegistered,
     SerializationError,
     StorageError,
@@ -28,6 +29,7 @@ _STATUSES: tuple[tuple[type[Exception], Status], ...] = (
     (InvalidOperation, Status.FAILED_PRECONDITION),
     # A completion for a work item this caller no longer holds (stale or unknown token).
     (LeaseLost, Status.FAILED_PRECONDITION),
+    (MessageTooLarge, Status.RESOURCE_EXHAUSTED),
     (EngineClosed, Status.UNAVAILABLE),
     (StorageError, Status.UNAVAILABLE),
 )

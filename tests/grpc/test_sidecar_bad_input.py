@@ -1,20 +1,30 @@
 """Bad input fails the one request (or the one instance) it belongs to, never the server:
-unknown enum numbers, clients that go away."""
+malformed protobuf, unknown enum numbers, oversized messages, clients that go away."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import grpc
 import pytest
 import sdk_app as app
 import trio
-from conftest import Sidecar
-from durabletask.client import OrchestrationStatus
+from conftest import Sidecar, running_sidecar, sdk_worker_running
+from durabletask import task
+from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 from durabletask.history import TaskCompletedEvent, TaskScheduledEvent
 from durabletask.internal import orchestrator_service_pb2 as pb
 from raw_worker import RawWorker
+
+LIMIT = 64 << 10
+
 
 def raw_call(address: str, rpc: str, data: bytes, *, stream: bool = False) -> list[bytes]:
     """Send `data` as the request bytes of `rpc`, as no SDK would; the reply messages' bytes."""
@@ -35,6 +45,29 @@ async def refused(address: str, rpc: str, data: bytes, *, stream: bool = False) 
 async def still_serves(sidecar: Sidecar) -> None:
     state = await sidecar.run(app.sequence)
     assert state.runtime_status == OrchestrationStatus.COMPLETED
+
+
+async def test_malformed_requests_fail_alone(sidecar: Sidecar, worker) -> None:
+    for rpc, data in [
+        ("GetInstance", b"\x0a\x05ab"),  # a string shorter than its declared length
+        ("GetInstance", b"\x0a\x02\xc3\x28"),  # not UTF-8
+        ("StartInstance", b"\x08\x01"),  # a number where the instance ID belongs
+        ("CompleteOrchestratorTask", b"\xff\xff\xff"),
+        ("RaiseEvent", b"garbage!"),
+    ]:
+        error = await refused(sidecar.address, rpc, data)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, data)
+        assert "malformed" in error.details()
+    await still_serves(sidecar)
+
+
+async def test_a_malformed_work_item_stream_request_fails_alone(sidecar: Sidecar, worker) -> None:
+    # A string where maxConcurrentOrchestrationWorkItems belongs: decoded leniently, it became
+    # a list of numbers that took down the dispatcher every worker shares.
+    error = await refused(sidecar.address, "GetWorkItems", b"\x0a\x02ab", stream=True)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "maxConcurrentOrchestrationWorkItems" in error.details() or "field 1" in error.details()
+    await still_serves(sidecar)
 
 
 async def test_unknown_status_numbers_are_refused_and_change_nothing(
@@ -72,6 +105,46 @@ async def test_an_unknown_completion_status_fails_that_instance(sidecar: Sidecar
     assert state.runtime_status == OrchestrationStatus.FAILED
     assert state.failure_details.error_type == "UnsupportedStatus"
     assert "status 99" in state.failure_details.message
+
+
+async def test_an_oversized_client_request_fails_alone() -> None:
+    async with running_sidecar(max_message_size=LIMIT) as sidecar:
+        start = sidecar.client.schedule_new_orchestration
+        with pytest.raises(grpc.RpcError) as caught:
+            await sidecar.call(start, app.sequence, input="x" * LIMIT, instance_id="big")
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"limit of {LIMIT} bytes" in caught.value.details()
+        assert await sidecar.call(sidecar.client.get_orchestration_state, "big") is None
+        async with sdk_worker_running(sidecar.address):
+            await still_serves(sidecar)
+
+
+def big_result(ctx: task.ActivityContext, _: object) -> str:
+    return "x" * LIMIT
+
+
+def calls_big_result(ctx: task.OrchestrationContext, _: object):
+    return (yield ctx.call_activity(big_result))
+
+
+def returns_big_result(ctx: task.OrchestrationContext, _: object):
+    yield ctx.call_activity(app.hello, input="world")
+    return "x" * LIMIT
+
+
+async def test_an_oversized_result_fails_its_activity_or_orchestration() -> None:
+    async with running_sidecar(max_message_size=LIMIT) as sidecar:
+        orchestrators = [calls_big_result, returns_big_result, app.sequence]
+        async with sdk_worker_running(sidecar.address, orchestrators, [big_result, app.hello]):
+            activity = await sidecar.run(calls_big_result)
+            assert activity.runtime_status == OrchestrationStatus.FAILED
+            assert f"limit of {LIMIT} bytes" in activity.failure_details.message
+
+            orchestration = await sidecar.run(returns_big_result)
+            assert orchestration.runtime_status == OrchestrationStatus.FAILED
+            assert orchestration.failure_details.error_type == "MessageTooLarge"
+            assert f"limit of {LIMIT} bytes" in orchestration.failure_details.message
+            await still_serves(sidecar)
 
 
 async def test_a_client_gone_mid_wait_leaves_the_instance_and_others_alone(
@@ -117,3 +190,36 @@ async def test_a_worker_gone_mid_stream_loses_nothing(sidecar: Sidecar, worker) 
         scheduled = [e.event_id for e in history if isinstance(e, TaskScheduledEvent)]
         completed = [e.task_scheduled_id for e in history if isinstance(e, TaskCompletedEvent)]
         assert sorted(scheduled) == sorted(completed) and len(set(scheduled)) == 4
+
+
+def serve(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "dtrio", "serve", "--port", "0", "--db", ":memory:", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def test_serve_takes_the_limit_from_its_flag() -> None:
+    process = serve("--max-message-size", "64KiB")
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert port, line
+        client = TaskHubGrpcClient(host_address=f"127.0.0.1:{port.group(1)}")
+        with pytest.raises(grpc.RpcError) as caught:
+            client.schedule_new_orchestration("any", input="x" * LIMIT)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"limit of {LIMIT} bytes" in caught.value.details()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_serve_refuses_a_limit_that_is_not_a_size() -> None:
+    process = serve("--max-message-size", "lots")
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert "--max-message-size: not a size: 'lots'" in err
