@@ -6,6 +6,7 @@ from .base import (
     InstancePage,
     InstanceQuery,
     InstanceRecord,
+    NameFilter,
     OrchestrationWorkItem,
 )
 from .sqlite import SqliteBackend, open_sqlite_backend
@@ -16,6 +17,7 @@ __all__ = [
     "InstancePage",
     "InstanceQuery",
     "InstanceRecord",
+    "NameFilter",
     "OrchestrationWorkItem",
     "SqliteBackend",
     "open_sqlite_backend",

@@ -10,6 +10,11 @@ from ..signals import ChangeBoard, Wakeup
 from ..state import NewInstance, OrchestrationStep
 
 
+# The names of the orchestrations or activities a worker takes, each with the versions it takes
+# (none: any version; an absent version counts as ""). A lease with None takes every name.
+NameFilter = frozenset[tuple[str, frozenset[str]]]
+
+
 @dataclass(slots=True)
 class OrchestrationWorkItem:
     """New events for one instance, leased to one worker until completed or abandoned."""
@@ -117,7 +122,9 @@ class Backend(Protocol):
         completed_to: int | None, page_size: int, last_key: str | None,
     ) -> tuple[list[str], str | None]: ...
 
-    async def lease_orchestrations(self, owner: str, limit: int, lease_us: int) -> list[OrchestrationWorkItem]: ...
+    async def lease_orchestrations(
+        self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
+    ) -> list[OrchestrationWorkItem]: ...
 
     async def load_history(self, instance_id: str) -> list[bytes]: ...
 
@@ -129,7 +136,9 @@ class Backend(Protocol):
 
     async def abandon_orchestration(self, item: OrchestrationWorkItem, delay_us: int) -> None: ...
 
-    async def lease_activities(self, owner: str, limit: int, lease_us: int) -> list[ActivityWorkItem]: ...
+    async def lease_activities(
+        self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
+    ) -> list[ActivityWorkItem]: ...
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None: ...
 

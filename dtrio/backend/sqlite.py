@@ -23,7 +23,7 @@ from ..errors import InstanceAlreadyExists, InstanceNotFound, LeaseLost, Storage
 from ..signals import ChangeBoard, Wakeup
 from ..state import TERMINAL, Message, NewInstance, OrchestrationStep
 from ..wire import encode
-from .base import ActivityWorkItem, InstanceRecord, OrchestrationWorkItem
+from .base import ActivityWorkItem, InstanceRecord, NameFilter, OrchestrationWorkItem
 from .sqlite_admin import SqliteAdmin, record, record_columns
 from .sqlite_schema import check_and_migrate
 
@@ -32,6 +32,26 @@ _RUNNING = int(pb.OrchestrationStatus.RUNNING)
 _SUSPENDED = int(pb.OrchestrationStatus.SUSPENDED)
 
 _DECODED_CACHE = 50_000
+
+
+def _matching(names: NameFilter | None, first: int) -> tuple[str, list[str]]:
+    """An SQL condition on the `name` and `version` columns, with parameters numbered from
+    `first`: rows a worker taking `names` (None: every name) takes."""
+    if names is None:
+        return "1", []
+    params: list[str] = []
+
+    def mark(value: str) -> str:
+        params.append(value)
+        return f"?{first + len(params) - 1}"
+
+    any_version = [name for name, versions in names if not versions]
+    parts = [f"name IN ({', '.join(map(mark, any_version))})"] if any_version else []
+    for name, versions in names:
+        if versions:
+            parts.append(f"(name = {mark(name)} AND coalesce(version, '') IN "
+                         f"({', '.join(map(mark, sorted(versions)))}))")
+    return " OR ".join(parts) or "0", params
 
 
 class _Op:
@@ -278,20 +298,23 @@ class SqliteBackend(SqliteAdmin):
 
     # -- orchestration work items ----------------------------------------------------------
 
-    async def lease_orchestrations(self, owner: str, limit: int, lease_us: int) -> list[OrchestrationWorkItem]:
+    async def lease_orchestrations(
+        self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
+    ) -> list[OrchestrationWorkItem]:
         self._check_open()
         await trio.lowlevel.checkpoint_if_cancelled()  # never take leases we cannot hand out
         conn = self._conn
         now = self._clock.now_us()
+        matching, params = _matching(names, 5)
         conn.execute("BEGIN IMMEDIATE")
         try:
             rows = conn.execute(
                 "UPDATE instances SET lock_owner = ?1, lock_token = hex(randomblob(12)), "
                 "lock_expires = ?2 WHERE instance_id IN (SELECT instance_id FROM instances "
                 "WHERE ready_at <= ?3 AND (lock_expires IS NULL OR lock_expires <= ?3) "
-                "ORDER BY ready_at LIMIT ?4) "
+                f"AND ({matching}) ORDER BY ready_at LIMIT ?4) "
                 "RETURNING instance_id, execution_id, name, status, lock_token, step",
-                (owner, now + lease_us, now, limit),
+                (owner, now + lease_us, now, limit, *params),
             ).fetchall()
             items = {r[0]: OrchestrationWorkItem(*r, []) for r in rows}
             if items:
@@ -438,20 +461,23 @@ class SqliteBackend(SqliteAdmin):
 
     # -- activity work items ---------------------------------------------------------------
 
-    async def lease_activities(self, owner: str, limit: int, lease_us: int) -> list[ActivityWorkItem]:
+    async def lease_activities(
+        self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
+    ) -> list[ActivityWorkItem]:
         self._check_open()
         await trio.lowlevel.checkpoint_if_cancelled()  # never take leases we cannot hand out
         now = self._clock.now_us()
         conn = self._conn
+        matching, params = _matching(names, 5)
         conn.execute("BEGIN IMMEDIATE")
         try:
             rows = conn.execute(
                 "UPDATE activities SET lock_owner = ?1, lock_token = hex(randomblob(12)), "
                 "available_at = ?2, attempt = attempt + 1 WHERE id IN (SELECT id FROM activities "
-                "WHERE available_at <= ?3 ORDER BY available_at LIMIT ?4) "
+                f"WHERE available_at <= ?3 AND ({matching}) ORDER BY available_at LIMIT ?4) "
                 "RETURNING id, instance_id, execution_id, task_id, name, version, input, "
                 "lock_token, attempt, trace_context",
-                (owner, now + lease_us, now, limit),
+                (owner, now + lease_us, now, limit, *params),
             ).fetchall()
             conn.execute("COMMIT")
         except BaseException:

@@ -21,13 +21,14 @@ import trio
 
 from .. import _pb as pb
 from .. import history as h
-from ..backend import ActivityWorkItem, OrchestrationWorkItem
+from ..backend import ActivityWorkItem, NameFilter, OrchestrationWorkItem
 from ..errors import InvalidInput, LeaseLost
 from ..services import Engine
 from ..services.dispatch import RELEASE_TIMEOUT, backoff
 from ..signals import Wakeup
 from ..state import TERMINAL, apply_step
 from ..wire import encode
+from .filters import work_item_filters
 from .workitems import HEALTH_PING, activity_work_item, orchestrator_work_item
 
 log = logging.getLogger("dtrio.grpc")
@@ -69,7 +70,7 @@ class _Queue:
     limit: int  # most items of this kind out with workers at once, over all streams
     lease_us: int
     ready: Wakeup  # the backend's "there may be work of this kind"
-    lease: Callable[[str, int, int], Awaitable[list[Any]]]
+    lease: Callable[[str, int, int, NameFilter | None], Awaitable[list[Any]]]
     abandon: Callable[[Any, int], Awaitable[None]]
     renew: Callable[[Any, int], Awaitable[None]]
     leases: dict[str, Lease] = field(default_factory=dict)  # by completion token
@@ -78,10 +79,12 @@ class _Queue:
 
 
 class WorkerStream:
-    """One connected GetWorkItems stream: how much it may hold, what it holds, its outbox."""
+    """One connected GetWorkItems stream: how much it may hold, what it holds, its outbox,
+    and which names of each kind it takes (None: all)."""
 
-    def __init__(self, limits: dict[str, int]) -> None:
+    def __init__(self, limits: dict[str, int], filters: dict[str, NameFilter | None]) -> None:
         self.limits = limits
+        self.filters = filters
         self.counts = dict.fromkeys(limits, 0)
         self.held: dict[str, Lease] = {}
         self._send, self._outbox = trio.open_memory_channel[bytes](math.inf)
@@ -151,10 +154,11 @@ class RemoteWork:
             "orchestration": request.max_concurrent_orchestration_work_items
             or self._orchestrations.limit,
             "activity": request.max_concurrent_activity_work_items or self._activities.limit,
-        })
+        }, work_item_filters(request))
         self._streams.append(stream)
-        self._orchestrations.capacity.set()
-        self._activities.capacity.set()
+        for queue in (self._orchestrations, self._activities):
+            queue.capacity.set()
+            queue.ready.set()  # work that no stream connected so far takes may be this one's
         log.info("worker stream connected (%d connected)", len(self._streams))
         try:
             yield stream
@@ -170,36 +174,62 @@ class RemoteWork:
 
     # -- leasing and handing out -----------------------------------------------------------
 
-    def _free(self, queue: _Queue) -> int:
-        room = sum(max(0, s.free(queue.kind)) for s in self._streams)
-        return min(queue.limit - len(queue.leases), room)
+    def _rooms(self, queue: _Queue) -> list[tuple[NameFilter | None, int]]:
+        """Room for more work, per set of names that streams take it by. Work is leased by
+        those names, so no stream is handed work it does not take, and work that no connected
+        stream takes stays in the store, untouched, until one that does connects. Streams that
+        take some names lease first, leaving the rest to those that take every name."""
+        rooms: dict[NameFilter | None, int] = {}
+        for stream in self._streams:
+            names, free = stream.filters[queue.kind], stream.free(queue.kind)
+            if free > 0 and names != frozenset():  # (an empty set of names takes nothing)
+                rooms[names] = rooms.get(names, 0) + free
+        return sorted(rooms.items(), key=lambda room: room[0] is None)
 
-    def _pick(self, queue: _Queue) -> WorkerStream | None:
-        best = max(self._streams, key=lambda s: s.free(queue.kind), default=None)
+    def _room(self, queue: _Queue, names: NameFilter | None) -> int:
+        return sum(max(0, s.free(queue.kind)) for s in self._streams
+                   if s.filters[queue.kind] == names)
+
+    def _pick(self, queue: _Queue, names: NameFilter | None) -> WorkerStream | None:
+        """The stream with the most room of those taking work by `names`."""
+        takers = (s for s in self._streams if s.filters[queue.kind] == names)
+        best = max(takers, key=lambda s: s.free(queue.kind), default=None)
         return best if best is not None and best.free(queue.kind) > 0 else None
 
-    async def _dispatch(self, queue: _Queue, offer: Callable[[Any], Awaitable[None]]) -> None:
+    async def _dispatch(
+        self, queue: _Queue, offer: Callable[[Any, NameFilter | None], Awaitable[None]]
+    ) -> None:
         while True:
-            free = self._free(queue)
-            if free <= 0:
+            rooms = self._rooms(queue)
+            if not rooms or len(queue.leases) >= queue.limit:
                 await queue.capacity.wait()
                 continue
             queue.ready.clear()
-            batch = await queue.lease(self._owner, free, queue.lease_us)
-            pending = list(batch)
-            try:
-                while pending:
-                    try:
-                        await offer(pending[0])
-                    except Exception:
-                        log.exception("could not hand out %s work item %r", queue.kind, pending[0])
-                        await self._abandon(queue, pending[0], self._backoff(pending[0]))
-                    pending.pop(0)
-            finally:
-                for item in pending:  # cancelled midway: these were never handed out
-                    await self._abandon(queue, item, 0)
-            if len(batch) < free:
-                # That was everything available; anything newer sets `ready` again.
+            drained = True
+            for names, room in rooms:
+                free = min(room, queue.limit - len(queue.leases))
+                if free <= 0:
+                    drained = False
+                    break
+                batch = await queue.lease(self._owner, free, queue.lease_us, names)
+                pending = list(batch)
+                try:
+                    while pending:
+                        try:
+                            await offer(pending[0], names)
+                        except Exception:
+                            log.exception(
+                                "could not hand out %s work item %r", queue.kind, pending[0]
+                            )
+                            await self._abandon(queue, pending[0], self._backoff(pending[0]))
+                        pending.pop(0)
+                finally:
+                    for item in pending:  # cancelled midway: these were never handed out
+                        await self._abandon(queue, item, 0)
+                drained = drained and len(batch) < free
+            if drained:
+                # That was everything available to the connected streams. Newer work, a stream
+                # connecting, or room for streams that had none (see `_drop`) sets `ready`.
                 await queue.ready.wait()
 
     def _hold(self, lease: Lease, message: bytes) -> None:
@@ -208,11 +238,18 @@ class RemoteWork:
         lease.queue.held.set()
 
     def _drop(self, lease: Lease) -> None:
-        del lease.queue.leases[lease.token]
-        lease.stream.forget(lease)
-        lease.queue.capacity.set()
+        queue, stream = lease.queue, lease.stream
+        del queue.leases[lease.token]
+        stream.forget(lease)
+        queue.capacity.set()
+        if self._room(queue, stream.filters[queue.kind]) == 1:
+            # Room where there was none: work may be waiting that only these streams take,
+            # while the dispatcher, having served the others, waits for new work.
+            queue.ready.set()
 
-    async def _offer_orchestration(self, item: OrchestrationWorkItem) -> None:
+    async def _offer_orchestration(
+        self, item: OrchestrationWorkItem, names: NameFilter | None
+    ) -> None:
         if not item.events or item.status in TERMINAL:
             await self._backend.release_orchestration(item)
             return
@@ -222,7 +259,7 @@ class RemoteWork:
         for inbox_id, data in item.events:
             event = item.decoded.get(inbox_id)
             new.append((pb.HistoryEvent.parse(data) if event is None else event, data))
-        stream = self._pick(self._orchestrations)
+        stream = self._pick(self._orchestrations, names)
         if stream is None:  # every stream with room went away meanwhile
             await self._backend.abandon_orchestration(item, 0)
             return
@@ -232,8 +269,8 @@ class RemoteWork:
         )
         self._hold(Lease(self._orchestrations, item, stream, step), message)
 
-    async def _offer_activity(self, item: ActivityWorkItem) -> None:
-        stream = self._pick(self._activities)
+    async def _offer_activity(self, item: ActivityWorkItem, names: NameFilter | None) -> None:
+        stream = self._pick(self._activities, names)
         if stream is None:
             await self._backend.abandon_activity(item, 0)
             return

@@ -69,8 +69,10 @@ async def sdk_worker_running(
     activities: Iterable[Any] = app.ACTIVITIES,
     *,
     max_activities: int | None = None,
+    filters: bool = False,
 ) -> AsyncIterator[sdk_worker.TaskHubGrpcWorker]:
-    """An SDK worker connected to `address`; `max_activities` is its concurrency hint."""
+    """An SDK worker connected to `address`; `max_activities` is its concurrency hint.
+    With `filters` it asks for only the work it has registered."""
     worker = sdk_worker.TaskHubGrpcWorker(
         host_address=address,
         concurrency_options=sdk_worker.ConcurrencyOptions(
@@ -81,6 +83,8 @@ async def sdk_worker_running(
         worker.add_orchestrator(orchestrator)
     for activity in activities:
         worker.add_activity(activity)
+    if filters:
+        worker.use_work_item_filters()
     await trio.to_thread.run_sync(worker.start)
     try:
         yield worker

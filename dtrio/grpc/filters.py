@@ -1,0 +1,30 @@
+"""Work-item filters: which orchestrations and activities a connected worker takes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .. import _pb as pb
+from ..backend import NameFilter
+
+
+def work_item_filters(request: pb.GetWorkItemsRequest) -> dict[str, NameFilter | None]:
+    """Per kind of work, the names (with versions) a worker takes; None where it sent no
+    filters, so takes everything. A worker that filters but lists no names of a kind takes
+    none of that kind, as the SDKs' own reference backend has it."""
+    filters = request.work_item_filters
+    if filters is None:
+        return {"orchestration": None, "activity": None}
+    return {
+        "orchestration": _names((f.name, f.versions) for f in filters.orchestrations),
+        "activity": _names((f.name, f.versions) for f in filters.activities),
+    }
+
+
+def _names(entries: Iterable[tuple[str, list[str]]]) -> NameFilter:
+    versions: dict[str, frozenset[str] | None] = {}
+    for name, listed in entries:
+        # An entry without versions takes any version of its name, whatever other entries say.
+        known = versions.get(name, frozenset())
+        versions[name] = None if known is None or not listed else known | frozenset(listed)
+    return frozenset((name, v or frozenset()) for name, v in versions.items())
