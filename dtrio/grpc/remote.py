@@ -27,7 +27,7 @@ from ..services import Engine
 from ..services.dispatch import RELEASE_TIMEOUT, backoff
 from ..signals import Wakeup
 from ..state import TERMINAL, apply_step
-from ..wire import encode
+from ..wire import decode, encode
 from .filters import work_item_filters
 from .workitems import HEALTH_PING, activity_work_item, orchestrator_work_item
 
@@ -258,7 +258,7 @@ class RemoteWork:
         new = [(opener, encode(opener))]
         for inbox_id, data in item.events:
             event = item.decoded.get(inbox_id)
-            new.append((pb.HistoryEvent.parse(data) if event is None else event, data))
+            new.append((decode(pb.HistoryEvent, data) if event is None else event, data))
         stream = self._pick(self._orchestrations, names)
         if stream is None:  # every stream with room went away meanwhile
             await self._backend.abandon_orchestration(item, 0)
@@ -408,7 +408,7 @@ def _execution_started(
 ) -> pb.ExecutionStartedEvent | None:
     # executionStarted is the second event of a history, so this parses two events, not all.
     for data in past:
-        started = pb.HistoryEvent.parse(data).execution_started
+        started = decode(pb.HistoryEvent, data).execution_started
         if started is not None:
             return started
     return next((e.execution_started for e, _ in new if e.execution_started is not None), None)
