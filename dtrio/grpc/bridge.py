@@ -1,11 +1,12 @@
-"""gRPC over HTTP/2 in Trio: serves TaskHubSidecarService with h2 on Trio sockets.
+"""gRPC over HTTP/2 in Trio: serves TaskHubSidecarService on Trio sockets.
 
-Each connection is a Trio task feeding received bytes to an h2 state machine, and a writer task
-that sends whatever h2 has queued, so everything the RPCs of one scheduling tick write leaves in
-one socket write. Every RPC runs as a Trio task calling the servicer's method of the same name
-in snake_case, under the caller's deadline (`grpc-timeout`); a client that resets its stream or
-drops the connection cancels it. (grpclib on an asyncio loop run by trio-asyncio, which this
-replaces, spent about three times the CPU per RPC: see benchmarks/bench_sidecar.py.)
+Each connection is a Trio task feeding received bytes to the HTTP/2 state machine of `http2`,
+and a writer task that sends whatever it has queued, so everything the RPCs of one scheduling
+tick write leaves in one socket write. Every RPC runs as a Trio task calling the servicer's
+method of the same name in snake_case, under the caller's deadline (`grpc-timeout`); a client
+that resets its stream or drops the connection cancels it. (grpclib on an asyncio loop run by
+trio-asyncio, which this replaces, spent almost four times the CPU per RPC: see
+benchmarks/bench_sidecar.py.)
 
 Servicer methods are plain Trio coroutines: unary RPCs are `async def rpc(request) -> reply`,
 server-streaming ones `async def rpc(request, send)` where `await send(message)` writes to the
@@ -25,11 +26,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
 import trio
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -37,6 +33,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from .. import _pb as pb
 from ..errors import InvalidInput
 from ..wire import encode
+from . import http2
 from .inbound import DEFAULT_MAX_MESSAGE_SIZE, MalformedMessage, Skimmer, decode
 from .status import grpc_error
 
@@ -45,16 +42,7 @@ log = logging.getLogger("dtrio.grpc")
 # How much a client may send ahead, per stream and per connection (grpclib's defaults).
 WINDOW = 4 * 1024 * 1024
 
-_CONFIG = h2.config.H2Configuration(
-    client_side=False,
-    header_encoding=None,
-    # Our own headers are constants; the client's are looked up, never echoed.
-    validate_inbound_headers=False,
-    validate_outbound_headers=False,
-    normalize_inbound_headers=False,
-    normalize_outbound_headers=False,
-)
-_RESPONSE = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+_RESPONSE = http2.header_block([(b":status", b"200"), (b"content-type", b"application/grpc")])
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # grpc-message is percent-encoded: every byte outside printable ASCII, and "%" itself.
 _UNSAFE = re.compile(rb"[^\x20-\x24\x26-\x7e]")
@@ -159,7 +147,7 @@ class _Connection:
         self._stream = stream
         self._routes = table
         self._limit = limit
-        self._h2 = h2.connection.H2Connection(_CONFIG)
+        self._h2 = http2.ServerConnection(window=WINDOW)
         self._calls: dict[int, _Call] = {}
         # Calls whose requests are complete, in the order they arrived. Trio runs tasks spawned
         # together in no set order, so each call's task takes the oldest one here: calls start
@@ -169,10 +157,6 @@ class _Connection:
         self._window = trio.Event()  # the client granted more send window
 
     async def serve(self) -> None:
-        conn = self._h2
-        conn.initiate_connection()
-        conn.increment_flow_control_window(WINDOW - conn.local_settings.initial_window_size)
-        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW})
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write, nursery.cancel_scope)
             await self._read(nursery)
@@ -202,59 +186,64 @@ class _Connection:
             if not data:
                 return
             try:
-                events = self._h2.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
+                events = self._h2.receive(data)
+            except http2.ProtocolError as exc:
                 log.warning("closing a gRPC connection that broke the HTTP/2 protocol: %s", exc)
-                # h2 has queued a GOAWAY saying why; send it before hanging up.
+                # A GOAWAY saying why is queued; send it before hanging up.
                 with trio.move_on_after(1):
                     await self._stream.send_all(self._h2.data_to_send())
                 return
             for event in events:
                 match event:
-                    case h2.events.RequestReceived():
-                        self._received(event)
-                    case h2.events.DataReceived():
-                        self._data(event)
-                    case h2.events.StreamEnded():
-                        call = self._calls.get(event.stream_id)
-                        if call is not None and call.body is not None:
-                            self._ready.append(call)
-                            nursery.start_soon(self._serve)
-                    case h2.events.StreamReset():
+                    case http2.Data():
+                        self._data(event, nursery)
+                    case http2.Request():
+                        self._received(event, nursery)
+                    case http2.WindowOpened():
+                        self._window.set()
+                        self._window = trio.Event()
+                    case http2.Reset():
                         call = self._calls.pop(event.stream_id, None)
                         if call is not None:
                             call.gone = True
                             call.scope.cancel()
-                    case h2.events.WindowUpdated() | h2.events.RemoteSettingsChanged():
-                        self._window.set()
-                        self._window = trio.Event()
-                    case h2.events.ConnectionTerminated():
-                        return
             self._flush()
 
-    def _received(self, event: h2.events.RequestReceived) -> None:
-        headers = dict(event.headers)
+    def _ended(self, call: _Call, nursery: trio.Nursery) -> None:
+        """The request is complete: answer it."""
+        self._ready.append(call)
+        nursery.start_soon(self._serve)
+
+    def _received(self, event: http2.Request, nursery: trio.Nursery) -> None:
+        headers = event.headers
         stream_id = event.stream_id
         if headers.get(b":method") != b"POST":
-            self._h2.send_headers(stream_id, [(b":status", b"405")], end_stream=True)
+            self._h2.send_headers(stream_id, _NOT_POST, end_stream=True)
             return
         if not headers.get(b"content-type", b"").startswith(b"application/grpc"):
-            self._h2.send_headers(stream_id, [(b":status", b"415")], end_stream=True)
+            self._h2.send_headers(stream_id, _NOT_GRPC, end_stream=True)
             return
         path = headers.get(b":path", b"")
         route = self._routes.get(path)
         rpc = route.rpc if route else path.decode("ascii", "replace")
-        self._calls[stream_id] = _Call(stream_id, rpc, route, headers.get(b"grpc-timeout"))
+        call = self._calls[stream_id] = _Call(stream_id, rpc, route, headers.get(b"grpc-timeout"))
+        if event.ended:
+            self._ended(call, nursery)
 
-    def _data(self, event: h2.events.DataReceived) -> None:
-        self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+    def _data(self, event: http2.Data, nursery: trio.Nursery) -> None:
         call = self._calls.get(event.stream_id)
         if call is None or call.body is None:
             return
+        self._take(call, event.data)
+        if event.ended and call.body is not None:
+            self._ended(call, nursery)
+
+    def _take(self, call: _Call, data: bytes) -> None:
+        assert call.body is not None
         if call.skimmer is not None:
-            self._skim(call, event.data)
+            self._skim(call, data)
             return
-        call.body += event.data
+        call.body += data
         if call.size is None:
             if len(call.body) < 5:
                 return
@@ -295,10 +284,7 @@ class _Connection:
         """Answer a request without reading the rest of it."""
         call.body = None
         self._finish(call, status, message)
-        try:
-            self._h2.reset_stream(call.stream_id)
-        except h2.exceptions.StreamClosedError:
-            pass  # the request ended in the same frame: nothing more is coming
+        self._h2.reset(call.stream_id)
 
     async def _serve(self) -> None:
         call = self._ready.popleft()
@@ -349,33 +335,40 @@ class _Connection:
         data = message if isinstance(message, bytes) else encode(message)
         frame = b"\x00" + len(data).to_bytes(4, "big") + data
         await trio.lowlevel.checkpoint_if_cancelled()
-        conn, stream_id, sent = self._h2, call.stream_id, 0
-        while True:
+        if call.gone:
+            raise StreamTerminatedError("the client closed the stream")
+        if not call.responded:
+            self._h2.send_headers(call.stream_id, _RESPONSE)
+            call.responded = True
+        sent = self._h2.send_data(call.stream_id, frame)
+        self._flush()
+        while sent < len(frame):
+            await self._window.wait()
             if call.gone:
                 raise StreamTerminatedError("the client closed the stream")
-            if not call.responded:
-                conn.send_headers(stream_id, _RESPONSE)
-                call.responded = True
-            room = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
-            if room > 0:
-                chunk = frame if sent == 0 and len(frame) <= room else frame[sent:sent + room]
-                conn.send_data(stream_id, chunk)
-                sent += len(chunk)
-                self._flush()
-                if sent == len(frame):
-                    return
-            else:
-                await self._window.wait()
+            sent += self._h2.send_data(call.stream_id, memoryview(frame)[sent:])
+            self._flush()
 
     def _finish(self, call: _Call, status: Status, message: str) -> None:
         """Trailers (after a response) or a trailers-only answer; the call ends here."""
-        headers = [] if call.responded else list(_RESPONSE)
-        headers.append((b"grpc-status", b"%d" % status.value))
-        if message:
-            headers.append((b"grpc-message", _percent(message)))
-        self._h2.send_headers(call.stream_id, headers, end_stream=True)
+        block = _status_block(status, message)
+        self._h2.send_headers(call.stream_id, block if call.responded else _RESPONSE + block,
+                              end_stream=True)
         del self._calls[call.stream_id]
         self._flush()
+
+
+_NOT_POST = http2.header_block([(b":status", b"405")])
+_NOT_GRPC = http2.header_block([(b":status", b"415")])
+_STATUS_BLOCKS = {status: http2.header_block([(b"grpc-status", b"%d" % status.value)])
+                  for status in Status}
+
+
+def _status_block(status: Status, message: str) -> bytes:
+    block = _STATUS_BLOCKS[status]
+    if message:
+        block += http2.header_block([(b"grpc-message", _percent(message))])
+    return block
 
 
 async def _bind(host: str, port: int) -> socket.socket:
