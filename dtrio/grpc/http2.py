@@ -49,7 +49,7 @@ class ProtocolError(Exception):
 @dataclass(slots=True)
 class Request:
     stream_id: int
-    headers: dict[bytes, bytes]
+    headers: dict[bytes, bytes]  # shared with other requests that sent the same: read only
     ended: bool  # no body follows
 
 
@@ -133,6 +133,10 @@ class ServerConnection:
         self._window = window
         self._max_streams = max_streams
         self._decoder = hpack.Decoder()
+        # Decoded header blocks made only of indexed fields, by block. Such blocks leave the
+        # table as it is, and a client re-sends the same few (grpcio: 8 bytes for most calls),
+        # so each decodes once while the table is unchanged: any other block may change it.
+        self._indexed: dict[bytes, dict[bytes, bytes]] = {}
         self._in = bytearray()
         self._out = bytearray()
         self._preface = True  # still expecting the client's preface
@@ -270,11 +274,19 @@ class ServerConnection:
         assert self._block is not None
         block, stream_id, ended = bytes(self._block), self._block_stream, self._block_ended
         self._block = None
-        try:
-            # Always decoded, even when the stream is refused: it updates the shared table.
-            headers = dict(self._decoder.decode(block, raw=True))
-        except hpack.HPACKError as exc:
-            self._fail(COMPRESSION_ERROR, f"a header block does not decode: {exc}")
+        # Bytes 0x81-0xFE are each a whole indexed field (0xFF starts a longer index).
+        indexed = bool(block) and min(block) >= 0x81 and max(block) <= 0xFE
+        headers = self._indexed.get(block) if indexed else None
+        if headers is None:
+            try:
+                # Always decoded, even when the stream is refused: it updates the shared table.
+                headers = dict(self._decoder.decode(block, raw=True))
+            except hpack.HPACKError as exc:
+                self._fail(COMPRESSION_ERROR, f"a header block does not decode: {exc}")
+            if not indexed or len(self._indexed) >= 64:
+                self._indexed.clear()
+            if indexed:
+                self._indexed[block] = headers
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers ending a request
             if ended and not stream.ended:

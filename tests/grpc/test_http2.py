@@ -68,6 +68,21 @@ def test_a_request_and_its_answer() -> None:
     assert of(events, h2.events.StreamEnded)
 
 
+def test_repeated_header_blocks_decode_right_as_the_table_changes() -> None:
+    pair = Pair()
+    paths = [b"/S/A", b"/S/A", b"/S/B", b"/S/A", b"/S/C", b"/S/B", b"/S/B", b"/S/A"]
+    seen = []
+    for path in paths:
+        stream_id = pair.client.get_next_available_stream_id()
+        headers = [(k, path if k == b":path" else v) for k, v in REQUEST]
+        pair.client.send_headers(stream_id, headers, end_stream=True)
+        (request,) = of(pair.to_server(), http2.Request)
+        seen.append(request.headers[b":path"])
+        pair.server.reset(stream_id)
+        pair.to_client()
+    assert seen == paths
+
+
 def test_header_blocks_decode_to_what_was_given() -> None:
     long = "x" * 300 + " ✓ 100%"
     headers = [(b":status", b"415"), (b"grpc-status", b"8"), (b"grpc-message", long.encode())]
