@@ -27,13 +27,16 @@ from ..services import Engine
 from ..services.dispatch import RELEASE_TIMEOUT, backoff
 from ..signals import Wakeup
 from ..state import TERMINAL, apply_step
-from ..wire import decode, encode
+from ..wire import decode, encode, history_marker
 from .filters import work_item_filters
 from .workitems import HEALTH_PING, activity_work_item, orchestrator_work_item
 
 log = logging.getLogger("dtrio.grpc")
 
 _SUSPENDED = int(pb.OrchestrationStatus.SUSPENDED)
+_ORCHESTRATOR_STARTED = (
+    pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_started"].number
+)
 
 Item = OrchestrationWorkItem | ActivityWorkItem
 Send = Callable[[bytes], Awaitable[None]]
@@ -104,9 +107,13 @@ class WorkerStream:
     async def forward(self, send: Send, ping_interval: float) -> None:
         """Write work items to the stream as they come, and a health ping after each silence."""
         while True:
-            message = HEALTH_PING
-            with trio.move_on_after(ping_interval):
-                message = await self._outbox.receive()
+            try:
+                # Work already queued needs no timeout (and no cancel scope per message).
+                message = self._outbox.receive_nowait()
+            except trio.WouldBlock:
+                message = HEALTH_PING
+                with trio.move_on_after(ping_interval):
+                    message = await self._outbox.receive()
             await send(message)
 
 
@@ -254,8 +261,8 @@ class RemoteWork:
             await self._backend.release_orchestration(item)
             return
         past = await self._backend.load_history(item.instance_id)
-        opener = h.orchestrator_started(self._clock.now_dt())
-        new = [(opener, encode(opener))]
+        now = self._clock.now_dt()
+        new = [(h.orchestrator_started(now), history_marker(_ORCHESTRATOR_STARTED, now))]
         for inbox_id, data in item.events:
             event = item.decoded.get(inbox_id)
             new.append((decode(pb.HistoryEvent, data) if event is None else event, data))
