@@ -14,11 +14,12 @@ import trio
 from . import _pb as pb
 from . import history as h
 from . import payloads, tracing
-from .backend import Backend, InstanceQuery, InstanceRecord
+from .backend import Backend, EntityQuery, EntityRecord, InstanceQuery, InstanceRecord
 from .clock import Clock
 from .errors import FailureDetails, InstanceNotFound, InvalidInput, InvalidOperation
+from .entities.ids import EntityId, is_entity_id
 from .registry import name_of
-from .state import TERMINAL, NewInstance, from_us, new_execution_id, to_us
+from .state import TERMINAL, Message, NewInstance, from_us, new_execution_id, to_us
 from .trace_context import start_traced
 from .wire import encode
 
@@ -36,6 +37,11 @@ def validate_instance_id(instance_id: str) -> str:
         )
     if any(ord(c) < 32 or ord(c) == 127 for c in instance_id):
         raise InvalidInput(f"instance ID {instance_id!r} contains control characters")
+    if is_entity_id(instance_id):
+        raise InvalidInput(
+            f"instance ID {instance_id!r} starts with '@', which the protocol reserves for "
+            "entities; signal entities with signal_entity"
+        )
     return instance_id
 
 
@@ -120,6 +126,39 @@ class ReusePolicy:
 class QueryResult:
     states: list[OrchestrationState]
     continuation_token: str | None  # pass back for the next page; None on the last page
+
+
+@dataclass(frozen=True, slots=True)
+class EntityMetadata:
+    """An entity as stored: `serialized_state` only when asked for (`includes_state`)."""
+
+    id: EntityId
+    last_modified: datetime
+    backlog_queue_size: int
+    locked_by: str | None
+    includes_state: bool
+    serialized_state: str | None
+
+    @property
+    def state(self) -> Any:
+        return payloads.decode(self.serialized_state, f"state of entity {self.id}")
+
+    @classmethod
+    def from_record(cls, r: EntityRecord, include_state: bool) -> EntityMetadata:
+        return cls(EntityId.parse(r.instance_id), from_us(r.last_modified), r.backlog, r.locked_by,
+                   include_state, r.state)
+
+
+@dataclass(frozen=True, slots=True)
+class EntityQueryResult:
+    entities: list[EntityMetadata]
+    continuation_token: str | None  # pass back for the next page; None on the last page
+
+
+@dataclass(frozen=True, slots=True)
+class CleanEntityStorageResult:
+    empty_entities_removed: int
+    orphaned_locks_released: int
 
 
 def _us(when: datetime | None, what: str) -> int | None:
@@ -290,6 +329,72 @@ class Client:
         """Resume a FAILED instance from its failed activities and sub-orchestrations;
         what succeeded is not run again. Other statuses raise `InvalidOperation`."""
         await self._backend.rewind_instance(instance_id, reason)
+
+    # -- entities ----------------------------------------------------------------------------
+
+    async def signal_entity(
+        self, entity: EntityId | str, operation: str, input: Any = None, *,
+        signal_time: datetime | None = None,
+    ) -> None:
+        """Send an operation to an entity, one way (created on its first message); with
+        `signal_time`, it is processed no earlier than then, durably."""
+        target = EntityId.of(entity)
+        if not operation:
+            raise InvalidInput("signal_entity needs an operation name")
+        data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
+        now = self._clock.now_dt()
+        visible = to_us(now)
+        if signal_time is not None:
+            visible = max(_us(signal_time, "signal_time") or 0, visible)
+        event = h.event(now, entity_operation_signaled=pb.EntityOperationSignaledEvent(
+            request_id=uuid.uuid4().hex, operation=operation, input=data,
+            scheduled_time=signal_time, target_instance_id=str(target),
+        ))
+        await self._backend.send_entity_message(Message(str(target), encode(event), visible, None, event))
+
+    async def get_entity(self, entity: EntityId | str, *, include_state: bool = True) -> EntityMetadata | None:
+        """The entity, or None if it has no state and no lock (never had, or deleted)."""
+        target = EntityId.of(entity)
+        record = await self._backend.get_entity(str(target), include_state=include_state)
+        return EntityMetadata.from_record(record, include_state) if record is not None else None
+
+    async def query_entities(
+        self,
+        *,
+        name: str | None = None,
+        instance_id_prefix: str | None = None,
+        last_modified_from: datetime | None = None,
+        last_modified_to: datetime | None = None,
+        include_state: bool = False,
+        include_transient: bool = False,
+        page_size: int = 100,
+        continuation_token: str | None = None,
+    ) -> EntityQueryResult:
+        """One page of entities ordered by ID: those of entity `name` (any key), or whose
+        `@name@key` ID starts with `instance_id_prefix`; modified in [from, to)."""
+        if name is not None and instance_id_prefix is not None:
+            raise InvalidInput("query_entities takes a name or an instance ID prefix, not both")
+        prefix = instance_id_prefix
+        if name is not None:
+            prefix = f"@{EntityId(name, '-').name}@"
+        page = await self._backend.query_entities(EntityQuery(
+            prefix, _us(last_modified_from, "last_modified_from"),
+            _us(last_modified_to, "last_modified_to"), include_state, include_transient,
+            page_size, continuation_token,
+        ))
+        return EntityQueryResult(
+            [EntityMetadata.from_record(r, include_state) for r in page.entities],
+            page.continuation_token,
+        )
+
+    async def clean_entity_storage(
+        self, *, remove_empty_entities: bool = True, release_orphaned_locks: bool = True
+    ) -> CleanEntityStorageResult:
+        """Release locks held by orchestrations that no longer run, and delete entities that
+        have no state, lock or pending messages."""
+        removed, released = await self._backend.clean_entity_storage(
+            remove_empty_entities, release_orphaned_locks)
+        return CleanEntityStorageResult(removed, released)
 
     async def _send(self, instance_id: str, event: pb.HistoryEvent) -> None:
         await self._backend.add_event(instance_id, encode(event), decoded=event)

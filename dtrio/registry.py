@@ -38,6 +38,8 @@ class Registry:
     def __init__(self) -> None:
         self.orchestrators: dict[str, Callable[..., Any]] = {}
         self.activities: dict[str, Callable[..., Any]] = {}
+        # By lowercase name: entity names are case-insensitive, as in the Durable Task SDKs.
+        self.entities: dict[str, Any] = {}
 
     def orchestrator(self, fn: F | None = None, *, name: str | None = None) -> Any:
         def register(f: F) -> F:
@@ -52,6 +54,20 @@ class Registry:
             return self._add(self.activities, "activity", f, name)
 
         return register(fn) if fn is not None else register
+
+    def entity(self, target: Any = None, *, name: str | None = None) -> Any:
+        """Register an entity: an `async def f(ctx, input)` function (a plain `def` also
+        works), or a class whose public methods are its operations (see `DurableEntity`)."""
+
+        def register(t: Any) -> Any:
+            if not callable(t):
+                raise InvalidInput(f"entity {t!r} must be a function or a class")
+            key = (name or t.__name__).lower()
+            if not key or "@" in key:
+                raise InvalidInput(f"entity name {key!r} must be non-empty and without '@'")
+            return self._add(self.entities, "entity", t, key)
+
+        return register(target) if target is not None else register
 
     @staticmethod
     def _add(table: dict[str, Callable[..., Any]], kind: str, f: F, name: str | None) -> F:

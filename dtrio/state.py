@@ -15,7 +15,8 @@ from typing import Any
 
 from . import _pb as pb
 from . import history as h
-from .errors import FailureDetails
+from .entities.ids import EntityId
+from .errors import FailureDetails, InvalidInput
 from .trace_context import new_span_id, orchestration_context, start_traced
 from .wire import encode, history_marker, one_of
 
@@ -385,13 +386,53 @@ def _fail(b: _StepBuilder, action_id: int, details: FailureDetails) -> None:
         orchestration_status=_S.FAILED, failure_details=h.failure_to_pb(details)))
 
 
-def _entity_message(b: _StepBuilder, action: pb.OrchestratorAction, _body: Any) -> object:
-    _fail(b, action.id, FailureDetails(
-        "EntitiesNotSupported",
-        "this orchestration sent an entity message, but durable entities are not supported yet",
-        is_non_retriable=True,
-    ))
-    return _STOP
+def _entity_message(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.SendEntityMessageAction) -> object:
+    """Record the message in history (the SDKs match it against their action on replay) and
+    send it to its entity: signals and calls to their target, a lock request to the first
+    entity of its lock set, an unlock to the entity it releases."""
+    kind, msg = one_of(body, "EntityMessageType")
+    parent = b.instance_id
+    if kind == "entity_operation_called":
+        # Replies go to this execution only; the SDKs leave these unset.
+        msg.parent_instance_id = msg.parent_instance_id or parent
+        msg.parent_execution_id = msg.parent_execution_id or b.execution_id
+        target = msg.target_instance_id
+    elif kind == "entity_operation_signaled":
+        target = msg.target_instance_id
+    elif kind == "entity_lock_requested":
+        msg.parent_instance_id = msg.parent_instance_id or parent
+        target = msg.lock_set[msg.position] if 0 <= msg.position < len(msg.lock_set) else None
+    elif kind == "entity_unlock_sent":
+        msg.parent_instance_id = msg.parent_instance_id or parent
+        target = msg.target_instance_id
+    else:
+        target = None
+    problem = _entity_target_problem(kind, target)
+    if problem is not None:
+        _fail(b, action.id, FailureDetails("InvalidEntityMessage", (
+            f"orchestrator action #{action.id} sends an entity message ({kind or 'of no known kind'}) "
+            f"that cannot be delivered: {problem}"), is_non_retriable=True))
+        return _STOP
+    assert target is not None
+    b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, **{kind: msg}))
+    event = pb.HistoryEvent(event_id=-1, timestamp=b.now, **{kind: msg})
+    visible = b.now_us
+    if kind == "entity_operation_signaled" and msg.scheduled_time is not None:
+        visible = max(to_us(msg.scheduled_time), b.now_us)
+    b.message(target, event, visible)
+    return None
+
+
+def _entity_target_problem(kind: str, target: str | None) -> str | None:
+    if not kind:
+        return "it has no message"
+    if not target:
+        return "it names no target entity"
+    try:
+        EntityId.parse(target)
+    except InvalidInput as exc:
+        return str(exc)
+    return None
 
 
 _ACTIONS: dict[str, Callable[[_StepBuilder, pb.OrchestratorAction, Any], object]] = {

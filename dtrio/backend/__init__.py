@@ -3,6 +3,10 @@
 from .base import (
     ActivityWorkItem,
     Backend,
+    EntityPage,
+    EntityQuery,
+    EntityRecord,
+    EntityWorkItem,
     InstancePage,
     InstanceQuery,
     InstanceRecord,
@@ -14,6 +18,10 @@ from .sqlite import SqliteBackend, open_sqlite_backend
 __all__ = [
     "ActivityWorkItem",
     "Backend",
+    "EntityPage",
+    "EntityQuery",
+    "EntityRecord",
+    "EntityWorkItem",
     "InstancePage",
     "InstanceQuery",
     "InstanceRecord",

@@ -7,7 +7,8 @@ from typing import Protocol
 
 from .. import _pb as pb
 from ..signals import ChangeBoard, Wakeup
-from ..state import NewInstance, OrchestrationStep
+from ..entities.batch import EntityStep
+from ..state import Message, NewInstance, OrchestrationStep
 
 
 # The names of the orchestrations or activities a worker takes, each with the versions it takes
@@ -43,6 +44,50 @@ class ActivityWorkItem:
     attempt: int
     # The orchestration span this activity runs under (None: not traced).
     trace_context: pb.TraceContext | None = None
+
+
+@dataclass(slots=True)
+class EntityWorkItem:
+    """Messages for one entity, with its state and lock, leased to one worker."""
+
+    instance_id: str
+    name: str
+    state: str | None
+    locked_by: str | None
+    lock_section: str | None
+    lock_token: str
+    messages: list[tuple[int, bytes]]  # (inbox id, serialized HistoryEvent), oldest first
+    decoded: dict[int, pb.HistoryEvent] = field(default_factory=dict)
+    attempt: int = 0
+
+
+@dataclass(slots=True)
+class EntityRecord:
+    instance_id: str
+    name: str
+    created_at: int
+    last_modified: int
+    locked_by: str | None
+    backlog: int  # messages waiting in its inbox
+    state: str | None = None  # only when asked for
+
+
+@dataclass(frozen=True, slots=True)
+class EntityQuery:
+    instance_id_prefix: str | None = None
+    modified_from: int | None = None  # microseconds since the epoch, inclusive
+    modified_to: int | None = None  # exclusive
+    include_state: bool = False
+    # Also entities that have no state yet (only messages waiting); hidden by default.
+    include_transient: bool = False
+    page_size: int = 100
+    continuation_token: str | None = None
+
+
+@dataclass(slots=True)
+class EntityPage:
+    entities: list[EntityRecord]
+    continuation_token: str | None
 
 
 @dataclass(slots=True)
@@ -90,6 +135,7 @@ class Backend(Protocol):
 
     orchestrations_ready: Wakeup
     activities_ready: Wakeup
+    entities_ready: Wakeup
     schedule_changed: Wakeup
     instance_changes: ChangeBoard
     poller_due: int | None  # set by the poller: work due before this must wake it
@@ -147,6 +193,25 @@ class Backend(Protocol):
     ) -> None: ...
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None: ...
+
+    async def send_entity_message(self, message: Message) -> None: ...
+
+    async def lease_entities(
+        self, owner: str, limit: int, lease_us: int, batch_size: int,
+        names: frozenset[str] | None = None,
+    ) -> list[EntityWorkItem]: ...
+
+    async def renew_entity(self, item: EntityWorkItem, lease_us: int) -> None: ...
+
+    async def complete_entity(self, item: EntityWorkItem, step: EntityStep) -> None: ...
+
+    async def abandon_entity(self, item: EntityWorkItem, delay_us: int) -> None: ...
+
+    async def get_entity(self, instance_id: str, *, include_state: bool) -> EntityRecord | None: ...
+
+    async def query_entities(self, query: EntityQuery) -> EntityPage: ...
+
+    async def clean_entity_storage(self, remove_empty: bool, release_orphaned_locks: bool) -> tuple[int, int]: ...
 
     async def next_due(self) -> int | None: ...
 

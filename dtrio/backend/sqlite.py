@@ -24,7 +24,9 @@ from ..signals import ChangeBoard, Wakeup
 from ..state import TERMINAL, Message, NewInstance, OrchestrationStep
 from ..wire import encode
 from .base import ActivityWorkItem, InstanceRecord, NameFilter, OrchestrationWorkItem
+from ..entities.ids import is_entity_id
 from .sqlite_admin import SqliteAdmin, record, record_columns
+from .sqlite_entities import SqliteEntities
 from .sqlite_schema import check_and_migrate
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
@@ -64,7 +66,7 @@ class _Op:
         self.result: Any = None
 
 
-class SqliteBackend(SqliteAdmin):
+class SqliteBackend(SqliteAdmin, SqliteEntities):
     def __init__(self, conn: sqlite3.Connection, clock: Clock, where: str) -> None:
         self._conn = conn
         self._clock = clock
@@ -73,11 +75,13 @@ class SqliteBackend(SqliteAdmin):
         self._closed = False
         self.orchestrations_ready = Wakeup()
         self.activities_ready = Wakeup()
+        self.entities_ready = Wakeup()
         self.schedule_changed = Wakeup()
         self.instance_changes = ChangeBoard()
         # Collected while a transaction runs, acted on after it commits.
         self._wake_orchestrations = False
         self._wake_activities = False
+        self._wake_entities = False
         self._earliest_future: int | None = None
         self._changed: set[str] = set()
         # The poller's next wake-up; only work due earlier than this needs to wake it.
@@ -148,7 +152,7 @@ class SqliteBackend(SqliteAdmin):
 
     def _reset_notes(self) -> None:
         self._tx_decoded.clear()
-        self._wake_orchestrations = self._wake_activities = False
+        self._wake_orchestrations = self._wake_activities = self._wake_entities = False
         self._earliest_future = None
         self._changed.clear()
 
@@ -163,6 +167,8 @@ class SqliteBackend(SqliteAdmin):
             self.orchestrations_ready.set()
         if self._wake_activities:
             self.activities_ready.set()
+        if self._wake_entities:
+            self.entities_ready.set()
         if self._earliest_future is not None:
             self.schedule_changed.set()
         for instance_id in self._changed:
@@ -198,7 +204,11 @@ class SqliteBackend(SqliteAdmin):
         self._note_visible(visible_at, now)
 
     def _deliver(self, conn: sqlite3.Connection, message: Message, now: int) -> None:
-        """Put a message in a live instance's inbox; messages to finished ones are dropped."""
+        """Put a message in a live instance's inbox; messages to finished ones are dropped.
+        Messages to entities go to the entity's inbox."""
+        if is_entity_id(message.instance_id):
+            self._deliver_entity(conn, message, now)
+            return
         row = conn.execute(
             "SELECT execution_id, status FROM instances WHERE instance_id = ?", (message.instance_id,)
         ).fetchone()
@@ -257,8 +267,11 @@ class SqliteBackend(SqliteAdmin):
         rows = [(i,) for i in instance_ids]
         for table in ("history", "inbox", "activities", "instances"):
             conn.executemany(f"DELETE FROM {table} WHERE instance_id = ?", rows)
+        now = self._clock.now_us()
         for instance_id in instance_ids:
             self._changed.add(instance_id)
+            # A running instance replaced by a new start held its locks to the end.
+            self._release_entity_locks(conn, instance_id, now)
 
     async def get_instance(self, instance_id: str, *, payloads: bool = True) -> InstanceRecord | None:
         self._check_open()
@@ -422,6 +435,8 @@ class SqliteBackend(SqliteAdmin):
                     self._note_visible(a.visible_at, now, orchestration=False)
             if completed:
                 conn.execute("DELETE FROM inbox WHERE instance_id = ?", (iid,))
+                # Critical sections end with their orchestration, however it ended.
+                self._release_entity_locks(conn, iid, now)
             self._refresh_ready(conn, iid, now)
 
         await self._write(op)
@@ -541,6 +556,8 @@ class SqliteBackend(SqliteAdmin):
                 "SELECT min(ready_at) FROM instances WHERE ready_at > ?",
                 "SELECT min(lock_expires) FROM instances WHERE lock_expires > ?",
                 "SELECT min(available_at) FROM activities WHERE available_at > ?",
+                "SELECT min(ready_at) FROM entities WHERE ready_at > ?",
+                "SELECT min(lock_expires) FROM entities WHERE lock_expires > ?",
             )
         ]
         await trio.lowlevel.checkpoint()

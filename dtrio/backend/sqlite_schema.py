@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dtrio.backend")
 
 APPLICATION = "dtrio"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v1(db: "sqlite_utils.Database") -> None:
@@ -99,7 +99,41 @@ def _v3(db: "sqlite_utils.Database") -> None:
     )
 
 
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3]
+def _v4(db: "sqlite_utils.Database") -> None:
+    # Durable entities: one row per entity with its state and lock, and an inbox of operation
+    # and lock messages. Kept apart from instances: entities have no history, and queries
+    # and leases of either kind never see the other.
+    db["entities"].create(
+        {
+            "instance_id": str,  # @name@key
+            "name": str,
+            "state": str,
+            # The orchestration holding the lock, and the critical section it holds it for.
+            "locked_by": str,
+            "lock_section": str,
+            "created_at": int,
+            "last_modified": int,
+            # earliest visible_at of the inbox messages it may process now; NULL when none
+            "ready_at": int,
+            "lock_owner": str,
+            "lock_token": str,
+            "lock_expires": int,
+        },
+        pk="instance_id",
+        not_null={"name", "created_at", "last_modified"},
+    )
+    db["entities"].create_index(["ready_at"], index_name="entities_ready")
+    db["entities"].create_index(["lock_expires"], index_name="entities_lock")
+    db["entities"].create_index(["locked_by"], index_name="entities_locked_by")
+    # `source`: the orchestration whose calls and unlocks may run while it holds the lock.
+    db.execute(
+        "CREATE TABLE entity_inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NULL, "
+        "source TEXT, event BLOB NOT NULL, visible_at INTEGER NOT NULL)"
+    )
+    db["entity_inbox"].create_index(["instance_id", "id"], index_name="entity_inbox_instance")
+
+
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3, _v4]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import _pb as pb
 from .. import payloads
-from ..errors import InvalidInput
+from ..entities.ids import EntityId
+from ..errors import InvalidInput, InvalidOperation
 from ..registry import name_of
 from .logger import ReplaySafeLogger
 from .retry import RetryableTask, RetryPolicy
@@ -65,6 +66,34 @@ class _EventTimeout(DurableTask):
             )
 
 
+class CriticalSection:
+    """The locks of `ctx.lock_entities(...)`: `async with` it (or `await` it and call
+    `release()`) to run code while holding them."""
+
+    __slots__ = ("_ctx", "_task", "entities", "id")
+
+    def __init__(self, ctx: OrchestrationContext, section_id: str, entities: list[EntityId],
+                 task: Task[Any]) -> None:
+        self._ctx = ctx
+        self.id = section_id
+        self.entities = entities
+        self._task = task
+
+    def __await__(self) -> Generator[Task[Any], None, CriticalSection]:
+        yield from self._task.__await__()
+        return self
+
+    async def __aenter__(self) -> CriticalSection:
+        return await self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Unlock the entities (also done at the end of the `async with` block)."""
+        self._ctx._release(self)
+
+
 class OrchestrationContext:
     """The orchestrator's window on its instance. Never use real clocks or I/O in orchestrators."""
 
@@ -77,6 +106,7 @@ class OrchestrationContext:
         self.version: str | None = None
         self._uuid_counter = 0
         self._logger: ReplaySafeLogger | None = None
+        self._section: CriticalSection | None = None
 
     @property
     def logger(self) -> ReplaySafeLogger:
@@ -175,6 +205,84 @@ class OrchestrationContext:
             instance=pb.OrchestrationInstance(instance_id=instance_id), name=name, data=encoded
         )
         self._run.emit(pb.OrchestratorAction(send_event=action), None)
+
+    # -- entities ----------------------------------------------------------------------------
+
+    def call_entity(self, entity: EntityId | str, operation: str, input: Any = None) -> Task[Any]:
+        """Run an operation on an entity and get its result; its failure raises
+        `TaskFailedError`. Inside a critical section, only the locked entities can be called."""
+        target = EntityId.of(entity)
+        if not operation:
+            raise InvalidInput("call_entity needs an operation name")
+        section = self._section
+        if section is not None and target not in section.entities:
+            raise InvalidOperation(
+                f"cannot call entity {target} from the critical section on "
+                f"{', '.join(map(str, section.entities))}: only locked entities can be called there"
+            )
+        data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
+        request_id = self.new_uuid()
+        task = DurableTask(f"operation {operation!r} of entity {target}")
+        self._run.entity_requests[request_id] = self._run.next_id
+        self._run.emit(pb.OrchestratorAction(send_entity_message=pb.SendEntityMessageAction(
+            entity_operation_called=pb.EntityOperationCalledEvent(
+                request_id=request_id, operation=operation, input=data,
+                parent_instance_id=self.instance_id, target_instance_id=str(target),
+            ))), task)
+        return task
+
+    def signal_entity(
+        self, entity: EntityId | str, operation: str, input: Any = None, *,
+        signal_time: datetime | timedelta | None = None,
+    ) -> None:
+        """Send an operation to an entity, one way; with `signal_time`, not before then."""
+        target = EntityId.of(entity)
+        if not operation:
+            raise InvalidInput("signal_entity needs an operation name")
+        section = self._section
+        if section is not None and target in section.entities:
+            raise InvalidOperation(
+                f"cannot signal entity {target} from a critical section that holds its lock: "
+                "the signal would wait for the lock's release; call it instead"
+            )
+        data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
+        when = self._fire_time(signal_time) if signal_time is not None else None
+        self._run.emit(pb.OrchestratorAction(send_entity_message=pb.SendEntityMessageAction(
+            entity_operation_signaled=pb.EntityOperationSignaledEvent(
+                request_id=self.new_uuid(), operation=operation, input=data, scheduled_time=when,
+                target_instance_id=str(target),
+            ))), None)
+
+    def lock_entities(self, entities: Iterable[EntityId | str]) -> CriticalSection:
+        """A critical section: `async with ctx.lock_entities([a, b]):` holds the entities'
+        locks for the block. Locks are taken in one global order, so sections cannot
+        deadlock; they are released when the block ends or the orchestration finishes."""
+        if self._section is not None:
+            raise InvalidOperation("cannot enter a critical section from within another one")
+        ids = sorted({EntityId.of(e) for e in entities})
+        if not ids:
+            raise InvalidInput("lock_entities needs at least one entity")
+        section_id = self.new_uuid()
+        task = DurableTask(f"locks on {', '.join(map(str, ids))}")
+        self._run.entity_locks[section_id] = self._run.next_id
+        self._run.emit(pb.OrchestratorAction(send_entity_message=pb.SendEntityMessageAction(
+            entity_lock_requested=pb.EntityLockRequestedEvent(
+                critical_section_id=section_id, lock_set=[str(e) for e in ids], position=0,
+                parent_instance_id=self.instance_id,
+            ))), task)
+        self._section = CriticalSection(self, section_id, ids, task)
+        return self._section
+
+    def _release(self, section: CriticalSection) -> None:
+        if self._section is not section:
+            return
+        self._section = None
+        for entity in section.entities:
+            self._run.emit(pb.OrchestratorAction(send_entity_message=pb.SendEntityMessageAction(
+                entity_unlock_sent=pb.EntityUnlockSentEvent(
+                    critical_section_id=section.id, parent_instance_id=self.instance_id,
+                    target_instance_id=str(entity),
+                ))), None)
 
     def set_custom_status(self, value: Any) -> None:
         self._run.custom_status = payloads.encode(value, "custom status")

@@ -33,6 +33,10 @@ _SCHEDULING_EVENTS = {
     "timer_created": "create_timer",
     "sub_orchestration_instance_created": "create_sub_orchestration",
     "event_sent": "send_event",
+    "entity_operation_called": "send_entity_message",
+    "entity_operation_signaled": "send_entity_message",
+    "entity_lock_requested": "send_entity_message",
+    "entity_unlock_sent": "send_entity_message",
 }
 
 
@@ -71,6 +75,9 @@ class OrchestrationRun:
         self._held: list[pb.HistoryEvent] = []
         self._carryover: list[pb.HistoryEvent] | None = None
         self._history_index = 0
+        # Entity replies name the request, not the action: request and section IDs -> action IDs.
+        self.entity_requests: dict[str, int] = {}
+        self.entity_locks: dict[str, int] = {}
 
     @property
     def is_suspended(self) -> bool:
@@ -157,6 +164,11 @@ class OrchestrationRun:
             if action
             else None
         )
+        if actual_kind == "send_entity_message":
+            # Signals, calls, lock requests and unlocks share one action kind.
+            inner = one_of(one_of(action, "orchestratorActionType")[1], "EntityMessageType")[0]
+            if inner != kind:
+                actual_kind = f"send_entity_message({inner})"
         if actual_kind != expected or (recorded_name and actual_name != recorded_name):
             raise NonDeterminismError(
                 f"non-deterministic orchestrator {self.ctx.name!r}: history event "
@@ -325,6 +337,30 @@ def _on_event_raised(run: OrchestrationRun, _event: pb.HistoryEvent, body: pb.Ev
     run.buffered_events.setdefault(key, deque()).append(body.input)
 
 
+def _on_entity_completed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
+    action_id = run.entity_requests.pop(body.request_id, None)
+    task = run._resolve(action_id) if action_id is not None else None
+    if task is not None:
+        what = task.description if isinstance(task, DurableTask) else "entity operation"
+        task._complete(payloads.decode(body.output, f"result of {what}"))
+
+
+def _on_entity_failed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
+    action_id = run.entity_requests.pop(body.request_id, None)
+    task = run._resolve(action_id) if action_id is not None else None
+    if task is not None:
+        details = failure_from_pb(body.failure_details)
+        what = task.description if isinstance(task, DurableTask) else "entity operation"
+        task._fail(TaskFailedError(f"{what} failed: {details.error_type}: {details.message}", details))
+
+
+def _on_entity_lock_granted(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
+    action_id = run.entity_locks.pop(body.critical_section_id, None)
+    task = run._resolve(action_id) if action_id is not None else None
+    if task is not None:
+        task._complete(None)
+
+
 def _on_execution_terminated(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
     run._suspended = False
     run._pending_actions.clear()
@@ -363,6 +399,13 @@ _HANDLERS: dict[str, Callable[[OrchestrationRun, pb.HistoryEvent, Any], None]] =
     "sub_orchestration_instance_completed": _on_task_completed,
     "sub_orchestration_instance_failed": _on_task_failed,
     "event_sent": _on_scheduled,
+    "entity_operation_called": _on_scheduled,
+    "entity_operation_signaled": _on_scheduled,
+    "entity_lock_requested": _on_scheduled,
+    "entity_unlock_sent": _on_scheduled,
+    "entity_operation_completed": _on_entity_completed,
+    "entity_operation_failed": _on_entity_failed,
+    "entity_lock_granted": _on_entity_lock_granted,
     "event_raised": _on_event_raised,
     "continue_as_new": _ignore,
     "execution_rewound": _ignore,

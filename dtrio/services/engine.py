@@ -19,6 +19,7 @@ from ..client import Client
 from ..clock import Clock
 from ..registry import Registry
 from .activities import ActivityDispatcher
+from .entities import EntityDispatcher
 from .options import EngineOptions
 from .orchestrations import OrchestrationDispatcher
 from .poller import serve_poller
@@ -40,6 +41,7 @@ class Engine:
         self.client = Client(backend, clock, poll_interval=options.max_poll_interval)
         self.orchestrations = OrchestrationDispatcher(backend, clock, registry, options, self.owner)
         self.activities = ActivityDispatcher(backend, clock, registry, options, self.owner)
+        self.entities = EntityDispatcher(backend, clock, registry, options, self.owner)
         self._stop = trio.Event()
 
     def shutdown(self) -> None:
@@ -72,7 +74,9 @@ async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -
             if opts.local_workers:
                 await nursery.start(engine.orchestrations.dispatcher.serve)
                 await nursery.start(engine.activities.serve)
-                dispatchers = [engine.orchestrations.dispatcher, engine.activities.dispatcher]
+                await nursery.start(engine.entities.dispatcher.serve)
+                dispatchers = [engine.orchestrations.dispatcher, engine.activities.dispatcher,
+                               engine.entities.dispatcher]
             log.info("engine %s started on %s", engine.owner, getattr(backend, "where", backend))
             task_status.started(engine)
             await engine._stop.wait()

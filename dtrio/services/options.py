@@ -11,6 +11,10 @@ from ..errors import InvalidInput
 class EngineOptions:
     max_concurrent_orchestrations: int = 200
     max_concurrent_activities: int = 200
+    # Entity batches run at once (each entity runs one batch at a time).
+    max_concurrent_entities: int = 200
+    # Most operations and lock messages one entity batch takes from the entity's inbox.
+    entity_batch_size: int = 100
     # How long a worker may hold an orchestration work item before others may take it.
     orchestration_lease: float = 60.0
     # How long an activity may run without its lease being renewed; running activities in
@@ -30,7 +34,8 @@ class EngineOptions:
     local_workers: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_concurrent_orchestrations", "max_concurrent_activities"):
+        for name in ("max_concurrent_orchestrations", "max_concurrent_activities",
+                     "max_concurrent_entities", "entity_batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be at least 1")
         for name in ("orchestration_lease", "activity_lease"):

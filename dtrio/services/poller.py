@@ -38,3 +38,4 @@ async def serve_poller(
         if timer.cancelled_caught:
             backend.orchestrations_ready.set()
             backend.activities_ready.set()
+            backend.entities_ready.set()

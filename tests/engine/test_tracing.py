@@ -420,6 +420,8 @@ async def test_a_store_from_before_tracing_is_upgraded(tmp_path):
         pass
     conn = sqlite3.connect(db)
     conn.execute("ALTER TABLE activities DROP COLUMN trace_context")
+    conn.execute("DROP TABLE entities")  # added by schema version 4
+    conn.execute("DROP TABLE entity_inbox")
     conn.execute("UPDATE dtrio_meta SET value = '1' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()

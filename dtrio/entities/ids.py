@@ -1,0 +1,57 @@
+"""Entity IDs: a name and a key, `@name@key` on the wire (as the Durable Task SDKs write them)."""
+
+from __future__ import annotations
+
+from ..errors import InvalidInput
+
+
+class EntityId:
+    """Identifies one entity. Names are case-insensitive (kept lowercase, as the SDKs do); keys
+    are kept as given. IDs order by their string form: the global order locks are taken in."""
+
+    __slots__ = ("key", "name")
+
+    def __init__(self, name: str, key: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidInput("entity name must be a non-empty string")
+        if "@" in name:
+            raise InvalidInput(f"entity name {name!r} must not contain '@'")
+        if not isinstance(key, str) or not key:
+            raise InvalidInput(f"entity key of {name!r} must be a non-empty string")
+        for part in (name, key):
+            if any(ord(c) < 32 or ord(c) == 127 for c in part):
+                raise InvalidInput(f"entity ID part {part!r} contains control characters")
+        self.name = name.lower()
+        self.key = key
+
+    @classmethod
+    def parse(cls, text: str) -> EntityId:
+        """`@name@key` (the key may itself contain '@')."""
+        if not isinstance(text, str) or not text.startswith("@") or text.count("@") < 2:
+            raise InvalidInput(f"{text!r} is not an entity ID; entity IDs look like '@name@key'")
+        _, name, key = text.split("@", 2)
+        return cls(name, key)
+
+    @classmethod
+    def of(cls, value: EntityId | str) -> EntityId:
+        return value if isinstance(value, EntityId) else cls.parse(value)
+
+    def __str__(self) -> str:
+        return f"@{self.name}@{self.key}"
+
+    def __repr__(self) -> str:
+        return f"EntityId({self.name!r}, {self.key!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EntityId) and (self.name, self.key) == (other.name, other.key)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.key))
+
+    def __lt__(self, other: EntityId) -> bool:
+        return str(self) < str(other)
+
+
+def is_entity_id(instance_id: str) -> bool:
+    """Whether an instance ID names an entity: the protocol reserves IDs starting with '@'."""
+    return instance_id.startswith("@")
