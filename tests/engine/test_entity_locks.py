@@ -1,0 +1,144 @@
+"""Critical sections under MockClock: locks taken in one global order, other work waiting while
+an entity is locked, and locks released at the section's end, on failure and on terminate."""
+
+from datetime import timedelta
+
+import pytest
+import trio
+
+import dtrio
+from dtrio import EntityId
+from dtrio.testing import open_test_engine
+
+S = dtrio.OrchestrationStatus
+registry = dtrio.Registry()
+
+
+@registry.entity
+async def account(ctx, amount):
+    if ctx.operation == "set":
+        ctx.set_state(amount)
+    return ctx.get_state(0)
+
+
+@registry.orchestrator
+async def transfer(ctx, request):
+    """Moves money between two accounts with a read, a timer and a write: without the locks,
+    two transfers would interleave and lose an update."""
+    source, target = EntityId("account", request["from"]), EntityId("account", request["to"])
+    async with ctx.lock_entities([target, source]) as section:
+        assert [str(e) for e in section.entities] == sorted([str(source), str(target)])
+        a = await ctx.call_entity(source, "get")
+        b = await ctx.call_entity(target, "get")
+        await ctx.create_timer(timedelta(minutes=request.get("pause", 1)))
+        await ctx.call_entity(source, "set", a - request["amount"])
+        await ctx.call_entity(target, "set", b + request["amount"])
+    return "moved"
+
+
+@registry.orchestrator
+async def lock_and_fail(ctx, key):
+    async with ctx.lock_entities([EntityId("account", key)]):
+        await ctx.call_entity(EntityId("account", key), "get")
+        raise RuntimeError("failed while holding the lock")
+
+
+@registry.orchestrator
+async def lock_and_wait(ctx, key):
+    await ctx.lock_entities([EntityId("account", key)])
+    await ctx.wait_for_external_event("never")
+
+
+@registry.orchestrator
+async def read(ctx, key):
+    return await ctx.call_entity(EntityId("account", key), "get")
+
+
+@registry.orchestrator
+async def misuse(ctx, case):
+    async with ctx.lock_entities(["@account@m1"]):
+        if case == "call other":
+            await ctx.call_entity("@account@m2", "get")
+        elif case == "signal locked":
+            ctx.signal_entity("@account@m1", "set", 1)
+        elif case == "nested":
+            ctx.lock_entities(["@account@m2"])
+    return "unreachable"
+
+
+async def finish(engine, iid):
+    return await engine.client.wait_for_orchestration_completion(iid, timeout=timedelta(days=1))
+
+
+async def test_contending_transfers_are_serialized(autojump_clock):
+    async with open_test_engine(registry) as engine:
+        client = engine.client
+        await client.signal_entity("@account@a", "set", 100)
+        await client.signal_entity("@account@b", "set", 100)
+        ids = [
+            await client.schedule_new_orchestration(transfer, input={"from": "a", "to": "b", "amount": 10}),
+            await client.schedule_new_orchestration(transfer, input={"from": "b", "to": "a", "amount": 30}),
+            await client.schedule_new_orchestration(transfer, input={"from": "a", "to": "b", "amount": 5}),
+        ]
+        for iid in ids:
+            assert (await finish(engine, iid)).runtime_status == S.COMPLETED
+        a, b = await client.get_entity("@account@a"), await client.get_entity("@account@b")
+        assert (a.state, b.state) == (100 - 10 + 30 - 5, 100 + 10 - 30 + 5)
+        assert a.locked_by is None and b.locked_by is None
+
+
+async def test_lock_is_released_when_the_orchestration_fails(autojump_clock):
+    async with open_test_engine(registry) as engine:
+        failed = await finish(engine, await engine.client.schedule_new_orchestration(lock_and_fail, input="f"))
+        assert failed.runtime_status == S.FAILED
+        assert "failed while holding the lock" in failed.failure_details.message
+        state = await finish(engine, await engine.client.schedule_new_orchestration(read, input="f"))
+        assert state.output == 0
+        assert (await engine.client.get_entity("@account@f")) is None
+
+
+async def test_lock_is_released_when_the_orchestration_is_terminated(autojump_clock):
+    async with open_test_engine(registry) as engine:
+        client = engine.client
+        await client.signal_entity("@account@t", "set", 5)
+        holder = await client.schedule_new_orchestration(lock_and_wait, input="t")
+        await client.wait_for_orchestration_start(holder)
+        reader = await client.schedule_new_orchestration(read, input="t")
+        with pytest.raises(TimeoutError):
+            await client.wait_for_orchestration_completion(reader, timeout=timedelta(hours=1))
+        await client.signal_entity("@account@t", "set", 7)
+        meta = await client.get_entity("@account@t")
+        # The reader's call and the signal wait for the lock, in arrival order.
+        assert meta.locked_by == holder and meta.backlog_queue_size == 2
+        await client.terminate_orchestration(holder, output="stop")
+        assert (await finish(engine, reader)).output == 5
+        final = await finish(engine, await client.schedule_new_orchestration(read, input="t"))
+        assert final.output == 7
+        assert (await client.get_entity("@account@t")).locked_by is None
+
+
+async def test_orphaned_locks_are_released_by_clean_storage(autojump_clock):
+    async with open_test_engine(registry) as engine:
+        client = engine.client
+        holder = await client.schedule_new_orchestration(lock_and_wait, input="o")
+        while (await client.get_entity("@account@o")) is None:
+            await trio.sleep(1)
+        # The holder vanishes without finishing (its row deleted, as by a foreign tool).
+        engine.backend._conn.execute("DELETE FROM instances WHERE instance_id = ?", (holder,))
+        cleaned = await client.clean_entity_storage()
+        assert (cleaned.orphaned_locks_released, cleaned.empty_entities_removed) == (1, 0)
+        assert await client.get_entity("@account@o") is None
+
+
+@pytest.mark.parametrize("case, message", [
+    ("call other", "only locked entities can be called"),
+    ("signal locked", "cannot signal entity @account@m1 from a critical section"),
+    ("nested", "cannot enter a critical section from within another one"),
+])
+async def test_critical_section_rules(autojump_clock, case, message):
+    async with open_test_engine(registry) as engine:
+        state = await finish(engine, await engine.client.schedule_new_orchestration(misuse, input=case))
+        assert state.runtime_status == S.FAILED
+        assert state.failure_details.error_type == "InvalidOperation"
+        assert message in state.failure_details.message
+        assert (await engine.client.get_entity("@account@m1")) is None
