@@ -15,13 +15,15 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
 
 from .. import _pb as pb
 from .. import history as h
-from ..backend import ActivityWorkItem, NameFilter, OrchestrationWorkItem
+from ..backend import ActivityWorkItem, EntityWorkItem, NameFilter, OrchestrationWorkItem
+from ..entities.batch import EntityBatch, finish_batch
 from ..errors import InvalidInput, LeaseLost
 from ..services import Engine
 from ..services.dispatch import RELEASE_TIMEOUT, backoff
@@ -29,7 +31,8 @@ from ..signals import Wakeup
 from ..state import TERMINAL, apply_step
 from ..wire import decode, encode, history_marker
 from .filters import work_item_filters
-from .workitems import HEALTH_PING, activity_work_item, orchestrator_work_item
+from ..services.entities import plan_item
+from .workitems import HEALTH_PING, activity_work_item, entity_work_item, orchestrator_work_item
 
 log = logging.getLogger("dtrio.grpc")
 
@@ -38,7 +41,7 @@ _ORCHESTRATOR_STARTED = (
     pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_started"].number
 )
 
-Item = OrchestrationWorkItem | ActivityWorkItem
+Item = OrchestrationWorkItem | ActivityWorkItem | EntityWorkItem
 Send = Callable[[bytes], Awaitable[None]]
 
 
@@ -58,7 +61,7 @@ class Lease:
     queue: _Queue
     item: Item
     stream: WorkerStream
-    step: StepInput | None = None  # orchestrations only
+    step: StepInput | EntityBatch | None = None  # what an orchestration step or entity batch was given
 
     @property
     def token(self) -> str:
@@ -69,7 +72,7 @@ class Lease:
 class _Queue:
     """One kind of work (orchestrations or activities) and the leases out on it."""
 
-    kind: str
+    kind: str  # "orchestration", "activity" or "entity"
     limit: int  # most items of this kind out with workers at once, over all streams
     lease_us: int
     ready: Wakeup  # the backend's "there may be work of this kind"
@@ -118,7 +121,9 @@ class WorkerStream:
 
 
 class RemoteWork:
-    def __init__(self, engine: Engine, *, health_ping_interval: float = 30.0) -> None:
+    def __init__(
+        self, engine: Engine, *, health_ping_interval: float = 30.0, entity_request_version: int = 2
+    ) -> None:
         self._backend = engine.backend
         self._clock = engine.clock
         self._owner = engine.owner
@@ -135,6 +140,15 @@ class RemoteWork:
             int(options.activity_lease * 1_000_000), backend.activities_ready,
             backend.lease_activities, backend.abandon_activity, backend.renew_activity,
         )
+        self._entities = _Queue(
+            "entity", options.max_concurrent_entities,
+            int(options.orchestration_lease * 1_000_000), backend.entities_ready,
+            partial(_lease_entities, backend, options.entity_batch_size),
+            backend.abandon_entity, backend.renew_entity,
+        )
+        if entity_request_version not in (1, 2):
+            raise InvalidInput(f"entity_request_version must be 1 or 2, not {entity_request_version}")
+        self._entity_request_version = entity_request_version
         self._streams: list[WorkerStream] = []
         # Abandoned steps per instance, for the backoff of a worker that keeps giving one back.
         self._abandoned: dict[str, int] = {}
@@ -144,11 +158,12 @@ class RemoteWork:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._dispatch, self._orchestrations, self._offer_orchestration)
                 nursery.start_soon(self._dispatch, self._activities, self._offer_activity)
-                nursery.start_soon(self._renew, self._orchestrations)
-                nursery.start_soon(self._renew, self._activities)
+                nursery.start_soon(self._dispatch, self._entities, self._offer_entity)
+                for queue in self._queues:
+                    nursery.start_soon(self._renew, queue)
                 task_status.started()
         finally:
-            held = [*self._orchestrations.leases.values(), *self._activities.leases.values()]
+            held = [lease for queue in self._queues for lease in queue.leases.values()]
             await self._release(held)
 
     # -- streams ---------------------------------------------------------------------------
@@ -161,9 +176,10 @@ class RemoteWork:
             "orchestration": request.max_concurrent_orchestration_work_items
             or self._orchestrations.limit,
             "activity": request.max_concurrent_activity_work_items or self._activities.limit,
+            "entity": request.max_concurrent_entity_work_items or self._entities.limit,
         }, work_item_filters(request))
         self._streams.append(stream)
-        for queue in (self._orchestrations, self._activities):
+        for queue in self._queues:
             queue.capacity.set()
             queue.ready.set()  # work that no stream connected so far takes may be this one's
         log.info("worker stream connected (%d connected)", len(self._streams))
@@ -174,6 +190,10 @@ class RemoteWork:
             if stream.held:
                 log.info("worker stream dropped; releasing its %d work items", len(stream.held))
             await self._release(list(stream.held.values()))
+
+    @property
+    def _queues(self) -> tuple[_Queue, ...]:
+        return (self._orchestrations, self._activities, self._entities)
 
     async def serve_stream(self, request: pb.GetWorkItemsRequest, send: Send) -> None:
         async with self.connect(request) as stream:
@@ -283,6 +303,21 @@ class RemoteWork:
             return
         self._hold(Lease(self._activities, item, stream), activity_work_item(item.lock_token, item))
 
+    async def _offer_entity(self, item: EntityWorkItem, names: NameFilter | None) -> None:
+        now = self._clock.now_dt()
+        batch = plan_item(item, now)
+        if not batch.operations:
+            # Only lock messages (or nothing): no entity code to run, so no worker is needed.
+            await self._backend.complete_entity(
+                item, finish_batch(batch, pb.EntityBatchResult(entity_state=batch.state), now))
+            return
+        stream = self._pick(self._entities, names)
+        if stream is None:
+            await self._backend.abandon_entity(item, 0)
+            return
+        message = entity_work_item(item.lock_token, batch, version=self._entity_request_version)
+        self._hold(Lease(self._entities, item, stream, batch), message)
+
     async def _renew(self, queue: _Queue) -> None:
         """Keep the leases of work that connected workers still hold alive: a worker may take
         longer than a lease (a slow activity, or a step of a large orchestration), and only a
@@ -370,6 +405,51 @@ class RemoteWork:
             if not settled:
                 await self._abandon(self._activities, item, self._backoff(item))
 
+    async def complete_entity(self, result: pb.EntityBatchResult) -> None:
+        if not result.completion_token:
+            raise InvalidInput("an entity batch result needs the completion token of its work item")
+        lease = self._take(self._entities, result.completion_token, lambda item: True,
+                           "an entity batch")
+        item, batch = lease.item, lease.step
+        assert isinstance(item, EntityWorkItem) and isinstance(batch, EntityBatch)
+        if result.failure_details is not None and not result.results:
+            # The worker could not run the batch at all: it runs again, later.
+            details = result.failure_details
+            log.warning("worker failed the batch of entity %s: %s: %s", item.instance_id,
+                        details.error_type, details.error_message)
+            await self._abandon(self._entities, item, self._backoff(item))
+            return
+        settled = False
+        try:
+            step = finish_batch(batch, result, self._clock.now_dt())
+            await self._backend.complete_entity(item, step)
+            settled = True
+            self._abandoned.pop(item.instance_id, None)
+        except LeaseLost:
+            settled = True
+            raise
+        finally:
+            if not settled:
+                await self._abandon(self._entities, item, self._backoff(item))
+
+    async def fail_entity(self, token: str, failure: pb.OperationResult) -> None:
+        """Complete a held batch with `failure` for every operation, keeping its state."""
+        lease = self._entities.leases.get(token)
+        if lease is None:
+            raise LeaseLost(f"no entity work item is held under completion token {token!r}")
+        batch = lease.step
+        assert isinstance(batch, EntityBatch)
+        await self.complete_entity(pb.EntityBatchResult(
+            results=[failure] * len(batch.operations), entity_state=batch.state,
+            completion_token=token,
+        ))
+
+    async def abandon_entity(self, token: str) -> None:
+        lease = self._entities.leases.get(token)
+        if lease is not None:
+            self._drop(lease)
+            await self._abandon(self._entities, lease.item, self._backoff(lease.item))
+
     async def abandon_orchestration(self, token: str) -> None:
         """Give a step back, with backoff; an unknown token is a no-op (already released)."""
         lease = self._orchestrations.leases.get(token)
@@ -408,6 +488,13 @@ class RemoteWork:
                 await queue.abandon(item, int(delay * 1_000_000))
             except Exception:
                 log.exception("could not release %s work item of %s", queue.kind, item.instance_id)
+
+
+async def _lease_entities(
+    backend: Any, batch_size: int, owner: str, limit: int, lease_us: int,
+    names: frozenset[str] | None,
+) -> list[EntityWorkItem]:
+    return await backend.lease_entities(owner, limit, lease_us, batch_size, names)
 
 
 def _execution_started(

@@ -13,9 +13,11 @@ from .._pb.google import protobuf as google_protobuf
 from ..client import validate_instance_id
 from ..errors import InstanceNotFound, InvalidInput, MessageTooLarge
 from ..services import Engine
-from ..state import NewInstance, new_execution_id, to_us
+from ..state import NewInstance, from_us, new_execution_id, to_us
 from ..trace_context import start_traced
-from ..backend import InstanceQuery
+from ..backend import EntityQuery, EntityRecord, InstanceQuery
+from ..entities.ids import EntityId
+from ..state import Message
 from ..wire import encode, one_of, varint
 from .remote import RemoteWork, Send
 from .states import orchestration_state
@@ -225,6 +227,53 @@ class Servicer:
         if chunk or not events:
             await send(bytes(chunk))
 
+    # -- entity RPCs -----------------------------------------------------------------------
+
+    async def signal_entity(self, request: pb.SignalEntityRequest) -> pb.SignalEntityResponse:
+        target = str(EntityId.parse(request.instance_id))
+        name = _required(request.name, "entity operation name")
+        now = self._clock.now_dt()
+        visible = to_us(now)
+        if request.scheduled_time is not None:
+            visible = max(to_us(request.scheduled_time), visible)
+        event = h.event(now, entity_operation_signaled=pb.EntityOperationSignaledEvent(
+            request_id=request.request_id or uuid.uuid4().hex, operation=name, input=request.input,
+            scheduled_time=request.scheduled_time, target_instance_id=target,
+        ))
+        await self._backend.send_entity_message(Message(target, encode(event), visible, None, event))
+        return pb.SignalEntityResponse()
+
+    async def get_entity(self, request: pb.GetEntityRequest) -> pb.GetEntityResponse:
+        target = str(EntityId.parse(request.instance_id))
+        record = await self._backend.get_entity(target, include_state=request.include_state)
+        if record is None:
+            return pb.GetEntityResponse(exists=False)
+        return pb.GetEntityResponse(exists=True, entity=_entity_metadata(record))
+
+    async def query_entities(self, request: pb.QueryEntitiesRequest) -> pb.QueryEntitiesResponse:
+        q = request.query or pb.EntityQuery()
+        page = await self._backend.query_entities(EntityQuery(
+            q.instance_id_starts_with or None,
+            to_us(q.last_modified_from) if q.last_modified_from else None,
+            to_us(q.last_modified_to) if q.last_modified_to else None,
+            q.include_state, q.include_transient,
+            q.page_size if q.page_size and q.page_size > 0 else DEFAULT_PAGE_SIZE,
+            q.continuation_token or None,
+        ))
+        return pb.QueryEntitiesResponse(
+            entities=[_entity_metadata(r) for r in page.entities],
+            continuation_token=page.continuation_token,
+        )
+
+    async def clean_entity_storage(
+        self, request: pb.CleanEntityStorageRequest
+    ) -> pb.CleanEntityStorageResponse:
+        # One pass does everything, so no continuation token is ever returned.
+        removed, released = await self._backend.clean_entity_storage(
+            request.remove_empty_entities, request.release_orphaned_locks)
+        return pb.CleanEntityStorageResponse(
+            empty_entities_removed=removed, orphaned_locks_released=released)
+
     # -- worker RPCs -----------------------------------------------------------------------
 
     async def get_work_items(self, request: pb.GetWorkItemsRequest, send: Send) -> None:
@@ -279,6 +328,28 @@ class Servicer:
             f"{request.instance_id!r} failed"
         )
 
+    async def complete_entity_task(self, request: pb.EntityBatchResult) -> pb.CompleteTaskResponse:
+        await self._remote.complete_entity(request)
+        return pb.CompleteTaskResponse()
+
+    async def complete_entity_task_too_large(
+        self, request: pb.EntityBatchResult, size: int, limit: int
+    ) -> pb.CompleteTaskResponse:
+        """A batch whose result is too large fails each of its operations (its state stays as
+        it was): run again, it would only run into the same limit."""
+        why = _too_large(size, limit)
+        failure = pb.OperationResult(failure=pb.OperationResultFailure(
+            failure_details=pb.TaskFailureDetails(
+                error_type="MessageTooLarge", error_message=why, is_non_retriable=True)))
+        await self._remote.fail_entity(request.completion_token, failure)
+        raise MessageTooLarge(f"CompleteEntityTask: {why}; the batch's operations failed")
+
+    async def abandon_task_entity_work_item(
+        self, request: pb.AbandonEntityTaskRequest
+    ) -> pb.AbandonEntityTaskResponse:
+        await self._remote.abandon_entity(request.completion_token)
+        return pb.AbandonEntityTaskResponse()
+
     async def abandon_task_orchestrator_work_item(
         self, request: pb.AbandonOrchestrationTaskRequest
     ) -> pb.AbandonOrchestrationTaskResponse:
@@ -290,3 +361,13 @@ class Servicer:
     ) -> pb.AbandonActivityTaskResponse:
         await self._remote.abandon_activity(request.completion_token)
         return pb.AbandonActivityTaskResponse()
+
+
+def _entity_metadata(record: EntityRecord) -> pb.EntityMetadata:
+    return pb.EntityMetadata(
+        instance_id=record.instance_id,
+        last_modified_time=from_us(record.last_modified),
+        backlog_queue_size=record.backlog,
+        locked_by=record.locked_by,
+        serialized_state=record.state,
+    )

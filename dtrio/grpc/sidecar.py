@@ -27,6 +27,7 @@ async def serve_sidecar(
     *,
     health_ping_interval: float = HEALTH_PING_INTERVAL,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    entity_request_version: int = 2,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve TaskHubSidecarService for `engine` until cancelled; `started()` gives the bound port.
@@ -34,7 +35,9 @@ async def serve_sidecar(
     Run the engine with `local_workers=False`: its work is for the SDK workers that connect.
     Cancelling releases every work item those workers hold, for the next start to pick up.
     A request over `max_message_size` bytes fails alone: a client's with RESOURCE_EXHAUSTED, a
-    worker's result by failing its activity or orchestration.
+    worker's result by failing its activity, orchestration or entity operations.
+    Entity work goes to workers as `entityRequestV2` work items, or with
+    `entity_request_version=1` as `entityRequest` (for workers that take only that form).
     """
     if max_message_size < 1:
         raise InvalidInput("max_message_size must be at least 1 byte")
@@ -44,7 +47,8 @@ async def serve_sidecar(
             "the sidecar serves an engine without in-process workers: "
             "start it with local_workers=False"
         )
-    remote = RemoteWork(engine, health_ping_interval=health_ping_interval)
+    remote = RemoteWork(engine, health_ping_interval=health_ping_interval,
+                        entity_request_version=entity_request_version)
     async with trio.open_nursery() as nursery:
         await nursery.start(remote.serve)
         bound = await nursery.start(partial(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .. import _pb as pb
 from ..backend import ActivityWorkItem
+from ..entities.batch import EntityBatch
 from ..wire import encode, varint
 
 # Keys (field number << 3 | length-delimited) of the fields spliced in by hand.
@@ -50,3 +51,33 @@ def activity_work_item(token: str, item: ActivityWorkItem) -> bytes:
             parent_trace_context=item.trace_context,
         ),
     ))
+
+
+def entity_work_item(token: str, batch: EntityBatch, *, version: int) -> bytes:
+    """A WorkItem with the batch's operations: `entityRequestV2` (EntityRequest, operations as
+    the history events they arrived as) or, for `version` 1, `entityRequest`
+    (EntityBatchRequest)."""
+    if version == 1:
+        return encode(pb.WorkItem(completion_token=token, entity_request=pb.EntityBatchRequest(
+            instance_id=batch.entity_id, entity_state=batch.state,
+            operations=[pb.OperationRequest(
+                operation=op.name, request_id=op.request_id, input=op.input,
+                trace_context=op.trace_context,
+            ) for op in batch.operations],
+        )))
+    requests = []
+    for op in batch.operations:
+        if op.caller is None:
+            requests.append(pb.HistoryEvent(event_id=-1, entity_operation_signaled=pb.EntityOperationSignaledEvent(
+                request_id=op.request_id, operation=op.name, input=op.input,
+                target_instance_id=batch.entity_id,
+            )))
+        else:
+            requests.append(pb.HistoryEvent(event_id=-1, entity_operation_called=pb.EntityOperationCalledEvent(
+                request_id=op.request_id, operation=op.name, input=op.input,
+                parent_instance_id=op.caller.instance_id, parent_execution_id=op.caller.execution_id,
+                target_instance_id=batch.entity_id,
+            )))
+    return encode(pb.WorkItem(completion_token=token, entity_request_v_2=pb.EntityRequest(
+        instance_id=batch.entity_id, entity_state=batch.state, operation_requests=requests,
+    )))
