@@ -143,14 +143,16 @@ def test_filters_as_requested() -> None:
     from dtrio.grpc.filters import work_item_filters
 
     assert work_item_filters(ours.GetWorkItemsRequest()) == {
-        "orchestration": None, "activity": None}
+        "orchestration": None, "activity": None, "entity": None}
     request = ours.GetWorkItemsRequest(work_item_filters=ours.WorkItemFilters(
         orchestrations=[ours.OrchestrationFilter(name="o", versions=["1"]),
                         ours.OrchestrationFilter(name="o", versions=["2"]),
                         ours.OrchestrationFilter(name="p", versions=["1"]),
                         ours.OrchestrationFilter(name="p")],
+        entities=[ours.EntityFilter(name="Counter")],
     ))
     assert work_item_filters(request) == {
         "orchestration": frozenset({("o", frozenset({"1", "2"})), ("p", frozenset())}),
         "activity": frozenset(),  # filters, but no activities: takes none
+        "entity": frozenset({"counter"}),  # entity names are case-insensitive
     }
