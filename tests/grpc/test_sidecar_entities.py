@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
 import trio
 from conftest import Sidecar, running_sidecar
@@ -17,6 +18,8 @@ from durabletask import client as sdk_client
 from durabletask import entities, task
 from durabletask import worker as sdk_worker
 from durabletask.entities import EntityInstanceId as Id
+from durabletask.internal import orchestrator_service_pb2 as pb
+from google.protobuf import wrappers_pb2
 
 S = sdk_client.OrchestrationStatus
 
@@ -34,6 +37,12 @@ def counter(ctx: entities.EntityContext, amount: Any) -> Any:
     elif ctx.operation == "delete":
         ctx.set_state(None)
     return ctx.get_state(int)
+
+
+def text(ctx: entities.EntityContext, value: Any) -> Any:
+    if ctx.operation == "set":
+        ctx.set_state(value)
+    return len(ctx.get_state(str, ""))
 
 
 class Account(entities.DurableEntity):
@@ -94,15 +103,18 @@ ORCHESTRATORS = [echo, call, signal_then_call, transfer, lock_and_fail, lock_and
 
 @asynccontextmanager
 async def entity_worker(
-    address: str, *, scheduled_tasks: bool = False, extra: Iterable[Any] = (),
+    address: str, *, scheduled_tasks: bool = False, extra: Iterable[Any] = (), filters: bool = False,
 ) -> AsyncIterator[sdk_worker.TaskHubGrpcWorker]:
     worker = sdk_worker.TaskHubGrpcWorker(host_address=address)
     for orchestrator in [*ORCHESTRATORS, *extra]:
         worker.add_orchestrator(orchestrator)
     worker.add_entity(counter)
     worker.add_entity(Account, name="Acct")
+    worker.add_entity(text)
     if scheduled_tasks:
         worker.configure_scheduled_tasks()
+    if filters:
+        worker.use_work_item_filters()
     await trio.to_thread.run_sync(worker.start)
     try:
         yield worker
@@ -247,3 +259,67 @@ async def test_sdk_scheduled_tasks_run_against_the_sidecar() -> None:
             assert all(t.serialized_output == '"tick"' for t in ticks)
             await sidecar.call(schedules.get_schedule_client("every-second").delete)
             assert await sidecar.call(schedules.get_schedule, "every-second") is None
+
+
+async def refused(address: str, rpc: str, request: Any) -> grpc.RpcError:
+    def send() -> None:
+        with grpc.insecure_channel(address) as channel:
+            channel.unary_unary(f"/TaskHubSidecarService/{rpc}",
+                                request_serializer=lambda m: m.SerializeToString(),
+                                response_deserializer=lambda b: b)(request, timeout=5)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        await trio.to_thread.run_sync(send)
+    return caught.value
+
+
+async def test_bad_entity_requests_are_refused_with_a_reason() -> None:
+    async with running_sidecar() as sidecar:
+        for rpc, request, code, reason in [
+            ("SignalEntity", pb.SignalEntityRequest(instanceId="counter", name="add"),
+             grpc.StatusCode.INVALID_ARGUMENT, "'counter' is not an entity ID"),
+            ("SignalEntity", pb.SignalEntityRequest(instanceId="@counter@a"),
+             grpc.StatusCode.INVALID_ARGUMENT, "entity operation name must not be empty"),
+            ("GetEntity", pb.GetEntityRequest(instanceId="@@k"),
+             grpc.StatusCode.INVALID_ARGUMENT, "entity name must be a non-empty string"),
+            ("QueryEntities", pb.QueryEntitiesRequest(query=pb.EntityQuery(
+                continuationToken=wrappers_pb2.StringValue(value="nope"))),
+             grpc.StatusCode.INVALID_ARGUMENT, "continuation token 'nope'"),
+            ("CompleteEntityTask", pb.EntityBatchResult(completionToken="unknown"),
+             grpc.StatusCode.FAILED_PRECONDITION, "no entity work item"),
+            ("CompleteEntityTask", pb.EntityBatchResult(),
+             grpc.StatusCode.INVALID_ARGUMENT, "needs the completion token"),
+            ("StartInstance", pb.CreateInstanceRequest(name="echo", instanceId="@counter@a"),
+             grpc.StatusCode.INVALID_ARGUMENT, "reserves for entities"),
+        ]:
+            error = await refused(sidecar.address, rpc, request)
+            assert (error.code(), reason in error.details()) == (code, True), (rpc, error.details())
+        # Abandoning an unknown entity work item changes nothing, as for the other kinds.
+        await trio.to_thread.run_sync(sidecar.client._stub.AbandonTaskEntityWorkItem,
+                                      pb.AbandonEntityTaskRequest(completionToken="unknown"))
+
+
+async def test_state_of_several_mib_round_trips_through_the_sdk() -> None:
+    size = 3 << 20  # the SDK worker receives at most 4 MiB per message by default
+    async with running_sidecar() as sidecar, entity_worker(sidecar.address):
+        blob = "y" * size
+        await sidecar.call(sidecar.client.signal_entity, Id("text", "big"), "set", blob)
+        assert await run(sidecar, call, {"entity": "@text@big", "op": "length"}) == size
+        meta = await sidecar.call(sidecar.client.get_entity, Id("text", "big"))
+        assert json.loads(meta.get_state()) == blob
+
+
+async def test_workers_with_filters_get_only_their_entities() -> None:
+    async with running_sidecar() as sidecar:
+        other = sdk_worker.TaskHubGrpcWorker(host_address=sidecar.address)
+        other.add_orchestrator(echo)
+        other.use_work_item_filters()
+        await trio.to_thread.run_sync(other.start)
+        try:
+            async with entity_worker(sidecar.address, filters=True):
+                for n in range(20):
+                    await sidecar.call(sidecar.client.signal_entity, Id("counter", "flt"), "add", n)
+                assert await run(sidecar, call, {"entity": "@counter@flt", "op": "get"}) == sum(range(20))
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(other.stop)

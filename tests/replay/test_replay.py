@@ -294,7 +294,10 @@ def test_non_serializable_input_is_an_error_at_the_call_site():
     assert "input of activity 'x' cannot be serialized to JSON" in done.result
 
 
-@pytest.mark.parametrize("module", ["dtrio.replay", "dtrio.state", "dtrio.history", "dtrio.payloads", "dtrio.wire"])
+@pytest.mark.parametrize("module", [
+    "dtrio.replay", "dtrio.state", "dtrio.history", "dtrio.payloads", "dtrio.wire",
+    "dtrio.entities.ids", "dtrio.entities.batch", "dtrio.entities.context",
+])
 def test_pure_modules_import_no_trio_or_sqlite(module):
     import subprocess
     import sys
