@@ -16,8 +16,8 @@ from . import history as h
 from . import payloads, tracing
 from .backend import Backend, EntityQuery, EntityRecord, InstanceQuery, InstanceRecord
 from .clock import Clock
-from .errors import FailureDetails, InstanceNotFound, InvalidInput, InvalidOperation
 from .entities.ids import EntityId, is_entity_id
+from .errors import FailureDetails, InstanceNotFound, InvalidInput, InvalidOperation
 from .registry import name_of
 from .state import TERMINAL, Message, NewInstance, from_us, new_execution_id, to_us
 from .trace_context import start_traced
@@ -145,8 +145,8 @@ class EntityMetadata:
 
     @classmethod
     def from_record(cls, r: EntityRecord, include_state: bool) -> EntityMetadata:
-        return cls(EntityId.parse(r.instance_id), from_us(r.last_modified), r.backlog, r.locked_by,
-                   include_state, r.state)
+        return cls(EntityId.parse(r.instance_id), from_us(r.last_modified), r.backlog,
+                   r.locked_by, include_state, r.state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,9 +350,12 @@ class Client:
             request_id=uuid.uuid4().hex, operation=operation, input=data,
             scheduled_time=signal_time, target_instance_id=str(target),
         ))
-        await self._backend.send_entity_message(Message(str(target), encode(event), visible, None, event))
+        message = Message(str(target), encode(event), visible, None, event)
+        await self._backend.send_entity_message(message)
 
-    async def get_entity(self, entity: EntityId | str, *, include_state: bool = True) -> EntityMetadata | None:
+    async def get_entity(
+        self, entity: EntityId | str, *, include_state: bool = True
+    ) -> EntityMetadata | None:
         """The entity, or None if it has no state and no lock (never had, or deleted)."""
         target = EntityId.of(entity)
         record = await self._backend.get_entity(str(target), include_state=include_state)

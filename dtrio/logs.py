@@ -25,7 +25,7 @@ FIELDS = ("work_item", "instance_id", "orchestration", "task_id")
 
 
 def work_item(kind: str, instance_id: str, **more: Any) -> dict[str, Any]:
-    """`extra=` for a line about one work item ("orchestration" or "activity")."""
+    """`extra=` for a line about one work item ("orchestration", "activity" or "entity")."""
     return {"work_item": kind, "instance_id": instance_id, **more}
 
 

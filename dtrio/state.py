@@ -386,7 +386,9 @@ def _fail(b: _StepBuilder, action_id: int, details: FailureDetails) -> None:
         orchestration_status=_S.FAILED, failure_details=h.failure_to_pb(details)))
 
 
-def _entity_message(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.SendEntityMessageAction) -> object:
+def _entity_message(
+    b: _StepBuilder, action: pb.OrchestratorAction, body: pb.SendEntityMessageAction
+) -> object:
     """Record the message in history (the SDKs match it against their action on replay) and
     send it to its entity: signals and calls to their target, a lock request to the first
     entity of its lock set, an unlock to the entity it releases."""
@@ -410,8 +412,9 @@ def _entity_message(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.Sen
     problem = _entity_target_problem(kind, target)
     if problem is not None:
         _fail(b, action.id, FailureDetails("InvalidEntityMessage", (
-            f"orchestrator action #{action.id} sends an entity message ({kind or 'of no known kind'}) "
-            f"that cannot be delivered: {problem}"), is_non_retriable=True))
+            f"orchestrator action #{action.id} sends an entity message "
+            f"({kind or 'of no known kind'}) that cannot be delivered: {problem}"),
+            is_non_retriable=True))
         return _STOP
     assert target is not None
     b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, **{kind: msg}))
@@ -419,7 +422,8 @@ def _entity_message(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.Sen
     visible = b.now_us
     if kind == "entity_operation_signaled" and msg.scheduled_time is not None:
         visible = max(to_us(msg.scheduled_time), b.now_us)
-    b.message(target, event, visible)
+    # Entity names are case-insensitive: deliver to the one stored (lowercase) name.
+    b.message(str(EntityId.parse(target)), event, visible)
     return None
 
 

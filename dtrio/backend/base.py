@@ -58,7 +58,6 @@ class EntityWorkItem:
     lock_token: str
     messages: list[tuple[int, bytes]]  # (inbox id, serialized HistoryEvent), oldest first
     decoded: dict[int, pb.HistoryEvent] = field(default_factory=dict)
-    attempt: int = 0
 
 
 @dataclass(slots=True)
@@ -207,11 +206,15 @@ class Backend(Protocol):
 
     async def abandon_entity(self, item: EntityWorkItem, delay_us: int) -> None: ...
 
-    async def get_entity(self, instance_id: str, *, include_state: bool) -> EntityRecord | None: ...
+    async def get_entity(
+        self, instance_id: str, *, include_state: bool
+    ) -> EntityRecord | None: ...
 
     async def query_entities(self, query: EntityQuery) -> EntityPage: ...
 
-    async def clean_entity_storage(self, remove_empty: bool, release_orphaned_locks: bool) -> tuple[int, int]: ...
+    async def clean_entity_storage(
+        self, remove_empty: bool, release_orphaned_locks: bool
+    ) -> tuple[int, int]: ...
 
     async def next_due(self) -> int | None: ...
 

@@ -19,12 +19,12 @@ import trio
 
 from .. import _pb as pb
 from ..clock import Clock
+from ..entities.ids import is_entity_id
 from ..errors import InstanceAlreadyExists, InstanceNotFound, LeaseLost, StorageError
 from ..signals import ChangeBoard, Wakeup
 from ..state import TERMINAL, Message, NewInstance, OrchestrationStep
 from ..wire import encode
 from .base import ActivityWorkItem, InstanceRecord, NameFilter, OrchestrationWorkItem
-from ..entities.ids import is_entity_id
 from .sqlite_admin import SqliteAdmin, record, record_columns
 from .sqlite_entities import SqliteEntities
 from .sqlite_schema import check_and_migrate
@@ -435,7 +435,8 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
                     self._note_visible(a.visible_at, now, orchestration=False)
             if completed:
                 conn.execute("DELETE FROM inbox WHERE instance_id = ?", (iid,))
-                # Critical sections end with their orchestration, however it ended.
+            if completed or step.continued_as_new:
+                # Critical sections end with their execution, however it ended.
                 self._release_entity_locks(conn, iid, now)
             self._refresh_ready(conn, iid, now)
 

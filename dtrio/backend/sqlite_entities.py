@@ -29,6 +29,8 @@ log = logging.getLogger("dtrio.backend")
 _TERMINAL_SQL = ",".join(str(s) for s in sorted(TERMINAL))
 # Messages an entity may process now, given its lock (`e` is its row, `i` the inbox).
 _ELIGIBLE = "(e.locked_by IS NULL OR i.source = e.locked_by)"
+# Entities that exist for queries: with a state or a lock (others only have messages waiting).
+_EXISTS = "(e.state IS NOT NULL OR e.locked_by IS NOT NULL)"
 
 
 class SqliteEntities:
@@ -72,14 +74,15 @@ class SqliteEntities:
         )
         source = source_of(event)
         cur = conn.execute(
-            "INSERT INTO entity_inbox (instance_id, source, event, visible_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO entity_inbox (instance_id, source, event, visible_at) "
+            "VALUES (?, ?, ?, ?)",
             (message.instance_id, source, message.event, message.visible_at),
         )
         # Negative keys: the decoded-event cache is shared with the orchestration inbox's ids.
         self._op_decoded.append((-cur.lastrowid, event))
         updated = conn.execute(
-            "UPDATE entities SET ready_at = min(coalesce(ready_at, ?1), ?1) WHERE instance_id = ?2 "
-            "AND (locked_by IS NULL OR locked_by = ?3)",
+            "UPDATE entities SET ready_at = min(coalesce(ready_at, ?1), ?1) "
+            "WHERE instance_id = ?2 AND (locked_by IS NULL OR locked_by = ?3)",
             (message.visible_at, message.instance_id, source),
         )
         if updated.rowcount:
@@ -97,11 +100,14 @@ class SqliteEntities:
             f"WHERE i.instance_id = ? AND {_ELIGIBLE}",
             (instance_id,),
         ).fetchone()[0]
-        conn.execute("UPDATE entities SET ready_at = ? WHERE instance_id = ?", (ready, instance_id))
+        conn.execute(
+            "UPDATE entities SET ready_at = ? WHERE instance_id = ?", (ready, instance_id))
         if ready is not None:
             self._note_entity_visible(ready, now)
 
-    def _release_entity_locks(self, conn: sqlite3.Connection, orchestration_id: str, now: int) -> int:
+    def _release_entity_locks(
+        self, conn: sqlite3.Connection, orchestration_id: str, now: int
+    ) -> int:
         """Unlock every entity an orchestration holds (it finished, or is gone)."""
         held = [r[0] for r in conn.execute(
             "SELECT instance_id FROM entities WHERE locked_by = ?", (orchestration_id,))]
@@ -116,8 +122,9 @@ class SqliteEntities:
     def _drop_if_empty(self, conn: sqlite3.Connection, entity_id: str) -> None:
         """An entity without state, lock or messages no longer exists."""
         conn.execute(
-            "DELETE FROM entities WHERE instance_id = ?1 AND state IS NULL AND locked_by IS NULL "
-            "AND lock_token IS NULL AND NOT EXISTS (SELECT 1 FROM entity_inbox WHERE instance_id = ?1)",
+            "DELETE FROM entities WHERE instance_id = ?1 AND state IS NULL "
+            "AND locked_by IS NULL AND lock_token IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM entity_inbox WHERE instance_id = ?1)",
             (entity_id,),
         )
 
@@ -153,9 +160,9 @@ class SqliteEntities:
             items = [EntityWorkItem(*r, []) for r in rows]
             for item in items:
                 for inbox_id, event in conn.execute(
-                    f"SELECT i.id, i.event FROM entity_inbox i JOIN entities e USING (instance_id) "
+                    "SELECT i.id, i.event FROM entity_inbox i JOIN entities e USING (instance_id) "
                     f"WHERE i.instance_id = ? AND i.visible_at <= ? AND {_ELIGIBLE} "
-                    f"ORDER BY i.id LIMIT ?",
+                    "ORDER BY i.id LIMIT ?",
                     (item.instance_id, now, batch_size),
                 ):
                     item.messages.append((inbox_id, event))
@@ -185,19 +192,22 @@ class SqliteEntities:
             now = self._clock.now_us()
             eid = item.instance_id
             if conn.execute(
-                "SELECT 1 FROM entities WHERE instance_id = ? AND lock_token = ?", (eid, item.lock_token)
+                "SELECT 1 FROM entities WHERE instance_id = ? AND lock_token = ?",
+                (eid, item.lock_token),
             ).fetchone() is None:
                 raise LeaseLost(f"lease on entity {eid!r} was lost; its batch was not saved")
             messages = step.messages
             locked_by, section = step.locked_by, step.lock_section
-            if locked_by is not None and (locked_by, section) != (item.locked_by, item.lock_section) \
+            before = (item.locked_by, item.lock_section)
+            if locked_by is not None and (locked_by, section) != before \
                     and not self._orchestration_live(conn, locked_by):
                 # The orchestration asking for this lock finished meanwhile: nobody would
                 # ever release it, so it is not taken and the request goes no further.
                 messages = [m for m in messages if not _lock_message_of(m, section)]
                 locked_by = section = None
-            conn.executemany("DELETE FROM entity_inbox WHERE id = ?", [(i,) for i in step.consumed])
-            changed = step.operations > 0 or (locked_by, section) != (item.locked_by, item.lock_section)
+            conn.executemany(
+                "DELETE FROM entity_inbox WHERE id = ?", [(i,) for i in step.consumed])
+            changed = step.operations > 0 or (locked_by, section) != before
             conn.execute(
                 "UPDATE entities SET state = ?, locked_by = ?, lock_section = ?, "
                 "last_modified = CASE WHEN ? THEN ? ELSE last_modified END, lock_owner = NULL, "
@@ -208,8 +218,9 @@ class SqliteEntities:
                 self._deliver(conn, message, now)
             for new in step.new_instances:
                 if not self._insert_instance(conn, new, now):
-                    log.warning("entity %s started orchestration %r, but an instance with that ID "
-                                "exists already; nothing was started", eid, new.instance_id)
+                    log.warning("entity %s started orchestration %r, but an instance with "
+                                "that ID exists already; nothing was started",
+                                eid, new.instance_id)
             self._refresh_entity(conn, eid, now)
             self._drop_if_empty(conn, eid)
 
@@ -229,7 +240,9 @@ class SqliteEntities:
 
     # -- reading and cleaning --------------------------------------------------------------
 
-    def _records(self, where: str, args: list[Any], include_state: bool, limit: int) -> list[EntityRecord]:
+    def _records(
+        self, where: str, args: list[Any], include_state: bool, limit: int
+    ) -> list[EntityRecord]:
         rows = self._conn.execute(
             "SELECT e.instance_id, e.name, e.created_at, e.last_modified, e.locked_by, "
             "(SELECT count(*) FROM entity_inbox i WHERE i.instance_id = e.instance_id), "
@@ -242,7 +255,7 @@ class SqliteEntities:
     async def get_entity(self, instance_id: str, *, include_state: bool) -> EntityRecord | None:
         self._check_open()
         found = self._records(
-            "e.instance_id = ? AND (e.state IS NOT NULL OR e.locked_by IS NOT NULL)",
+            f"e.instance_id = ? AND {_EXISTS}",
             [instance_id], include_state, 1,
         )
         await trio.lowlevel.checkpoint()
@@ -253,7 +266,7 @@ class SqliteEntities:
         self._check_open()
         if query.page_size < 1:
             raise InvalidInput("page_size must be at least 1")
-        where = "1 = 1" if query.include_transient else "(e.state IS NOT NULL OR e.locked_by IS NOT NULL)"
+        where = "1 = 1" if query.include_transient else _EXISTS
         args: list[Any] = []
         if query.instance_id_prefix:
             where += " AND substr(e.instance_id, 1, ?) = ?"
@@ -266,8 +279,8 @@ class SqliteEntities:
             args.append(query.modified_to)
         if query.continuation_token:
             if not query.continuation_token.startswith("@"):
-                raise InvalidInput(
-                    f"continuation token {query.continuation_token!r} is not one this engine issued")
+                raise InvalidInput(f"continuation token {query.continuation_token!r} is not "
+                                   "one this engine issued")
             where += " AND e.instance_id > ?"
             args.append(query.continuation_token)
         records = self._records(where, args, query.include_state, query.page_size + 1)
@@ -276,7 +289,9 @@ class SqliteEntities:
         page = records[: query.page_size]
         return EntityPage(page, page[-1].instance_id if more else None)
 
-    async def clean_entity_storage(self, remove_empty: bool, release_orphaned_locks: bool) -> tuple[int, int]:
+    async def clean_entity_storage(
+        self, remove_empty: bool, release_orphaned_locks: bool
+    ) -> tuple[int, int]:
         """Release locks whose orchestration is gone or finished, then delete entities without
         state, lock or messages. Returns (entities removed, locks released)."""
 

@@ -127,8 +127,9 @@ def _v4(db: "sqlite_utils.Database") -> None:
     db["entities"].create_index(["locked_by"], index_name="entities_locked_by")
     # `source`: the orchestration whose calls and unlocks may run while it holds the lock.
     db.execute(
-        "CREATE TABLE entity_inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NULL, "
-        "source TEXT, event BLOB NOT NULL, visible_at INTEGER NOT NULL)"
+        "CREATE TABLE entity_inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "instance_id TEXT NOT NULL, source TEXT, event BLOB NOT NULL, "
+        "visible_at INTEGER NOT NULL)"
     )
     db["entity_inbox"].create_index(["instance_id", "id"], index_name="entity_inbox_instance")
 

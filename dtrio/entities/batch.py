@@ -101,7 +101,8 @@ def plan_batch(
                 instance_id=body.parent_instance_id or "",
                 execution_id=body.parent_execution_id or None,
             )
-            batch.operations.append(Operation(body.request_id, body.operation, body.input, caller))
+            batch.operations.append(
+                Operation(body.request_id, body.operation, body.input, caller))
         elif kind == "entity_lock_requested":
             if batch.locked_by is not None:
                 deferred = True
@@ -119,7 +120,9 @@ def plan_batch(
     return batch
 
 
-def _lock(batch: EntityBatch, request: pb.EntityLockRequestedEvent, now: datetime, now_us: int) -> None:
+def _lock(
+    batch: EntityBatch, request: pb.EntityLockRequestedEvent, now: datetime, now_us: int
+) -> None:
     parent = request.parent_instance_id or ""
     batch.locked_by, batch.lock_section = parent or None, request.critical_section_id
     following = request.position + 1
@@ -129,7 +132,8 @@ def _lock(batch: EntityBatch, request: pb.EntityLockRequestedEvent, now: datetim
             position=following, parent_instance_id=request.parent_instance_id,
         )
         event = h.event(now, entity_lock_requested=forward)
-        batch.lock_messages.append(Message(request.lock_set[following], encode(event), now_us, None, event))
+        target = str(EntityId.parse(request.lock_set[following]))
+        batch.lock_messages.append(Message(target, encode(event), now_us, None, event))
     elif parent:
         granted = h.event(now, entity_lock_granted=pb.EntityLockGrantedEvent(
             critical_section_id=request.critical_section_id))
@@ -138,7 +142,7 @@ def _lock(batch: EntityBatch, request: pb.EntityLockRequestedEvent, now: datetim
 
 def finish_batch(batch: EntityBatch, result: pb.EntityBatchResult, now: datetime) -> EntityStep:
     """The commit plan for `batch` given its operations' results (from our executor or a remote
-    worker: the same protocol message). Operations without a result stay in the inbox."""
+    worker: the same protocol message)."""
     now_us = to_us(now)
     step = EntityStep(
         result.entity_state, list(batch.consumed), batch.locked_by, batch.lock_section,
@@ -148,7 +152,7 @@ def finish_batch(batch: EntityBatch, result: pb.EntityBatchResult, now: datetime
     # A worker that answers fewer operations than it was given fails the rest, rather than
     # leaving them (and the callers awaiting them) to be retried without end.
     outcomes += [_missing(batch.entity_id, op) for op in batch.operations[len(outcomes):]]
-    for operation, outcome in zip(batch.operations, outcomes):
+    for operation, outcome in zip(batch.operations, outcomes, strict=True):
         if operation.caller is None or not operation.caller.instance_id:
             continue
         step.messages.append(_reply(operation, outcome, now, now_us))
@@ -163,7 +167,9 @@ def _missing(entity_id: str, operation: Operation) -> pb.OperationResult:
                        f"{operation.name!r} of entity {entity_id!r}", is_non_retriable=True))))
 
 
-def _reply(operation: Operation, outcome: pb.OperationResult, now: datetime, now_us: int) -> Message:
+def _reply(
+    operation: Operation, outcome: pb.OperationResult, now: datetime, now_us: int
+) -> Message:
     assert operation.caller is not None
     kind, body = one_of(outcome, "resultType")
     if kind == "success":

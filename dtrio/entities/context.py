@@ -70,11 +70,14 @@ class EntityContext:
         if not operation:
             raise InvalidInput("signal_entity needs an operation name")
         when = _when(signal_time, self.now)
-        self._actions.append(pb.OperationAction(id=len(self._actions), send_signal=pb.SendSignalAction(
-            instance_id=str(target), name=operation,
-            input=payloads.encode(input, f"input of operation {operation!r} of entity {target}"),
-            scheduled_time=when, request_time=self.now,
-        )))
+        data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
+        self._actions.append(pb.OperationAction(
+            id=len(self._actions),
+            send_signal=pb.SendSignalAction(
+                instance_id=str(target), name=operation, input=data, scheduled_time=when,
+                request_time=self.now,
+            ),
+        ))
 
     def schedule_new_orchestration(
         self, orchestrator: Callable[..., Any] | str, *, input: Any = None,
@@ -149,9 +152,12 @@ async def run_batch(
             ctx.input = payloads.decode(
                 operation.input, f"input of operation {operation.name!r} of entity {entity_id}")
             value = await _invoke(entity, ctx)
-            output = payloads.encode(value, f"result of operation {operation.name!r} of entity {entity_id}")
+            output = payloads.encode(
+                value, f"result of operation {operation.name!r} of entity {entity_id}")
         except Exception as exc:
-            details = exc.details if isinstance(exc, _NotRegistered) else h.failure_from_exception(exc)
+            details = (
+                exc.details if isinstance(exc, _NotRegistered) else h.failure_from_exception(exc)
+            )
             results.append(pb.OperationResult(failure=pb.OperationResultFailure(
                 failure_details=h.failure_to_pb(details), start_time_utc=now, end_time_utc=now)))
             continue
@@ -177,17 +183,17 @@ async def _invoke(entity: Any, ctx: EntityContext) -> Any:
     if isinstance(entity, type):
         instance = entity()
         instance.ctx = ctx
-        method = getattr(instance, ctx.operation, None) if not ctx.operation.startswith("_") else None
-        if method is None or ctx.operation not in operations_of(entity):
+        if ctx.operation not in operations_of(entity):
             raise AttributeError(
                 f"entity {ctx.entity_id.name!r} has no operation {ctx.operation!r} "
                 f"(its operations: {', '.join(sorted(operations_of(entity)))})"
             )
+        method = getattr(instance, ctx.operation)
         if _takes_argument(method):
             value = method(ctx.input)
         elif ctx.input is not None:
-            raise TypeError(f"operation {ctx.operation!r} of entity {ctx.entity_id.name!r} takes no "
-                            "input, but was given one")
+            raise TypeError(f"operation {ctx.operation!r} of entity {ctx.entity_id.name!r} "
+                            "takes no input, but was given one")
         else:
             value = method()
     else:

@@ -27,11 +27,11 @@ from ..entities.batch import EntityBatch, finish_batch
 from ..errors import InvalidInput, LeaseLost
 from ..services import Engine
 from ..services.dispatch import RELEASE_TIMEOUT, backoff
+from ..services.entities import plan_item
 from ..signals import Wakeup
 from ..state import TERMINAL, apply_step
 from ..wire import decode, encode, history_marker
 from .filters import work_item_filters
-from ..services.entities import plan_item
 from .workitems import HEALTH_PING, activity_work_item, entity_work_item, orchestrator_work_item
 
 log = logging.getLogger("dtrio.grpc")
@@ -61,7 +61,8 @@ class Lease:
     queue: _Queue
     item: Item
     stream: WorkerStream
-    step: StepInput | EntityBatch | None = None  # what an orchestration step or entity batch was given
+    # What an orchestration step or an entity batch was given (activities: None).
+    step: StepInput | EntityBatch | None = None
 
     @property
     def token(self) -> str:
@@ -122,7 +123,8 @@ class WorkerStream:
 
 class RemoteWork:
     def __init__(
-        self, engine: Engine, *, health_ping_interval: float = 30.0, entity_request_version: int = 2
+        self, engine: Engine, *, health_ping_interval: float = 30.0,
+        entity_request_version: int = 2,
     ) -> None:
         self._backend = engine.backend
         self._clock = engine.clock
@@ -147,7 +149,8 @@ class RemoteWork:
             backend.abandon_entity, backend.renew_entity,
         )
         if entity_request_version not in (1, 2):
-            raise InvalidInput(f"entity_request_version must be 1 or 2, not {entity_request_version}")
+            raise InvalidInput(
+                f"entity_request_version must be 1 or 2, not {entity_request_version}")
         self._entity_request_version = entity_request_version
         self._streams: list[WorkerStream] = []
         # Abandoned steps per instance, for the backoff of a worker that keeps giving one back.
@@ -407,7 +410,8 @@ class RemoteWork:
 
     async def complete_entity(self, result: pb.EntityBatchResult) -> None:
         if not result.completion_token:
-            raise InvalidInput("an entity batch result needs the completion token of its work item")
+            raise InvalidInput(
+                "an entity batch result needs the completion token of its work item")
         lease = self._take(self._entities, result.completion_token, lambda item: True,
                            "an entity batch")
         item, batch = lease.item, lease.step

@@ -237,10 +237,12 @@ class Servicer:
         if request.scheduled_time is not None:
             visible = max(to_us(request.scheduled_time), visible)
         event = h.event(now, entity_operation_signaled=pb.EntityOperationSignaledEvent(
-            request_id=request.request_id or uuid.uuid4().hex, operation=name, input=request.input,
-            scheduled_time=request.scheduled_time, target_instance_id=target,
+            request_id=request.request_id or uuid.uuid4().hex, operation=name,
+            input=request.input, scheduled_time=request.scheduled_time,
+            target_instance_id=target,
         ))
-        await self._backend.send_entity_message(Message(target, encode(event), visible, None, event))
+        message = Message(target, encode(event), visible, None, event)
+        await self._backend.send_entity_message(message)
         return pb.SignalEntityResponse()
 
     async def get_entity(self, request: pb.GetEntityRequest) -> pb.GetEntityResponse:
@@ -328,7 +330,9 @@ class Servicer:
             f"{request.instance_id!r} failed"
         )
 
-    async def complete_entity_task(self, request: pb.EntityBatchResult) -> pb.CompleteTaskResponse:
+    async def complete_entity_task(
+        self, request: pb.EntityBatchResult
+    ) -> pb.CompleteTaskResponse:
         await self._remote.complete_entity(request)
         return pb.CompleteTaskResponse()
 

@@ -68,16 +68,18 @@ def entity_work_item(token: str, batch: EntityBatch, *, version: int) -> bytes:
     requests = []
     for op in batch.operations:
         if op.caller is None:
-            requests.append(pb.HistoryEvent(event_id=-1, entity_operation_signaled=pb.EntityOperationSignaledEvent(
+            signaled = pb.EntityOperationSignaledEvent(
                 request_id=op.request_id, operation=op.name, input=op.input,
                 target_instance_id=batch.entity_id,
-            )))
+            )
+            requests.append(pb.HistoryEvent(event_id=-1, entity_operation_signaled=signaled))
         else:
-            requests.append(pb.HistoryEvent(event_id=-1, entity_operation_called=pb.EntityOperationCalledEvent(
+            called = pb.EntityOperationCalledEvent(
                 request_id=op.request_id, operation=op.name, input=op.input,
-                parent_instance_id=op.caller.instance_id, parent_execution_id=op.caller.execution_id,
-                target_instance_id=batch.entity_id,
-            )))
+                parent_instance_id=op.caller.instance_id,
+                parent_execution_id=op.caller.execution_id, target_instance_id=batch.entity_id,
+            )
+            requests.append(pb.HistoryEvent(event_id=-1, entity_operation_called=called))
     return encode(pb.WorkItem(completion_token=token, entity_request_v_2=pb.EntityRequest(
         instance_id=batch.entity_id, entity_state=batch.state, operation_requests=requests,
     )))

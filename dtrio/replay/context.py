@@ -216,9 +216,10 @@ class OrchestrationContext:
             raise InvalidInput("call_entity needs an operation name")
         section = self._section
         if section is not None and target not in section.entities:
+            locked = ", ".join(map(str, section.entities))
             raise InvalidOperation(
-                f"cannot call entity {target} from the critical section on "
-                f"{', '.join(map(str, section.entities))}: only locked entities can be called there"
+                f"cannot call entity {target} from the critical section on {locked}: "
+                "only locked entities can be called there"
             )
         data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
         request_id = self.new_uuid()

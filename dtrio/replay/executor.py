@@ -351,7 +351,8 @@ def _on_entity_failed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any)
     if task is not None:
         details = failure_from_pb(body.failure_details)
         what = task.description if isinstance(task, DurableTask) else "entity operation"
-        task._fail(TaskFailedError(f"{what} failed: {details.error_type}: {details.message}", details))
+        message = f"{what} failed: {details.error_type}: {details.message}"
+        task._fail(TaskFailedError(message, details))
 
 
 def _on_entity_lock_granted(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:

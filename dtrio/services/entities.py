@@ -28,11 +28,15 @@ def plan_item(item: EntityWorkItem, now: datetime) -> EntityBatch:
         (inbox_id, item.decoded.get(inbox_id) or decode(pb.HistoryEvent, data))
         for inbox_id, data in item.messages
     ]
-    return plan_batch(item.instance_id, item.state, item.locked_by, item.lock_section, messages, now)
+    return plan_batch(
+        item.instance_id, item.state, item.locked_by, item.lock_section, messages, now)
 
 
 class EntityDispatcher:
-    def __init__(self, backend: Backend, clock: Clock, registry: Registry, options: EngineOptions, owner: str) -> None:
+    def __init__(
+        self, backend: Backend, clock: Clock, registry: Registry, options: EngineOptions,
+        owner: str,
+    ) -> None:
         self._backend = backend
         self._clock = clock
         self._registry = registry
@@ -46,7 +50,8 @@ class EntityDispatcher:
         )
 
     async def _lease(self, limit: int) -> list[EntityWorkItem]:
-        return await self._backend.lease_entities(self._owner, limit, self._lease_us, self._batch_size)
+        return await self._backend.lease_entities(
+            self._owner, limit, self._lease_us, self._batch_size)
 
     async def _execute(self, item: EntityWorkItem) -> None:
         settled = False
@@ -65,7 +70,8 @@ class EntityDispatcher:
                           extra=work_item("entity", item.instance_id))
         except LeaseLost as exc:
             settled = True
-            log.warning("entity %s: %s", item.instance_id, exc, extra=work_item("entity", item.instance_id))
+            log.warning("entity %s: %s", item.instance_id, exc,
+                        extra=work_item("entity", item.instance_id))
         finally:
             if not settled:
                 await self._abandon(item)
