@@ -38,6 +38,7 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
         local_workers=False,
         max_concurrent_orchestrations=args.max_concurrent_orchestrations,
         max_concurrent_activities=args.max_concurrent_activities,
+        max_concurrent_entities=args.max_concurrent_entities,
     )
     # Opened first, so that a signal arriving while the store opens is not lost.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -46,7 +47,8 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
                 # Unset, the sidecar's own default applies (the gRPC stack is imported late).
                 limit = {"max_message_size": args.max_message_size} if args.max_message_size else {}
                 port = await nursery.start(partial(
-                    serve_sidecar, engine, args.host, args.port, **limit
+                    serve_sidecar, engine, args.host, args.port,
+                    entity_request_version=args.entity_request_version, **limit
                 ))
                 where = getattr(engine.backend, "where", args.db)
                 print(f"dtrio sidecar listening on {args.host}:{port} (store: {where})", flush=True)
@@ -119,6 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--max-concurrent-activities", type=int, default=200, metavar="N",
         help="activities out with workers at once (default: 200)",
+    )
+    serve.add_argument(
+        "--max-concurrent-entities", type=int, default=200, metavar="N",
+        help="entity batches out with workers at once (default: 200)",
+    )
+    serve.add_argument(
+        "--entity-request-version", type=int, default=2, choices=(1, 2),
+        help="entity work items as entityRequestV2 (2, default) or entityRequest (1), "
+        "for workers that take only the older form",
     )
     serve.add_argument(
         "--max-message-size", type=_size, default=None, metavar="SIZE",

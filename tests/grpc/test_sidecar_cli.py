@@ -61,3 +61,28 @@ def test_an_unusable_store_is_a_one_line_error(tmp_path: Path) -> None:
     assert process.returncode != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dtrio: cannot open"), err
+
+
+def test_entity_options_are_taken_and_entity_rpcs_answer() -> None:
+    from durabletask.entities import EntityInstanceId
+
+    process = serve("--port", "0", "--db", ":memory:", "--entity-request-version", "1",
+                    "--max-concurrent-entities", "5")
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert found, line + process.stderr.read()  # type: ignore[union-attr]
+        client = TaskHubGrpcClient(host_address=f"127.0.0.1:{found.group(1)}")
+        assert client.get_entity(EntityInstanceId("counter", "x")) is None
+        client.signal_entity(EntityInstanceId("counter", "x"), "add", 1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_an_unknown_entity_request_version_is_refused() -> None:
+    process = serve("--port", "0", "--db", ":memory:", "--entity-request-version", "3")
+    assert process.wait(timeout=15) == 2
+    assert "invalid choice: 3" in process.stderr.read()  # type: ignore[union-attr]
