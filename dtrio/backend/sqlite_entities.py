@@ -199,10 +199,10 @@ class SqliteEntities:
             messages = step.messages
             locked_by, section = step.locked_by, step.lock_section
             before = (item.locked_by, item.lock_section)
-            if locked_by is not None and (locked_by, section) != before \
-                    and not self._orchestration_live(conn, locked_by):
-                # The orchestration asking for this lock finished meanwhile: nobody would
-                # ever release it, so it is not taken and the request goes no further.
+            if locked_by is not None and not self._orchestration_live(conn, locked_by):
+                # The holder finished while the batch ran (its locks were released then), or
+                # before its request got here: nobody would ever release this lock, so it is
+                # not kept and the request goes no further.
                 messages = [m for m in messages if not _lock_message_of(m, section)]
                 locked_by = section = None
             conn.executemany(

@@ -82,9 +82,12 @@ def plan_batch(
     messages: list[tuple[int, pb.HistoryEvent]],
     now: datetime,
 ) -> EntityBatch:
-    """Decide what a step does with `messages` (oldest first, as leased)."""
+    """Decide what a step does with `messages` (oldest first, as leased: all visible ones while
+    unlocked, only the holder's while locked)."""
     batch = EntityBatch(entity_id, state, locked_by=locked_by, lock_section=lock_section)
-    deferred = False
+    # Leased while locked, the batch holds only the holder's messages: others may be waiting
+    # unseen, and after an unlock they come first.
+    deferred = locked_by is not None
     now_us = to_us(now)
     for inbox_id, event in messages:
         kind, body = one_of(event, "eventType")

@@ -127,3 +127,11 @@ def test_an_undeliverable_entity_message_fails_the_orchestration():
     failure = pb.TaskFailureDetails.parse(step.failure)
     assert failure.error_type == "InvalidEntityMessage"
     assert "'counter' is not an entity ID" in failure.error_message
+
+
+def test_a_batch_leased_while_locked_stops_at_the_unlock():
+    # Others' messages were not leased with it: they arrived first and run next.
+    batch = plan_batch(E, None, "o1", "cs1", [
+        (3, call("o1")), (5, unlock("o1", "cs1")), (6, call("o1", request="after"))], T0)
+    assert batch.consumed == [3, 5] and [op.request_id for op in batch.operations] == ["c"]
+    assert batch.locked_by is None
