@@ -31,7 +31,6 @@ class Operation:
     name: str
     input: str | None
     caller: pb.OrchestrationInstance | None
-    trace_context: pb.TraceContext | None = None
 
 
 @dataclass(slots=True)

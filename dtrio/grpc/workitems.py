@@ -62,7 +62,6 @@ def entity_work_item(token: str, batch: EntityBatch, *, version: int) -> bytes:
             instance_id=batch.entity_id, entity_state=batch.state,
             operations=[pb.OperationRequest(
                 operation=op.name, request_id=op.request_id, input=op.input,
-                trace_context=op.trace_context,
             ) for op in batch.operations],
         )))
     requests = []
