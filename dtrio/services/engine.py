@@ -74,7 +74,7 @@ async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -
             if opts.local_workers:
                 await nursery.start(engine.orchestrations.dispatcher.serve)
                 await nursery.start(engine.activities.serve)
-                await nursery.start(engine.entities.dispatcher.serve)
+                await nursery.start(engine.entities.serve)
                 dispatchers = [engine.orchestrations.dispatcher, engine.activities.dispatcher,
                                engine.entities.dispatcher]
             log.info("engine %s started on %s", engine.owner, getattr(backend, "where", backend))

@@ -15,6 +15,7 @@ from ..entities.context import run_batch
 from ..errors import LeaseLost
 from ..logs import work_item
 from ..registry import Registry
+from ..signals import Wakeup
 from ..wire import decode
 from .dispatch import RELEASE_TIMEOUT, Dispatcher, backoff
 from .options import EngineOptions
@@ -44,10 +45,31 @@ class EntityDispatcher:
         self._lease_us = int(options.orchestration_lease * 1_000_000)
         self._batch_size = options.entity_batch_size
         self._failures: dict[str, int] = {}
+        self._running: dict[str, EntityWorkItem] = {}
+        self._started = Wakeup()
         self.dispatcher: Dispatcher[EntityWorkItem] = Dispatcher(
             "entity", options.max_concurrent_entities, backend.entities_ready, self._lease,
             self._execute, log,
         )
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._renew_leases)
+            await self.dispatcher.serve(task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+    async def _renew_leases(self) -> None:
+        """Keep the leases of batches whose operations take long (they may await I/O)."""
+        while True:
+            if not self._running:
+                # Sleep without a deadline while idle, so a MockClock can jump straight to timers.
+                await self._started.wait()
+            await trio.sleep(self._lease_us / 3_000_000)
+            for item in list(self._running.values()):
+                try:
+                    await self._backend.renew_entity(item, self._lease_us)
+                except LeaseLost as exc:
+                    log.warning("%s", exc, extra=work_item("entity", item.instance_id))
 
     async def _lease(self, limit: int) -> list[EntityWorkItem]:
         return await self._backend.lease_entities(
@@ -55,6 +77,8 @@ class EntityDispatcher:
 
     async def _execute(self, item: EntityWorkItem) -> None:
         settled = False
+        self._running[item.instance_id] = item
+        self._started.set()
         try:
             now = self._clock.now_dt()
             batch = plan_item(item, now)
@@ -73,6 +97,7 @@ class EntityDispatcher:
             log.warning("entity %s: %s", item.instance_id, exc,
                         extra=work_item("entity", item.instance_id))
         finally:
+            self._running.pop(item.instance_id, None)
             if not settled:
                 await self._abandon(item)
 

@@ -189,3 +189,28 @@ async def test_query_paging_filters_and_clean_storage(autojump_clock):
         cleaned = await client.clean_entity_storage()
         assert (cleaned.empty_entities_removed, cleaned.orphaned_locks_released) == (0, 0)
         assert len((await client.query_entities()).entities) == 7
+
+
+slow_registry = dtrio.Registry()
+
+
+@slow_registry.entity
+async def slow(ctx, seconds):
+    await trio.sleep(seconds)  # an operation awaiting I/O for longer than a lease
+    ctx.set_state(ctx.get_state(0) + 1)
+    return ctx.get_state()
+
+
+@slow_registry.orchestrator
+async def call_slow(ctx, seconds):
+    return await ctx.call_entity("@slow@1", "wait", seconds)
+
+
+async def test_a_slow_operation_keeps_its_lease(autojump_clock, caplog):
+    # Polling, so that an expired lease would be seen and the batch run a second time.
+    async with open_test_engine(slow_registry, orchestration_lease=10, max_poll_interval=1) as engine:
+        iid = await engine.client.schedule_new_orchestration(call_slow, input=45)
+        state = await engine.client.wait_for_orchestration_completion(iid, timeout=600)
+        assert state.output == 1
+        assert (await engine.client.get_entity("@slow@1")).state == 1
+    assert not [r for r in caplog.records if "lost" in r.getMessage()]
