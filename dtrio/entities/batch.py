@@ -57,6 +57,8 @@ class EntityStep:
     messages: list[Message]
     new_instances: list[NewInstance]
     operations: int
+    # Actions of the worker that could not be carried out, and why (for the caller to log).
+    rejected: list[str] = field(default_factory=list)
 
 
 def source_of(event: pb.HistoryEvent) -> str | None:
@@ -159,7 +161,11 @@ def finish_batch(batch: EntityBatch, result: pb.EntityBatchResult, now: datetime
             continue
         step.messages.append(_reply(operation, outcome, now, now_us))
     for action in result.actions:
-        _apply_action(step, batch.entity_id, action, now, now_us)
+        try:
+            _apply_action(step, batch.entity_id, action, now, now_us)
+        except InvalidInput as exc:
+            # The operations ran and their results stand; only this side effect is dropped.
+            step.rejected.append(f"action #{action.id} of entity {batch.entity_id}: {exc}")
     return step
 
 
@@ -201,7 +207,10 @@ def _apply_action(step: EntityStep, entity_id: str, action: pb.OperationAction, 
         step.messages.append(Message(target, encode(event), visible, None, event))
     elif kind == "start_new_orchestration":
         if not body.name:
-            raise InvalidInput(f"entity {entity_id!r} started an orchestration without a name")
+            raise InvalidInput("it starts an orchestration without a name")
+        if body.instance_id.startswith("@"):
+            raise InvalidInput(f"it starts an orchestration with ID {body.instance_id!r}; "
+                               "IDs starting with '@' are reserved for entities")
         instance_id = body.instance_id or new_execution_id()
         execution_id = new_execution_id()
         started = start_traced(h.execution_started(
@@ -213,3 +222,5 @@ def _apply_action(step: EntityStep, entity_id: str, action: pb.OperationAction, 
             instance_id, execution_id, body.name, body.version, body.input, encode(started),
             visible, started_event=started,
         ))
+    else:
+        raise InvalidInput(f"its kind {kind or 'unknown'!r} is not one this engine knows")

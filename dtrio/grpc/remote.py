@@ -426,6 +426,8 @@ class RemoteWork:
         settled = False
         try:
             step = finish_batch(batch, result, self._clock.now_dt())
+            for why in step.rejected:
+                log.warning("dropped %s", why)
             await self._backend.complete_entity(item, step)
             settled = True
             self._abandoned.pop(item.instance_id, None)

@@ -84,6 +84,8 @@ class EntityDispatcher:
             batch = plan_item(item, now)
             result = await run_batch(self._registry.entities, batch, now)
             step = finish_batch(batch, result, now)
+            for why in step.rejected:
+                log.warning("dropped %s", why, extra=work_item("entity", item.instance_id))
             await self._backend.complete_entity(item, step)
             settled = True
             self._failures.pop(item.instance_id, None)

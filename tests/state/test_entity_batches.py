@@ -135,3 +135,24 @@ def test_a_batch_leased_while_locked_stops_at_the_unlock():
         (3, call("o1")), (5, unlock("o1", "cs1")), (6, call("o1", request="after"))], T0)
     assert batch.consumed == [3, 5] and [op.request_id for op in batch.operations] == ["c"]
     assert batch.locked_by is None
+
+
+def test_actions_that_cannot_be_carried_out_are_dropped_with_a_reason():
+    batch = plan_batch(E, None, None, None, [(1, signal())], T0)
+    step = finish_batch(batch, pb.EntityBatchResult(
+        results=[pb.OperationResult(success=pb.OperationResultSuccess())],
+        actions=[
+            pb.OperationAction(id=0, send_signal=pb.SendSignalAction(instance_id="nope", name="x")),
+            pb.OperationAction(id=1, start_new_orchestration=pb.StartNewOrchestrationAction(
+                instance_id="@a@b", name="orch")),
+            pb.OperationAction(id=2, start_new_orchestration=pb.StartNewOrchestrationAction()),
+            pb.OperationAction(id=3),
+        ],
+    ), T0)
+    assert step.messages == [] and step.new_instances == [] and step.consumed == [1]
+    assert [why.split(":")[0] for why in step.rejected] == [
+        f"action #{i} of entity {E}" for i in range(4)]
+    assert "'nope' is not an entity ID" in step.rejected[0]
+    assert "reserved for entities" in step.rejected[1]
+    assert "without a name" in step.rejected[2]
+    assert "not one this engine knows" in step.rejected[3]
