@@ -42,6 +42,8 @@ def counter(ctx: entities.EntityContext, amount: Any) -> Any:
 def text(ctx: entities.EntityContext, value: Any) -> Any:
     if ctx.operation == "set":
         ctx.set_state(value)
+    elif ctx.operation == "fill":
+        ctx.set_state("z" * value)
     return len(ctx.get_state(str, ""))
 
 
@@ -323,3 +325,12 @@ async def test_workers_with_filters_get_only_their_entities() -> None:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(other.stop)
+
+
+async def test_a_batch_result_over_the_size_limit_fails_its_operations() -> None:
+    async with running_sidecar(max_message_size=64 << 10) as sidecar, entity_worker(sidecar.address):
+        await sidecar.call(sidecar.client.signal_entity, Id("text", "t"), "set", "small")
+        failed = await run(sidecar, call, {"entity": "@text@t", "op": "fill", "input": 100 << 10})
+        assert "exceeds this sidecar's limit of 65536 bytes" in failed["message"]
+        # The state is the one before the batch, and the entity keeps serving.
+        assert await run(sidecar, call, {"entity": "@text@t", "op": "get"}) == len("small")
