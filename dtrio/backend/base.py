@@ -126,7 +126,7 @@ class InstancePage:
 
 
 class Backend(Protocol):
-    """Durable storage for instances, history, inboxes and the activity queue.
+    """Durable storage for instances, history, inboxes, the activity queue and entities.
 
     Every method is a short transaction. Completions check the lease and either apply in
     full or raise `LeaseLost` having changed nothing.

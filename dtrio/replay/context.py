@@ -89,6 +89,11 @@ class CriticalSection:
     async def __aexit__(self, *exc_info: object) -> None:
         self.release()
 
+    @property
+    def held(self) -> bool:
+        """Whether the locks have been granted."""
+        return self._task.is_complete
+
     def release(self) -> None:
         """Unlock the entities (also done at the end of the `async with` block)."""
         self._ctx._release(self)
@@ -215,6 +220,11 @@ class OrchestrationContext:
         if not operation:
             raise InvalidInput("call_entity needs an operation name")
         section = self._section
+        if section is not None and not section.held:
+            raise InvalidOperation(
+                f"cannot call entity {target} before the locks of the critical section are "
+                "granted: await ctx.lock_entities(...) (or enter its async with block) first"
+            )
         if section is not None and target not in section.entities:
             locked = ", ".join(map(str, section.entities))
             raise InvalidOperation(

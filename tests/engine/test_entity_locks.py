@@ -66,6 +66,12 @@ async def misuse(ctx, case):
     return "unreachable"
 
 
+@registry.orchestrator
+async def call_before_grant(ctx, _):
+    ctx.lock_entities(["@account@g"])
+    await ctx.call_entity("@account@g", "get")
+
+
 async def finish(engine, iid):
     return await engine.client.wait_for_orchestration_completion(iid, timeout=timedelta(days=1))
 
@@ -134,11 +140,16 @@ async def test_orphaned_locks_are_released_by_clean_storage(autojump_clock):
     ("call other", "only locked entities can be called"),
     ("signal locked", "cannot signal entity @account@m1 from a critical section"),
     ("nested", "cannot enter a critical section from within another one"),
+    ("before grant", "before the locks of the critical section are granted"),
 ])
 async def test_critical_section_rules(autojump_clock, case, message):
+    orchestrator = call_before_grant if case == "before grant" else misuse
     async with open_test_engine(registry) as engine:
-        state = await finish(engine, await engine.client.schedule_new_orchestration(misuse, input=case))
+        iid = await engine.client.schedule_new_orchestration(orchestrator, input=case)
+        state = await finish(engine, iid)
         assert state.runtime_status == S.FAILED
         assert state.failure_details.error_type == "InvalidOperation"
         assert message in state.failure_details.message
-        assert (await engine.client.get_entity("@account@m1")) is None
+        # Whatever it locked was released when it failed.
+        for key in ("m1", "m2", "g"):
+            assert (await engine.client.get_entity(f"@account@{key}")) is None
