@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import grpc
@@ -334,3 +335,37 @@ async def test_a_batch_result_over_the_size_limit_fails_its_operations() -> None
         assert "exceeds this sidecar's limit of 65536 bytes" in failed["message"]
         # The state is the one before the batch, and the entity keeps serving.
         assert await run(sidecar, call, {"entity": "@text@t", "op": "get"}) == len("small")
+
+
+@asynccontextmanager
+async def sidecar_on(db: Any) -> AsyncIterator[Sidecar]:
+    import dtrio
+    from dtrio.grpc import serve_sidecar
+
+    async with dtrio.open_engine(dtrio.Registry(), db=db, local_workers=False,
+                                 max_poll_interval=0.05, shutdown_grace=0) as engine:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(serve_sidecar, engine, "127.0.0.1", 0))
+            address = f"127.0.0.1:{port}"
+            yield Sidecar(engine, address, sdk_client.TaskHubGrpcClient(host_address=address))
+            nursery.cancel_scope.cancel()
+
+
+async def test_entities_survive_a_sidecar_restart(tmp_path: Any) -> None:
+    db = tmp_path / "sidecar.sqlite3"
+    async with sidecar_on(db) as sidecar, entity_worker(sidecar.address):
+        assert await run(sidecar, call, {"entity": "@counter@kept", "op": "add", "input": 4}) == 4
+        holder = await sidecar.call(sidecar.client.schedule_new_orchestration, lock_and_wait,
+                                    input="locked")
+        while not ((meta := await sidecar.call(sidecar.client.get_entity, Id("counter", "locked")))
+                   and meta._locked_by):
+            await trio.sleep(0.05)
+    async with sidecar_on(db) as sidecar, entity_worker(sidecar.address):
+        meta = await sidecar.call(sidecar.client.get_entity, Id("counter", "kept"))
+        assert meta.get_state(int) == 4
+        locked = await sidecar.call(sidecar.client.get_entity, Id("counter", "locked"))
+        assert locked._locked_by == holder
+        assert await run(sidecar, call, {"entity": "@counter@kept", "op": "add", "input": 1}) == 5
+        await sidecar.call(sidecar.client.terminate_orchestration, holder)
+        await sidecar.call(sidecar.client.wait_for_orchestration_completion, holder, timeout=30)
+        assert await run(sidecar, call, {"entity": "@counter@locked", "op": "add", "input": 1}) == 1
