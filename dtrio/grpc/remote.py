@@ -22,7 +22,7 @@ import trio
 from .. import _pb as pb
 from .. import history as h
 from ..backend import ActivityWorkItem, NameFilter, OrchestrationWorkItem
-from ..errors import InvalidInput, LeaseLost
+from ..errors import FailureDetails, InvalidInput, LeaseLost
 from ..services import Engine
 from ..services.dispatch import RELEASE_TIMEOUT, backoff
 from ..signals import Wakeup
@@ -37,6 +37,9 @@ _SUSPENDED = int(pb.OrchestrationStatus.SUSPENDED)
 _ORCHESTRATOR_STARTED = (
     pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_started"].number
 )
+
+# gRPC clients refuse larger messages unless configured otherwise: the official SDK workers do.
+DEFAULT_MAX_WORK_ITEM_SIZE = 4 << 20
 
 Item = OrchestrationWorkItem | ActivityWorkItem
 Send = Callable[[bytes], Awaitable[None]]
@@ -118,11 +121,15 @@ class WorkerStream:
 
 
 class RemoteWork:
-    def __init__(self, engine: Engine, *, health_ping_interval: float = 30.0) -> None:
+    def __init__(
+        self, engine: Engine, *, health_ping_interval: float = 30.0,
+        max_work_item_size: int = DEFAULT_MAX_WORK_ITEM_SIZE,
+    ) -> None:
         self._backend = engine.backend
         self._clock = engine.clock
         self._owner = engine.owner
         self._ping_interval = health_ping_interval
+        self._max_work_item_size = max_work_item_size
         options, backend = engine.options, engine.backend
         self._orchestrations = _Queue(
             "orchestration", options.max_concurrent_orchestrations,
@@ -274,6 +281,9 @@ class RemoteWork:
         message = orchestrator_work_item(
             item.lock_token, item.instance_id, item.execution_id, past, [data for _, data in new]
         )
+        if len(message) > self._max_work_item_size:
+            await self._fail_oversized_step(item, step, len(message))
+            return
         self._hold(Lease(self._orchestrations, item, stream, step), message)
 
     async def _offer_activity(self, item: ActivityWorkItem, names: NameFilter | None) -> None:
@@ -281,7 +291,41 @@ class RemoteWork:
         if stream is None:
             await self._backend.abandon_activity(item, 0)
             return
-        self._hold(Lease(self._activities, item, stream), activity_work_item(item.lock_token, item))
+        message = activity_work_item(item.lock_token, item)
+        if len(message) > self._max_work_item_size:
+            # Sent, it would break the worker's stream, and come back to break the next one.
+            event = h.task_failed(self._clock.now_dt(), item.task_id, self._too_large(
+                f"activity {item.name!r} (#{item.task_id}) with its input", len(message)
+            ))
+            await self._backend.complete_activity(item, encode(event), decoded=event)
+            return
+        self._hold(Lease(self._activities, item, stream), message)
+
+    async def _fail_oversized_step(
+        self, item: OrchestrationWorkItem, step: StepInput, size: int
+    ) -> None:
+        """Fail an orchestration whose history no worker would accept: sent, it would break
+        the worker's stream, and come back to break the next one, for ever."""
+        details = self._too_large(f"orchestration {item.instance_id!r} with its history", size)
+        fail = pb.OrchestratorAction(id=-1, complete_orchestration=pb.CompleteOrchestrationAction(
+            orchestration_status=pb.OrchestrationStatus.FAILED,
+            failure_details=h.failure_to_pb(details),
+        ))
+        plan = apply_step(
+            item.instance_id, item.execution_id, step.started, step.new_events, [fail],
+            self._clock.now_dt(), suspended=step.suspended,
+        )
+        await self._backend.complete_orchestration(item, plan)
+        log.warning("instance %s failed: %s", item.instance_id, details.message)
+
+    def _too_large(self, what: str, size: int) -> FailureDetails:
+        return FailureDetails(
+            "WorkItemTooLarge",
+            f"the work item for {what} is {size} bytes, over the {self._max_work_item_size} "
+            "bytes a worker is sent at most (--max-work-item-size; gRPC clients accept 4 MiB "
+            "unless configured for more)",
+            is_non_retriable=True,
+        )
 
     async def _renew(self, queue: _Queue) -> None:
         """Keep the leases of work that connected workers still hold alive: a worker may take

@@ -11,7 +11,7 @@ from ..errors import InvalidInput
 from ..services import Engine
 from .bridge import serve_grpc
 from .inbound import DEFAULT_MAX_MESSAGE_SIZE
-from .remote import RemoteWork
+from .remote import DEFAULT_MAX_WORK_ITEM_SIZE, RemoteWork
 from .servicer import Servicer
 
 log = logging.getLogger("dtrio.grpc")
@@ -27,6 +27,7 @@ async def serve_sidecar(
     *,
     health_ping_interval: float = HEALTH_PING_INTERVAL,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_work_item_size: int = DEFAULT_MAX_WORK_ITEM_SIZE,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve TaskHubSidecarService for `engine` until cancelled; `started()` gives the bound port.
@@ -34,17 +35,22 @@ async def serve_sidecar(
     Run the engine with `local_workers=False`: its work is for the SDK workers that connect.
     Cancelling releases every work item those workers hold, for the next start to pick up.
     A request over `max_message_size` bytes fails alone: a client's with RESOURCE_EXHAUSTED, a
-    worker's result by failing its activity or orchestration.
+    worker's result by failing its activity or orchestration. A work item over
+    `max_work_item_size` bytes is not sent: its activity or orchestration fails instead.
     """
-    if max_message_size < 1:
-        raise InvalidInput("max_message_size must be at least 1 byte")
+    for name, size in (("max_message_size", max_message_size),
+                       ("max_work_item_size", max_work_item_size)):
+        if size < 1:
+            raise InvalidInput(f"{name} must be at least 1 byte")
     if engine.options.local_workers:
         # Both would lease the same work, and wait on the same backend wake-ups.
         raise InvalidInput(
             "the sidecar serves an engine without in-process workers: "
             "start it with local_workers=False"
         )
-    remote = RemoteWork(engine, health_ping_interval=health_ping_interval)
+    remote = RemoteWork(
+        engine, health_ping_interval=health_ping_interval, max_work_item_size=max_work_item_size
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(remote.serve)
         bound = await nursery.start(partial(
