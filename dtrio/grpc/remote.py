@@ -29,7 +29,12 @@ from ..signals import Wakeup
 from ..state import TERMINAL, apply_step
 from ..wire import decode, encode, history_marker
 from .filters import work_item_filters
-from .workitems import HEALTH_PING, activity_work_item, orchestrator_work_item
+from .workitems import (
+    HEALTH_PING,
+    activity_work_item,
+    orchestration_trace_context,
+    orchestrator_work_item,
+)
 
 log = logging.getLogger("dtrio.grpc")
 
@@ -277,9 +282,14 @@ class RemoteWork:
         if stream is None:  # every stream with room went away meanwhile
             await self._backend.abandon_orchestration(item, 0)
             return
-        step = StepInput(new, _execution_started(past, new), _suspended_after(item.status, new))
+        started = _execution_started(past, new)
+        step = StepInput(
+            new, started.execution_started if started is not None else None,
+            _suspended_after(item.status, new),
+        )
         message = orchestrator_work_item(
-            item.lock_token, item.instance_id, item.execution_id, past, [data for _, data in new]
+            item.lock_token, item.instance_id, item.execution_id, past, [data for _, data in new],
+            orchestration_trace_context(started),
         )
         if len(message) > self._max_work_item_size:
             await self._fail_oversized_step(item, step, len(message))
@@ -456,13 +466,13 @@ class RemoteWork:
 
 def _execution_started(
     past: list[bytes], new: list[tuple[pb.HistoryEvent, bytes]]
-) -> pb.ExecutionStartedEvent | None:
+) -> pb.HistoryEvent | None:
     # executionStarted is the second event of a history, so this parses two events, not all.
     for data in past:
-        started = decode(pb.HistoryEvent, data).execution_started
-        if started is not None:
-            return started
-    return next((e.execution_started for e, _ in new if e.execution_started is not None), None)
+        event = decode(pb.HistoryEvent, data)
+        if event.execution_started is not None:
+            return event
+    return next((e for e, _ in new if e.execution_started is not None), None)
 
 
 def _suspended_after(status: int, new: list[tuple[pb.HistoryEvent, bytes]]) -> bool:
