@@ -183,8 +183,8 @@ class RemoteWork:
             yield stream
         finally:
             self._streams.remove(stream)
-            if stream.held:
-                log.info("worker stream dropped; releasing its %d work items", len(stream.held))
+            log.info("worker stream disconnected (%d connected); releasing the %d work items "
+                     "it held", len(self._streams), len(stream.held))
             await self._release(list(stream.held.values()))
 
     async def serve_stream(self, request: pb.GetWorkItemsRequest, send: Send) -> None:
