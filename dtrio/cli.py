@@ -45,10 +45,12 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
         async with open_engine(Registry(), db=args.db, options=options) as engine:
             async with trio.open_nursery() as nursery:
                 # Unset, the sidecar's own default applies (the gRPC stack is imported late).
-                limit = {"max_message_size": args.max_message_size} if args.max_message_size else {}
+                limits = {name: getattr(args, name)
+                          for name in ("max_message_size", "max_work_item_size")
+                          if getattr(args, name) is not None}
                 port = await nursery.start(partial(
                     serve_sidecar, engine, args.host, args.port,
-                    entity_request_version=args.entity_request_version, **limit
+                    entity_request_version=args.entity_request_version, **limits
                 ))
                 where = getattr(engine.backend, "where", args.db)
                 print(f"dtrio sidecar listening on {args.host}:{port} (store: {where})", flush=True)
@@ -135,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         "--max-message-size", type=_size, default=None, metavar="SIZE",
         help="largest request a client or worker may send, e.g. 64MiB (default: 16MiB); "
         "a worker's larger result fails its activity or orchestration",
+    )
+    serve.add_argument(
+        "--max-work-item-size", type=_size, default=None, metavar="SIZE",
+        help="largest work item sent to a worker (default: 4MiB, what gRPC clients accept "
+        "unless configured for more); an activity or orchestration whose work item is larger "
+        "fails",
     )
     serve.set_defaults(run=_serve)
     args = parser.parse_args(argv)

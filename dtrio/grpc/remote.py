@@ -24,7 +24,7 @@ from .. import _pb as pb
 from .. import history as h
 from ..backend import ActivityWorkItem, EntityWorkItem, NameFilter, OrchestrationWorkItem
 from ..entities.batch import EntityBatch, finish_batch
-from ..errors import InvalidInput, LeaseLost
+from ..errors import FailureDetails, InvalidInput, LeaseLost
 from ..services import Engine
 from ..services.dispatch import RELEASE_TIMEOUT, backoff
 from ..services.entities import plan_item
@@ -32,7 +32,13 @@ from ..signals import Wakeup
 from ..state import TERMINAL, apply_step
 from ..wire import decode, encode, history_marker
 from .filters import work_item_filters
-from .workitems import HEALTH_PING, activity_work_item, entity_work_item, orchestrator_work_item
+from .workitems import (
+    HEALTH_PING,
+    activity_work_item,
+    entity_work_item,
+    orchestration_trace_context,
+    orchestrator_work_item,
+)
 
 log = logging.getLogger("dtrio.grpc")
 
@@ -40,6 +46,9 @@ _SUSPENDED = int(pb.OrchestrationStatus.SUSPENDED)
 _ORCHESTRATOR_STARTED = (
     pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_started"].number
 )
+
+# gRPC clients refuse larger messages unless configured otherwise: the official SDK workers do.
+DEFAULT_MAX_WORK_ITEM_SIZE = 4 << 20
 
 Item = OrchestrationWorkItem | ActivityWorkItem | EntityWorkItem
 Send = Callable[[bytes], Awaitable[None]]
@@ -124,12 +133,14 @@ class WorkerStream:
 class RemoteWork:
     def __init__(
         self, engine: Engine, *, health_ping_interval: float = 30.0,
+        max_work_item_size: int = DEFAULT_MAX_WORK_ITEM_SIZE,
         entity_request_version: int = 2,
     ) -> None:
         self._backend = engine.backend
         self._clock = engine.clock
         self._owner = engine.owner
         self._ping_interval = health_ping_interval
+        self._max_work_item_size = max_work_item_size
         options, backend = engine.options, engine.backend
         self._orchestrations = _Queue(
             "orchestration", options.max_concurrent_orchestrations,
@@ -190,8 +201,8 @@ class RemoteWork:
             yield stream
         finally:
             self._streams.remove(stream)
-            if stream.held:
-                log.info("worker stream dropped; releasing its %d work items", len(stream.held))
+            log.info("worker stream disconnected (%d connected); releasing the %d work items "
+                     "it held", len(self._streams), len(stream.held))
             await self._release(list(stream.held.values()))
 
     @property
@@ -293,10 +304,18 @@ class RemoteWork:
         if stream is None:  # every stream with room went away meanwhile
             await self._backend.abandon_orchestration(item, 0)
             return
-        step = StepInput(new, _execution_started(past, new), _suspended_after(item.status, new))
-        message = orchestrator_work_item(
-            item.lock_token, item.instance_id, item.execution_id, past, [data for _, data in new]
+        started = _execution_started(past, new)
+        step = StepInput(
+            new, started.execution_started if started is not None else None,
+            _suspended_after(item.status, new),
         )
+        message = orchestrator_work_item(
+            item.lock_token, item.instance_id, item.execution_id, past, [data for _, data in new],
+            orchestration_trace_context(started),
+        )
+        if len(message) > self._max_work_item_size:
+            await self._fail_oversized_step(item, step, len(message))
+            return
         self._hold(Lease(self._orchestrations, item, stream, step), message)
 
     async def _offer_activity(self, item: ActivityWorkItem, names: NameFilter | None) -> None:
@@ -304,7 +323,41 @@ class RemoteWork:
         if stream is None:
             await self._backend.abandon_activity(item, 0)
             return
-        self._hold(Lease(self._activities, item, stream), activity_work_item(item.lock_token, item))
+        message = activity_work_item(item.lock_token, item)
+        if len(message) > self._max_work_item_size:
+            # Sent, it would break the worker's stream, and come back to break the next one.
+            event = h.task_failed(self._clock.now_dt(), item.task_id, self._too_large(
+                f"activity {item.name!r} (#{item.task_id}) with its input", len(message)
+            ))
+            await self._backend.complete_activity(item, encode(event), decoded=event)
+            return
+        self._hold(Lease(self._activities, item, stream), message)
+
+    async def _fail_oversized_step(
+        self, item: OrchestrationWorkItem, step: StepInput, size: int
+    ) -> None:
+        """Fail an orchestration whose history no worker would accept: sent, it would break
+        the worker's stream, and come back to break the next one, for ever."""
+        details = self._too_large(f"orchestration {item.instance_id!r} with its history", size)
+        fail = pb.OrchestratorAction(id=-1, complete_orchestration=pb.CompleteOrchestrationAction(
+            orchestration_status=pb.OrchestrationStatus.FAILED,
+            failure_details=h.failure_to_pb(details),
+        ))
+        plan = apply_step(
+            item.instance_id, item.execution_id, step.started, step.new_events, [fail],
+            self._clock.now_dt(), suspended=step.suspended,
+        )
+        await self._backend.complete_orchestration(item, plan)
+        log.warning("instance %s failed: %s", item.instance_id, details.message)
+
+    def _too_large(self, what: str, size: int) -> FailureDetails:
+        return FailureDetails(
+            "WorkItemTooLarge",
+            f"the work item for {what} is {size} bytes, over the {self._max_work_item_size} "
+            "bytes a worker is sent at most (--max-work-item-size; gRPC clients accept 4 MiB "
+            "unless configured for more)",
+            is_non_retriable=True,
+        )
 
     async def _offer_entity(self, item: EntityWorkItem, names: NameFilter | None) -> None:
         now = self._clock.now_dt()
@@ -319,6 +372,17 @@ class RemoteWork:
             await self._backend.abandon_entity(item, 0)
             return
         message = entity_work_item(item.lock_token, batch, version=self._entity_request_version)
+        if len(message) > self._max_work_item_size:
+            # Its state and inputs would break the worker's stream: the operations fail instead,
+            # and the state stays as it was.
+            details = self._too_large(f"entity {item.instance_id} with its state", len(message))
+            failure = pb.OperationResult(failure=pb.OperationResultFailure(
+                failure_details=h.failure_to_pb(details)))
+            result = pb.EntityBatchResult(
+                results=[failure] * len(batch.operations), entity_state=batch.state)
+            await self._backend.complete_entity(item, finish_batch(batch, result, now))
+            log.warning("entity %s: %s", item.instance_id, details.message)
+            return
         self._hold(Lease(self._entities, item, stream, batch), message)
 
     async def _renew(self, queue: _Queue) -> None:
@@ -505,13 +569,13 @@ async def _lease_entities(
 
 def _execution_started(
     past: list[bytes], new: list[tuple[pb.HistoryEvent, bytes]]
-) -> pb.ExecutionStartedEvent | None:
+) -> pb.HistoryEvent | None:
     # executionStarted is the second event of a history, so this parses two events, not all.
     for data in past:
-        started = decode(pb.HistoryEvent, data).execution_started
-        if started is not None:
-            return started
-    return next((e.execution_started for e, _ in new if e.execution_started is not None), None)
+        event = decode(pb.HistoryEvent, data)
+        if event.execution_started is not None:
+            return event
+    return next((e for e, _ in new if e.execution_started is not None), None)
 
 
 def _suspended_after(status: int, new: list[tuple[pb.HistoryEvent, bytes]]) -> bool:

@@ -11,7 +11,7 @@ from ..errors import InvalidInput
 from ..services import Engine
 from .bridge import serve_grpc
 from .inbound import DEFAULT_MAX_MESSAGE_SIZE
-from .remote import RemoteWork
+from .remote import DEFAULT_MAX_WORK_ITEM_SIZE, RemoteWork
 from .servicer import Servicer
 
 log = logging.getLogger("dtrio.grpc")
@@ -27,6 +27,7 @@ async def serve_sidecar(
     *,
     health_ping_interval: float = HEALTH_PING_INTERVAL,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_work_item_size: int = DEFAULT_MAX_WORK_ITEM_SIZE,
     entity_request_version: int = 2,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -35,20 +36,25 @@ async def serve_sidecar(
     Run the engine with `local_workers=False`: its work is for the SDK workers that connect.
     Cancelling releases every work item those workers hold, for the next start to pick up.
     A request over `max_message_size` bytes fails alone: a client's with RESOURCE_EXHAUSTED, a
-    worker's result by failing its activity, orchestration or entity operations.
-    Entity work goes to workers as `entityRequestV2` work items, or with
-    `entity_request_version=1` as `entityRequest` (for workers that take only that form).
+    worker's result by failing its activity, orchestration or entity operations. A work item
+    over `max_work_item_size` bytes is not sent: its activity, orchestration or entity
+    operations fail instead. Entity work goes to workers as `entityRequestV2` work items, or
+    with `entity_request_version=1` as `entityRequest` (for workers that take only that form).
     """
-    if max_message_size < 1:
-        raise InvalidInput("max_message_size must be at least 1 byte")
+    for name, size in (("max_message_size", max_message_size),
+                       ("max_work_item_size", max_work_item_size)):
+        if size < 1:
+            raise InvalidInput(f"{name} must be at least 1 byte")
     if engine.options.local_workers:
         # Both would lease the same work, and wait on the same backend wake-ups.
         raise InvalidInput(
             "the sidecar serves an engine without in-process workers: "
             "start it with local_workers=False"
         )
-    remote = RemoteWork(engine, health_ping_interval=health_ping_interval,
-                        entity_request_version=entity_request_version)
+    remote = RemoteWork(
+        engine, health_ping_interval=health_ping_interval, max_work_item_size=max_work_item_size,
+        entity_request_version=entity_request_version,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(remote.serve)
         bound = await nursery.start(partial(

@@ -21,10 +21,13 @@ HEALTH_PING = encode(pb.WorkItem(health_ping=pb.HealthPing()))
 
 
 def orchestrator_work_item(
-    token: str, instance_id: str, execution_id: str, past: list[bytes], new: list[bytes]
+    token: str, instance_id: str, execution_id: str, past: list[bytes], new: list[bytes],
+    trace: pb.OrchestrationTraceContext | None = None,
 ) -> bytes:
     """A WorkItem{orchestratorRequest, completionToken}, from serialized history events."""
-    request = pb.OrchestratorRequest(instance_id=instance_id, execution_id=execution_id)
+    request = pb.OrchestratorRequest(
+        instance_id=instance_id, execution_id=execution_id, orchestration_trace_context=trace
+    )
     body = bytearray(encode(request))
     for key, events in ((_PAST_EVENT, past), (_NEW_EVENT, new)):
         for data in events:
@@ -35,6 +38,20 @@ def orchestrator_work_item(
         _WORK_ITEM_ORCHESTRATOR_REQUEST, varint(len(body)), body,
         encode(pb.WorkItem(completion_token=token)),
     ))
+
+
+def orchestration_trace_context(
+    started: pb.HistoryEvent | None,
+) -> pb.OrchestrationTraceContext | None:
+    """The span an SDK worker reports for a traced execution: the ID chosen when the instance
+    was created, from its start. Every step names the same one, so the worker's orchestration
+    span is the parent its activities and sub-orchestrations were given."""
+    if started is None or started.execution_started is None:
+        return None
+    span_id = started.execution_started.orchestration_span_id
+    if not span_id:
+        return None
+    return pb.OrchestrationTraceContext(span_id=span_id, span_start_time=started.timestamp)
 
 
 def activity_work_item(token: str, item: ActivityWorkItem) -> bytes:

@@ -13,9 +13,6 @@ import pytest
 import trio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
 
 import dtrio
@@ -31,49 +28,6 @@ S = dtrio.OrchestrationStatus
 registry = dtrio.Registry()
 app_tracer = trace.get_tracer("test-app")
 TASK_ID = "durabletask.task.task_id"
-
-
-# -- the span recorder ------------------------------------------------------------------------
-
-
-class _Gate(SpanProcessor):
-    """Passes ended spans on only while a test records: the global provider outlives the test."""
-
-    def __init__(self, inner: SpanProcessor) -> None:
-        self.inner = inner
-        self.open = False
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if self.open:
-            self.inner.on_end(span)
-
-
-_EXPORTER = InMemorySpanExporter()
-_GATE = _Gate(SimpleSpanProcessor(_EXPORTER))
-_installed = False
-
-
-def _install() -> None:
-    """The global provider can be set once per process: set ours, or join one set earlier."""
-    global _installed
-    if _installed:
-        return
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
-    trace.get_tracer_provider().add_span_processor(_GATE)
-    _installed = True
-
-
-@pytest.fixture
-def spans():
-    _install()
-    _EXPORTER.clear()
-    _GATE.open = True
-    try:
-        yield _EXPORTER
-    finally:
-        _GATE.open = False
-        _EXPORTER.clear()
 
 
 # -- orchestrations ---------------------------------------------------------------------------

@@ -19,9 +19,13 @@ import trio
 from conftest import Sidecar, running_sidecar, sdk_worker_running
 from durabletask import task
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
+from durabletask.worker import TaskHubGrpcWorker
 from durabletask.history import TaskCompletedEvent, TaskScheduledEvent
 from durabletask.internal import orchestrator_service_pb2 as pb
 from raw_worker import RawWorker
+
+from dtrio import _pb as dtrio_pb
+from dtrio.wire import decode
 
 LIMIT = 64 << 10
 
@@ -147,6 +151,62 @@ async def test_an_oversized_result_fails_its_activity_or_orchestration() -> None
             await still_serves(sidecar)
 
 
+# Over the 4 MiB an SDK worker accepts by default, under the sidecar's 16 MiB for requests.
+CHUNK = 3 << 20
+ran: list[int] = []  # inputs that reached `measure`
+
+
+def chunk(ctx: task.ActivityContext, _: object) -> str:
+    return "x" * CHUNK
+
+
+def measure(ctx: task.ActivityContext, text: str) -> int:
+    ran.append(len(text))
+    return len(text)
+
+
+def gathers_chunks(ctx: task.OrchestrationContext, _: object):
+    first = yield ctx.call_activity(chunk)
+    second = yield ctx.call_activity(chunk)
+    return len(first) + len(second)
+
+
+def sends_a_chunk(ctx: task.OrchestrationContext, _: object):
+    return (yield ctx.call_activity(measure, input="y" * (5 << 20)))
+
+
+async def test_work_items_too_large_for_the_worker_fail_their_instance() -> None:
+    # Sent anyway, such an item breaks the worker's stream, and again on every reconnect.
+    async with running_sidecar() as sidecar:
+        orchestrators = [gathers_chunks, sends_a_chunk, app.sequence]
+        async with sdk_worker_running(sidecar.address, orchestrators, [chunk, measure, app.hello]):
+            history = await sidecar.run(gathers_chunks)
+            assert history.runtime_status == OrchestrationStatus.FAILED
+            assert history.failure_details.error_type == "WorkItemTooLarge"
+            assert "with its history" in history.failure_details.message
+            assert "over the 4194304 bytes" in history.failure_details.message
+
+            activity = await sidecar.run(sends_a_chunk)
+            assert activity.runtime_status == OrchestrationStatus.FAILED
+            assert activity.failure_details.error_type == "WorkItemTooLarge"
+            assert ran == []
+            events = [decode(dtrio_pb.HistoryEvent, data) for data in
+                      await sidecar.engine.backend.load_history(activity.instance_id)]
+            failed = [e.task_failed for e in events if e.task_failed]
+            assert "activity 'measure' (#1) with its input" in failed[0].failure_details.error_message
+            await still_serves(sidecar)
+
+
+async def test_the_work_item_limit_is_configurable() -> None:
+    async with running_sidecar(max_work_item_size=LIMIT) as sidecar:
+        async with sdk_worker_running(sidecar.address, [sends_a_chunk, app.sequence],
+                                      [measure, app.hello]):
+            state = await sidecar.run(sends_a_chunk)
+            assert state.runtime_status == OrchestrationStatus.FAILED
+            assert f"over the {LIMIT} bytes" in state.failure_details.message
+            await still_serves(sidecar)
+
+
 async def test_a_client_gone_mid_wait_leaves_the_instance_and_others_alone(
     sidecar: Sidecar, worker
 ) -> None:
@@ -218,8 +278,35 @@ def test_serve_takes_the_limit_from_its_flag() -> None:
         process.wait()
 
 
-def test_serve_refuses_a_limit_that_is_not_a_size() -> None:
-    process = serve("--max-message-size", "lots")
+def test_serve_takes_the_work_item_limit_from_its_flag() -> None:
+    process = serve("--max-work-item-size", "64KiB")
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert port, line
+        address = f"127.0.0.1:{port.group(1)}"
+        worker = TaskHubGrpcWorker(host_address=address)
+        worker.add_orchestrator(sends_a_chunk)
+        worker.add_activity(measure)
+        worker.start()
+        try:
+            client = TaskHubGrpcClient(host_address=address)
+            iid = client.schedule_new_orchestration(sends_a_chunk)
+            state = client.wait_for_orchestration_completion(iid, timeout=30)
+        finally:
+            worker.stop()
+        assert state is not None and state.runtime_status == OrchestrationStatus.FAILED
+        assert f"over the {LIMIT} bytes" in state.failure_details.message
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("flag", ["--max-message-size", "--max-work-item-size"])
+def test_serve_refuses_a_limit_that_is_not_a_size(flag: str) -> None:
+    process = serve(flag, "lots")
     _, err = process.communicate(timeout=30)
     assert process.returncode == 2
-    assert "--max-message-size: not a size: 'lots'" in err
+    assert f"{flag}: not a size: 'lots'" in err

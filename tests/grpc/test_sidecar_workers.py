@@ -240,3 +240,17 @@ async def test_workers_share_work_within_their_concurrency_hints(sidecar: Sideca
     assert json.loads(state.serialized_output) == sum(range(10))
     assert ran["a"] and ran["b"]
     assert sorted(ran["a"] + ran["b"]) == list(range(10))
+
+
+async def test_workers_connecting_and_leaving_are_logged(caplog) -> None:
+    caplog.set_level("INFO", logger="dtrio.grpc")
+    async with running_sidecar() as sidecar:
+        async with sdk_worker_running(sidecar.address):
+            with trio.fail_after(10):
+                while "worker stream connected" not in caplog.text:
+                    await trio.sleep(0.05)
+        with trio.fail_after(10):
+            while "worker stream disconnected" not in caplog.text:
+                await trio.sleep(0.05)
+    assert "worker stream connected (1 connected)" in caplog.text
+    assert "worker stream disconnected (0 connected)" in caplog.text
