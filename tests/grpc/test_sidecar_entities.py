@@ -369,3 +369,15 @@ async def test_entities_survive_a_sidecar_restart(tmp_path: Any) -> None:
         await sidecar.call(sidecar.client.terminate_orchestration, holder)
         await sidecar.call(sidecar.client.wait_for_orchestration_completion, holder, timeout=30)
         assert await run(sidecar, call, {"entity": "@counter@locked", "op": "add", "input": 1}) == 1
+
+
+async def test_an_entity_work_item_over_the_size_limit_fails_its_operations() -> None:
+    async with running_sidecar(max_work_item_size=64 << 10) as sidecar:
+        async with entity_worker(sidecar.address):
+            assert await run(sidecar, call, {"entity": "@text@w", "op": "fill",
+                                             "input": 100 << 10}) == 100 << 10
+            # Its state no longer fits in a work item: its operations fail, nothing is sent.
+            failed = await run(sidecar, call, {"entity": "@text@w", "op": "get"})
+            assert "the work item for entity @text@w with its state is" in failed["message"]
+            meta = await sidecar.call(sidecar.client.get_entity, Id("text", "w"))
+            assert len(json.loads(meta.get_state())) == 100 << 10
