@@ -4,6 +4,10 @@
 
 Rows: 1,000 three-activity sequences started at once (durable SQLite file, WAL); one
 orchestration at a time (p50/p99 latency); fan-out/fan-in of 100 activities with when_all.
+
+The measures are functions (`throughput`, `latency`, `fan_out_time`, `bounded_throughput`,
+`history_step_cost`, `parked_rss`, `store_bytes`) that `bench_peers.py` also runs, one per
+subprocess, next to the same measures for DBOS.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import time
 import trio
 
 import dtrio
+from _common import new_db as _new_db
+from _common import rss_bytes, sqlite_used_bytes
 
 registry = dtrio.Registry()
 
@@ -35,16 +41,29 @@ async def three_steps(ctx: dtrio.OrchestrationContext, n: int) -> int:
 
 
 @registry.orchestrator
+async def steps(ctx: dtrio.OrchestrationContext, n: int) -> int:
+    """n activities in sequence: a history of 4 events per step plus 4 (start and end)."""
+    for i in range(n):
+        await ctx.call_activity(step, input=i)
+    return n
+
+
+@registry.orchestrator
+async def parked(ctx: dtrio.OrchestrationContext, _input: None) -> str:
+    return await ctx.wait_for_external_event("go")
+
+
+@registry.orchestrator
 async def fan_out(ctx: dtrio.OrchestrationContext, n: int) -> int:
     return sum(await dtrio.when_all([ctx.call_activity(step, input=i) for i in range(n)]))
 
 
 def _db(tmp: str, name: str) -> str:
-    return os.path.join(tmp, f"{name}-{time.monotonic_ns()}.sqlite3")
+    return _new_db(tmp, name)
 
 
-async def throughput(tmp: str, sync: str, count: int = 1000) -> float:
-    async with dtrio.open_engine(registry, db=_db(tmp, "tp"), synchronous=sync) as engine:
+async def throughput(tmp: str, sync: str, count: int = 1000, db: str | None = None) -> float:
+    async with dtrio.open_engine(registry, db=db or _db(tmp, "tp"), synchronous=sync) as engine:
         client = engine.client
         begin = time.perf_counter()
         ids: list[str] = []
@@ -83,6 +102,91 @@ async def fan_out_time(tmp: str, sync: str, width: int = 100) -> float:
         state = await client.wait_for_orchestration_completion(iid, timeout=60)
         assert state.output == sum(range(1, width + 1))
         return (time.perf_counter() - begin) * 1000
+
+
+async def bounded_throughput(tmp: str, sync: str, concurrency: int, total: int) -> float:
+    """Orchestrations/s for `total` three-activity sequences, never more than `concurrency`
+    in flight at once (a new one starts when one completes)."""
+    async with dtrio.open_engine(registry, db=_db(tmp, "scale"), synchronous=sync) as engine:
+        client = engine.client
+        limit = trio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with limit:
+                iid = await client.schedule_new_orchestration(three_steps, input=i)
+                await client.wait_for_orchestration_completion(iid, timeout=300)
+
+        begin = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(total):
+                nursery.start_soon(one, i)
+        return total / (time.perf_counter() - begin)
+
+
+def steps_for_history(events: int) -> int:
+    """Sequential activities whose history ends at about `events` events (4 per step + 4)."""
+    return max(1, (events - 4) // 4)
+
+
+async def history_step_cost(tmp: str, sync: str, events: int, instances: int = 20) -> float:
+    """Milliseconds per orchestration step (one activity round trip) while `instances`
+    orchestrations each grow their history to about `events` events."""
+    n = steps_for_history(events)
+    async with dtrio.open_engine(registry, db=_db(tmp, "hist"), synchronous=sync) as engine:
+        client = engine.client
+        begin = time.perf_counter()
+        ids: list[str] = []
+        for _ in range(instances):
+            ids.append(await client.schedule_new_orchestration(steps, input=n))
+        for iid in ids:
+            state = await client.wait_for_orchestration_completion(iid, timeout=600)
+            assert state.output == n, state
+        elapsed = time.perf_counter() - begin
+    return elapsed * 1000 / (instances * n)
+
+
+async def parked_rss(tmp: str, sync: str, count: int = 10_000) -> float:
+    """Resident bytes per orchestration parked on an external event: RSS after `count`
+    instances are waiting minus RSS before, over `count`."""
+    import gc
+
+    async with dtrio.open_engine(registry, db=_db(tmp, "park"), synchronous=sync) as engine:
+        client = engine.client
+        # Warm: code paths, caches and statements in use before the baseline.
+        for i in range(50):
+            await client.schedule_new_orchestration(parked, instance_id=f"warm-{i}")
+            await client.wait_for_orchestration_start(f"warm-{i}", timeout=60)
+            await client.raise_orchestration_event(f"warm-{i}", "go", "x")
+            await client.wait_for_orchestration_completion(f"warm-{i}", timeout=60)
+        gc.collect()
+        before = rss_bytes()
+
+        async def start(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                await client.schedule_new_orchestration(parked, instance_id=f"p-{i}")
+
+        async with trio.open_nursery() as nursery:
+            for lo in range(0, count, 100):
+                nursery.start_soon(start, lo, min(lo + 100, count))
+        for i in range(count):  # RUNNING once its first step is committed, i.e. parked
+            await client.wait_for_orchestration_start(f"p-{i}", timeout=600)
+        gc.collect()
+        after = rss_bytes()
+        # Still alive: one of them finishes when told to.
+        await client.raise_orchestration_event("p-0", "go", "x")
+        state = await client.wait_for_orchestration_completion("p-0", timeout=60)
+        assert state.output == "x", state
+    return (after - before) / count
+
+
+async def store_bytes(tmp: str, sync: str, count: int = 1000) -> float:
+    """Bytes the SQLite file grows by per completed three-activity orchestration."""
+    empty = _db(tmp, "empty")
+    async with dtrio.open_engine(registry, db=empty, synchronous=sync):
+        pass
+    db = _db(tmp, "store")
+    await throughput(tmp, sync, count, db=db)
+    return (sqlite_used_bytes(db) - sqlite_used_bytes(empty)) / count
 
 
 def main() -> None:
