@@ -41,14 +41,6 @@ async def three_steps(ctx: dtrio.OrchestrationContext, n: int) -> int:
 
 
 @registry.orchestrator
-async def steps(ctx: dtrio.OrchestrationContext, n: int) -> int:
-    """n activities in sequence: a history of 4 events per step plus 4 (start and end)."""
-    for i in range(n):
-        await ctx.call_activity(step, input=i)
-    return n
-
-
-@registry.orchestrator
 async def parked(ctx: dtrio.OrchestrationContext, _input: None) -> str:
     return await ctx.wait_for_external_event("go")
 
@@ -62,10 +54,13 @@ def _db(tmp: str, name: str) -> str:
     return _new_db(tmp, name)
 
 
-async def throughput(tmp: str, sync: str, count: int = 1000, db: str | None = None) -> float:
+async def throughput(tmp: str, sync: str, count: int = 1000, db: str | None = None,
+                     cpu: list[float] | None = None) -> float:
+    """Orchestrations/s; with `cpu`, also appends this process's CPU ms per orchestration."""
     async with dtrio.open_engine(registry, db=db or _db(tmp, "tp"), synchronous=sync) as engine:
         client = engine.client
         begin = time.perf_counter()
+        cpu_begin = time.process_time()
         ids: list[str] = []
 
         async def start(i: int) -> None:
@@ -77,6 +72,8 @@ async def throughput(tmp: str, sync: str, count: int = 1000, db: str | None = No
         for iid in ids:
             state = await client.wait_for_orchestration_completion(iid, timeout=300)
             assert state.runtime_status == dtrio.OrchestrationStatus.COMPLETED, state
+        if cpu is not None:
+            cpu.append((time.process_time() - cpu_begin) * 1000 / count)
         return count / (time.perf_counter() - begin)
 
 
@@ -123,26 +120,49 @@ async def bounded_throughput(tmp: str, sync: str, concurrency: int, total: int) 
         return total / (time.perf_counter() - begin)
 
 
-def steps_for_history(events: int) -> int:
-    """Sequential activities whose history ends at about `events` events (4 per step + 4)."""
-    return max(1, (events - 4) // 4)
+STEP_TIMES: dict[str, list[tuple[float, float]]] = {}
 
 
-async def history_step_cost(tmp: str, sync: str, events: int, instances: int = 20) -> float:
-    """Milliseconds per orchestration step (one activity round trip) while `instances`
-    orchestrations each grow their history to about `events` events."""
-    n = steps_for_history(events)
+@registry.activity
+async def timed_step(ctx: dtrio.ActivityContext, i: int) -> int:
+    STEP_TIMES.setdefault(ctx.orchestration_id, []).append((time.perf_counter(), time.process_time()))
+    return i
+
+
+@registry.orchestrator
+async def timed_steps(ctx: dtrio.OrchestrationContext, n: int) -> int:
+    """n activities in sequence; when activity k runs the history holds 4 + 4k events
+    (orchestratorStarted, taskCompleted, taskScheduled, orchestratorCompleted per step)."""
+    for i in range(n):
+        await ctx.call_activity(timed_step, input=i)
+    return n
+
+
+async def history_step_cost(
+    tmp: str, sync: str, lengths: tuple[int, ...] = (10, 100, 1000), instances: int = 3
+) -> dict[int, tuple[float, float]]:
+    """Milliseconds per orchestration step (activity k to activity k+1: the step that records
+    k's result, replays and schedules k+1, and the activity round trip) when the history holds
+    about `length` events, as (wall time, this process's CPU time); one instance at a time, so
+    nothing but history length changes; medians over a window of 11 steps around that length,
+    over `instances` instances."""
+    at = {length: max(0, (length - 4) // 4) for length in lengths}
+    n = max(at.values()) + 8
+    samples: dict[int, list[float]] = {length: [] for length in lengths}
+    cpu: dict[int, list[float]] = {length: [] for length in lengths}
     async with dtrio.open_engine(registry, db=_db(tmp, "hist"), synchronous=sync) as engine:
         client = engine.client
-        begin = time.perf_counter()
-        ids: list[str] = []
         for _ in range(instances):
-            ids.append(await client.schedule_new_orchestration(steps, input=n))
-        for iid in ids:
+            iid = await client.schedule_new_orchestration(timed_steps, input=n)
             state = await client.wait_for_orchestration_completion(iid, timeout=600)
             assert state.output == n, state
-        elapsed = time.perf_counter() - begin
-    return elapsed * 1000 / (instances * n)
+            times = STEP_TIMES.pop(iid)
+            for length, k in at.items():
+                for j in range(max(0, k - 5), min(n - 1, k + 6)):
+                    samples[length].append((times[j + 1][0] - times[j][0]) * 1000)
+                    cpu[length].append((times[j + 1][1] - times[j][1]) * 1000)
+    return {length: (statistics.median(samples[length]), statistics.median(cpu[length]))
+            for length in lengths}
 
 
 async def parked_rss(tmp: str, sync: str, count: int = 10_000) -> float:

@@ -88,11 +88,13 @@ def throughput(tmp: str, sync: str, count: int = 1000, *, with_store: bool = Fal
     with _Launched(tmp, sync, "tp") as launched:
         three_steps(0)  # warm
         begin = time.perf_counter()
+        cpu_begin = time.process_time()  # all threads of this process
         handles = [DBOS.start_workflow(three_steps, i) for i in range(count)]
         for i, handle in enumerate(handles):
             assert handle.get_result() == i + 3
         rate = count / (time.perf_counter() - begin)
-    result = {"rate": rate}
+        cpu_ms = (time.process_time() - cpu_begin) * 1000 / count
+    result = {"rate": rate, "cpu": cpu_ms}
     if with_store:
         empty = _Launched(tmp, sync, "empty")
         with empty:
