@@ -52,3 +52,18 @@ def sqlite_used_bytes(path: str) -> int:
 
 def python_banner() -> str:
     return f"Python {sys.version.split()[0]}, {os.cpu_count()} cores"
+
+
+def calibrate() -> float:
+    """Milliseconds a fixed pure-Python loop takes (best of 5): how fast this machine was
+    while a figure was taken, to compare runs taken while other work shared it."""
+    import time
+
+    best = float("inf")
+    for _ in range(5):
+        begin = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i * i % 7
+        best = min(best, time.perf_counter() - begin)
+    return best * 1000

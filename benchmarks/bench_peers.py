@@ -37,7 +37,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from _common import median, python_banner, spread
+from _common import calibrate, median, python_banner, spread
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -92,18 +92,21 @@ def _dbos(name: str, tmp: str, sync: str) -> dict[str, float]:
 
 
 def _measure_here(system: str, name: str, tmp: str, sync: str) -> None:
+    before = calibrate()
     result = (_dtrio if system == "dtrio" else _dbos)(name, tmp, sync)
+    result["calibration"] = min(before, calibrate())
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def measure(system: str, name: str, tmp: str, sync: str) -> dict[str, float]:
+def measure(system: str, name: str, tmp: str, sync: str, dbos_threads: int = 1) -> dict[str, float]:
     """One measurement in a fresh process; the sidecar row runs bench_sidecar's processes."""
     if name == "sidecar":
         import bench_sidecar
 
         kind = "dtrio" if system == "dtrio" else "reference"
-        return {"rate": bench_sidecar.one_run(kind, tmp, 1000, sync)}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE])}
+        return {"rate": bench_sidecar.one_run(kind, tmp, 1000, sync), "calibration": calibrate()}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE]),
+           "DBOS_THREADS": str(dbos_threads)}
     out = subprocess.run(
         [sys.executable, __file__, "--measure", f"{system}:{name}", "--tmp", tmp, "--sync", sync],
         capture_output=True, text=True, timeout=1200, check=False, env=env,
@@ -194,7 +197,7 @@ def _cell(values: list[float], fmt: str) -> str:
     return f"{fmt.format(median(values))} ±{spread(values) / 2:.0%}"
 
 
-def render(results: Results, rows: list[str], syncs: list[str], runs: int) -> str:
+def render(results: Results, rows: list[str], syncs: list[str], runs: int, dbos_threads: int) -> str:
     head = ["measure", "sync", "unit", "dtrio", "peer", "peer figure", "dtrio vs peer",
             "target", "met"]
     table = []
@@ -224,9 +227,16 @@ def render(results: Results, rows: list[str], syncs: list[str], runs: int) -> st
                     line.target, met,
                 ])
     widths = [max(len(str(r[i])) for r in [head, *table]) for i in range(len(head))]
+    calibration = [r["calibration"] for rs in results.runs.values() for r in rs if "calibration" in r]
+    speed = (f"machine check: a fixed Python loop took {median(calibration):.1f} ms "
+             f"({min(calibration):.1f}-{max(calibration):.1f}) during these measurements"
+             if calibration else "")
+    pool = f"{dbos_threads} thread(s)" if dbos_threads else "DBOS's default pool"
     out = [f"dtrio vs peers: median of {runs} runs (± half the spread between runs), "
            f"SQLite files in WAL mode, {python_banner()}",
-           "dtrio vs peer: times faster (rates: dtrio/peer; times and bytes: peer/dtrio)",
+           "dtrio vs peer: times faster (rates: dtrio/peer; times and bytes: peer/dtrio); "
+           f"DBOS 1,000-workflow throughput on {pool}",
+           speed,
            "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     for r in table:
@@ -242,6 +252,9 @@ def main() -> None:
     parser.add_argument("--sync", default="NORMAL,FULL",
                         help="comma-separated SQLite synchronous settings (default: NORMAL,FULL)")
     parser.add_argument("--json", metavar="FILE", help="also write every run's figures here")
+    parser.add_argument("--dbos-threads", type=int, default=1,
+                        help="DBOS executor threads for its throughput run (default 1, its best "
+                        "here; 0: DBOS's default of one per running workflow)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -266,16 +279,17 @@ def main() -> None:
                     # Alternate, and swap who goes first every run.
                     order = ["dtrio", *peers] if run % 2 == 0 else [*peers, "dtrio"]
                     for system in order:
-                        result = measure(system, row, tmp, sync)
+                        result = measure(system, row, tmp, sync, args.dbos_threads)
                         results.runs[(row, sync, system)].append(result)
-                        shown = ", ".join(f"{k}={v:,.2f}" for k, v in result.items())
+                        shown = ", ".join(f"{k}={v:,.2f}" for k, v in result.items()
+                                          if k != "calibration")
                         print(f"  run {run + 1} {row} {sync} {system}: {shown}",
                               file=sys.stderr, flush=True)
     print(f"({time.monotonic() - begin:.0f} s)", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"|".join(k): v for k, v in results.runs.items()}, f, indent=1)
-    print(render(results, rows, syncs, args.runs))
+    print(render(results, rows, syncs, args.runs, args.dbos_threads))
 
 
 if __name__ == "__main__":
