@@ -191,54 +191,55 @@ class Results:
         return [r[key] for r in self.runs[(row, sync, system)] if key in r]
 
 
-def _cell(values: list[float], fmt: str) -> str:
-    if not values:
-        return "-"
-    return f"{fmt.format(median(values))} ±{spread(values) / 2:.0%}"
+def _fmt(values: list[float], fmt: str) -> str:
+    return fmt.format(median(values)) if values else ""
 
 
 def render(results: Results, rows: list[str], syncs: list[str], runs: int, dbos_threads: int) -> str:
-    head = ["measure", "sync", "unit", "dtrio", "peer", "peer figure", "dtrio vs peer",
-            "target", "met"]
+    """One line per measure; each setting of `synchronous` gets its own dtrio and peer column."""
+    head = ["measure", "unit", *(f"dtrio {s}" for s in syncs), "peer",
+            *(f"peer {s}" for s in syncs), "dtrio vs peer", "target", "met", "runs vary"]
     table = []
     for row in rows:
         for line in LINES[row]:
-            for sync in syncs:
-                ours = results.values(row, sync, line.ours[0], line.ours[1])
-                if not ours:
-                    continue
-                peer = results.values(row, sync, *line.peer) if line.peer else []
+            ours = {s: results.values(row, s, *line.ours) for s in syncs}
+            if not any(ours.values()):
+                continue
+            peer = {s: results.values(row, s, *line.peer) if line.peer else [] for s in syncs}
+            ratios, mets, varies = [], [], []
+            for s in syncs:
                 ratio = None
-                if peer:
-                    a, b = median(ours), median(peer)
+                if ours[s] and peer[s]:
+                    a, b = median(ours[s]), median(peer[s])
                     ratio = a / b if line.higher_is_better else b / a
-                met = ""
-                if line.met is not None:
-                    met = "yes" if line.met(median(ours), ratio) else "NO"
+                    ratios.append(f"{ratio:.2f}x")
+                if line.met is not None and ours[s]:
+                    mets.append("yes" if line.met(median(ours[s]), ratio) else "NO")
                 if row == "scaling" and line.ours[1] == f"hc{HISTORY_EVENTS[-1]}":
-                    first = results.values(row, sync, "dtrio", f"hc{HISTORY_EVENTS[0]}")
-                    if first:  # flat: no more than 1.5x the cost at the shortest history
-                        met = "yes" if median(ours) <= 1.5 * median(first) else "NO"
-                table.append([
-                    line.measure, sync, line.unit, _cell(ours, line.fmt),
-                    PEER_NAME.get(line.peer[0], "") if line.peer else "",
-                    _cell(peer, line.fmt) if peer else "",
-                    f"{ratio:.2f}x" if ratio is not None else "",
-                    line.target, met,
-                ])
+                    first = results.values(row, s, "dtrio", f"hc{HISTORY_EVENTS[0]}")
+                    if first and ours[s]:  # flat: within 1.5x of the cost at the shortest history
+                        mets.append("yes" if median(ours[s]) <= 1.5 * median(first) else "NO")
+                varies += [spread(v) for v in (ours[s], peer[s]) if v]
+            table.append([
+                line.measure, line.unit, *(_fmt(ours[s], line.fmt) for s in syncs),
+                PEER_NAME.get(line.peer[0], "") if line.peer else "",
+                *(_fmt(peer[s], line.fmt) for s in syncs),
+                " / ".join(ratios), line.target, " / ".join(mets),
+                f"{max(varies):.0%}" if varies else "",
+            ])
     widths = [max(len(str(r[i])) for r in [head, *table]) for i in range(len(head))]
     calibration = [r["calibration"] for rs in results.runs.values() for r in rs if "calibration" in r]
-    speed = (f"machine check: a fixed Python loop took {median(calibration):.1f} ms "
-             f"({min(calibration):.1f}-{max(calibration):.1f}) during these measurements"
-             if calibration else "")
-    pool = f"{dbos_threads} thread(s)" if dbos_threads else "DBOS's default pool"
-    out = [f"dtrio vs peers: median of {runs} runs (± half the spread between runs), "
-           f"SQLite files in WAL mode, {python_banner()}",
-           "dtrio vs peer: times faster (rates: dtrio/peer; times and bytes: peer/dtrio); "
-           f"DBOS 1,000-workflow throughput on {pool}",
-           speed,
-           "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    pool = f"{dbos_threads} executor thread(s)" if dbos_threads else "DBOS's default pool"
+    out = [f"dtrio vs peers: medians of {runs} runs, SQLite files in WAL mode with synchronous="
+           f"{' and '.join(syncs)}, {python_banner()}.",
+           "dtrio vs peer: times better (rates: dtrio/peer; times and bytes: peer/dtrio), "
+           f"one figure per setting; runs vary: largest (max-min)/median of a figure; DBOS "
+           f"throughput on {pool}."]
+    if calibration:
+        out.append(f"Machine check: a fixed Python loop took {median(calibration):.1f} ms "
+                   f"({min(calibration):.1f}-{max(calibration):.1f}) while these figures were taken.")
+    out += ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     for r in table:
         out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
     return "\n".join(out)
@@ -255,6 +256,8 @@ def main() -> None:
     parser.add_argument("--dbos-threads", type=int, default=1,
                         help="DBOS executor threads for its throughput run (default 1, its best "
                         "here; 0: DBOS's default of one per running workflow)")
+    parser.add_argument("--render", metavar="FILE",
+                        help="print the table again from a --json file instead of measuring")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -269,6 +272,14 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
     results = Results()
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        for key, value in saved.items():
+            results.runs[tuple(key.split("|"))] = value  # type: ignore[index]
+        runs = max(len(v) for v in saved.values())
+        print(render(results, rows, syncs, runs, args.dbos_threads))
+        return
     begin = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):
