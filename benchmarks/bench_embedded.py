@@ -20,10 +20,10 @@ import tempfile
 import time
 
 import trio
-
-import dtrio
 from _common import new_db as _new_db
 from _common import rss_bytes, sqlite_used_bytes
+
+import dtrio
 
 registry = dtrio.Registry()
 
@@ -125,7 +125,8 @@ STEP_TIMES: dict[str, list[tuple[float, float]]] = {}
 
 @registry.activity
 async def timed_step(ctx: dtrio.ActivityContext, i: int) -> int:
-    STEP_TIMES.setdefault(ctx.orchestration_id, []).append((time.perf_counter(), time.process_time()))
+    now = (time.perf_counter(), time.process_time())
+    STEP_TIMES.setdefault(ctx.orchestration_id, []).append(now)
     return i
 
 

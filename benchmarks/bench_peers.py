@@ -50,9 +50,8 @@ HISTORY_EVENTS = (10, 100, 1000)
 # -- measurements, each run in a subprocess of its own -----------------------------------------
 
 def _dtrio(name: str, tmp: str, sync: str) -> dict[str, float]:
-    import trio
-
     import bench_embedded as b
+    import trio
 
     if name == "embedded":
         cpu: list[float] = []
@@ -195,7 +194,9 @@ def _fmt(values: list[float], fmt: str) -> str:
     return fmt.format(median(values)) if values else ""
 
 
-def render(results: Results, rows: list[str], syncs: list[str], runs: int, dbos_threads: int) -> str:
+def render(
+    results: Results, rows: list[str], syncs: list[str], runs: int, dbos_threads: int
+) -> str:
     """One line per measure; each setting of `synchronous` gets its own dtrio and peer column."""
     head = ["measure", "unit", *(f"dtrio {s}" for s in syncs), "peer",
             *(f"peer {s}" for s in syncs), "dtrio vs peer", "target", "met", "runs vary"]
@@ -228,7 +229,8 @@ def render(results: Results, rows: list[str], syncs: list[str], runs: int, dbos_
                 f"{max(varies):.0%}" if varies else "",
             ])
     widths = [max(len(str(r[i])) for r in [head, *table]) for i in range(len(head))]
-    calibration = [r["calibration"] for rs in results.runs.values() for r in rs if "calibration" in r]
+    calibration = [r["calibration"] for rs in results.runs.values() for r in rs
+                   if "calibration" in r]
     pool = f"{dbos_threads} executor thread(s)" if dbos_threads else "DBOS's default pool"
     out = [f"dtrio vs peers: medians of {runs} runs, SQLite files in WAL mode with synchronous="
            f"{' and '.join(syncs)}, {python_banner()}.",
@@ -237,11 +239,12 @@ def render(results: Results, rows: list[str], syncs: list[str], runs: int, dbos_
            f"throughput on {pool}."]
     if calibration:
         out.append(f"Machine check: a fixed Python loop took {median(calibration):.1f} ms "
-                   f"({min(calibration):.1f}-{max(calibration):.1f}) while these figures were taken.")
-    out += ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+                   f"({min(calibration):.1f}-{max(calibration):.1f}) while these figures "
+                   "were taken.")
+    out += ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     for r in table:
-        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
     return "\n".join(out)
 
 

@@ -19,10 +19,9 @@ import statistics
 import time
 
 import sqlalchemy as sa
+from _common import new_db, sqlite_used_bytes
 from dbos import DBOS
 from sqlalchemy import event
-
-from _common import new_db, sqlite_used_bytes
 
 _SYNCHRONOUS = ["NORMAL"]
 
@@ -70,7 +69,7 @@ class _Launched:
         self.threads = threads
         _SYNCHRONOUS[0] = sync.upper()
 
-    def __enter__(self) -> "_Launched":
+    def __enter__(self) -> _Launched:
         config = {
             "name": "bench",
             "system_database_url": f"sqlite:///{self.db}",
@@ -80,7 +79,8 @@ class _Launched:
             config["max_executor_threads"] = self.threads
         DBOS(config=config)
         DBOS.launch()
-        with _dbos_instance()._sys_db.engine.connect() as conn:  # check what the connections really use
+        # Check what DBOS's connections really use.
+        with _dbos_instance()._sys_db.engine.connect() as conn:
             mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
             level = conn.exec_driver_sql("PRAGMA synchronous").scalar()
         expected = {"NORMAL": 1, "FULL": 2}[_SYNCHRONOUS[0]]
