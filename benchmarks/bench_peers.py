@@ -244,7 +244,8 @@ def render(
     out += ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     for r in table:
-        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+        cells = (str(c).ljust(w) for c, w in zip(r, widths, strict=True))
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
