@@ -215,6 +215,22 @@ def test_when_all_and_when_any():
     assert done.result == '[[0,1,2],"fast"]'
 
 
+def test_when_all_counts_repeated_and_already_completed_children():
+    reg = dtrio.Registry()
+
+    @reg.orchestrator
+    async def repeat(ctx, _):
+        a, b = ctx.call_activity("a"), ctx.call_activity("b")
+        first = await dtrio.when_all([a, a])  # one task twice
+        return [first, await dtrio.when_all([a, b, a])]  # a already done
+
+    run = OrchestrationRun(reg.orchestrators, "i1")
+    assert kinds(run.feed([], start("repeat"))) == ["schedule_task"] * 2
+    assert run.feed([], [h.orchestrator_started(T0), h.task_completed(T0, 0, "1")]) == []
+    done = completion(run.feed([], [h.orchestrator_started(T0), h.task_completed(T0, 1, "2")]))
+    assert done.result == "[[1,1],[1,2,1]]"
+
+
 def test_external_event_buffered_before_wait_and_case_insensitive():
     reg = dtrio.Registry()
 
