@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .. import _pb as pb
-from ..signals import ChangeBoard, Wakeup
 from ..entities.batch import EntityStep
+from ..signals import ChangeBoard, Wakeup
 from ..state import Message, NewInstance, OrchestrationStep
-
 
 # The names of the orchestrations or activities a worker takes, each with the versions it takes
 # (none: any version; an absent version counts as ""). A lease with None takes every name.

@@ -18,7 +18,7 @@ APPLICATION = "dtrio"
 SCHEMA_VERSION = 4
 
 
-def _v1(db: "sqlite_utils.Database") -> None:
+def _v1(db: sqlite_utils.Database) -> None:
     db["instances"].create(
         {
             "instance_id": str,
@@ -85,21 +85,21 @@ def _v1(db: "sqlite_utils.Database") -> None:
     db["activities"].create_index(["available_at"], index_name="activities_available")
 
 
-def _v2(db: "sqlite_utils.Database") -> None:
+def _v2(db: sqlite_utils.Database) -> None:
     # The serialized TraceContext of the orchestration span an activity runs under; NULL when
     # the instance is not traced. Stored with the task so an activity needs no history lookup.
     db.execute("ALTER TABLE activities ADD COLUMN trace_context BLOB")
 
 
 # Index i upgrades a store from version i to i + 1.
-def _v3(db: "sqlite_utils.Database") -> None:
+def _v3(db: sqlite_utils.Database) -> None:
     # ListInstanceIds pages finished instances by completion time.
     db["instances"].create_index(
         ["completed_at", "instance_id"], index_name="instances_completed", if_not_exists=True
     )
 
 
-def _v4(db: "sqlite_utils.Database") -> None:
+def _v4(db: sqlite_utils.Database) -> None:
     # Durable entities: one row per entity with its state and lock, and an inbox of operation
     # and lock messages. Kept apart from instances: entities have no history, and queries
     # and leases of either kind never see the other.
@@ -134,7 +134,7 @@ def _v4(db: "sqlite_utils.Database") -> None:
     db["entity_inbox"].create_index(["instance_id", "id"], index_name="entity_inbox_instance")
 
 
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

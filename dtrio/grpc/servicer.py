@@ -10,18 +10,16 @@ from typing import Any
 from .. import _pb as pb
 from .. import history as h
 from .._pb.google import protobuf as google_protobuf
+from ..backend import EntityQuery, EntityRecord, InstanceQuery
 from ..client import validate_instance_id
+from ..entities.ids import EntityId
 from ..errors import InstanceNotFound, InvalidInput, MessageTooLarge
 from ..services import Engine
-from ..state import NewInstance, from_us, new_execution_id, to_us
+from ..state import Message, NewInstance, from_us, new_execution_id, to_us
 from ..trace_context import start_traced
-from ..backend import EntityQuery, EntityRecord, InstanceQuery
-from ..entities.ids import EntityId
-from ..state import Message
 from ..wire import encode, one_of, varint
 from .remote import RemoteWork, Send
 from .states import orchestration_state
-
 
 DEFAULT_PAGE_SIZE = 100
 # HistoryChunk.events is field 1, length-delimited.

@@ -19,9 +19,9 @@ import trio
 from conftest import Sidecar, running_sidecar, sdk_worker_running
 from durabletask import task
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
-from durabletask.worker import TaskHubGrpcWorker
 from durabletask.history import TaskCompletedEvent, TaskScheduledEvent
 from durabletask.internal import orchestrator_service_pb2 as pb
+from durabletask.worker import TaskHubGrpcWorker
 from raw_worker import RawWorker
 
 from dtrio import _pb as dtrio_pb

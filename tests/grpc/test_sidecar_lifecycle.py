@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -86,7 +86,7 @@ async def test_purge_by_id_recursive_and_by_filter(sidecar: Sidecar, worker) -> 
     for i in range(3):
         await sidecar.run(app.quick, input=i, instance_id=f"f{i}")
     live = await sidecar.call(client.schedule_new_orchestration, app.waits)
-    by = await sidecar.call(client.purge_orchestrations_by, created_time_from=datetime(2000, 1, 1, tzinfo=timezone.utc),
+    by = await sidecar.call(client.purge_orchestrations_by, created_time_from=datetime(2000, 1, 1, tzinfo=UTC),
                             runtime_status=[S.COMPLETED])
     assert by.deleted_instance_count == 3
     assert await status_of(sidecar, live) in (S.PENDING, S.RUNNING)

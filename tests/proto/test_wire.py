@@ -126,12 +126,12 @@ def test_every_history_event_kind_is_covered():
 
 
 def test_history_markers_match_full_encoding():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from dtrio import history as h
     from dtrio.wire import history_marker
 
-    for when in (datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc),
-                 datetime(1970, 1, 1, tzinfo=timezone.utc)):
+    for when in (datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC),
+                 datetime(1970, 1, 1, tzinfo=UTC)):
         assert history_marker(14, when) == encode(h.orchestrator_started(when))
         assert history_marker(15, when) == encode(h.orchestrator_completed(when))
