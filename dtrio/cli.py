@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve" and "--log-level" not in (argv if argv is not None else sys.argv):
         args.log_level = "info"  # a server says when it starts, stops and who connects
     if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        print(f"dtrio: --log-level must be one of {levels}, not {args.log_level!r}", file=sys.stderr)
+        print(
+            f"dtrio: --log-level must be one of {levels}, not {args.log_level!r}", file=sys.stderr
+        )
         return 2
     configure_logging(args.log_level, args.log_format)
     try:

@@ -33,7 +33,8 @@ def validate_instance_id(instance_id: str) -> str:
         raise InvalidInput("instance ID must be a non-empty string")
     if len(instance_id) > MAX_INSTANCE_ID_LENGTH:
         raise InvalidInput(
-            f"instance ID is {len(instance_id)} characters long; the limit is {MAX_INSTANCE_ID_LENGTH}"
+            f"instance ID is {len(instance_id)} characters long; "
+            f"the limit is {MAX_INSTANCE_ID_LENGTH}"
         )
     if any(ord(c) < 32 or ord(c) == 127 for c in instance_id):
         raise InvalidInput(f"instance ID {instance_id!r} contains control characters")
@@ -93,7 +94,9 @@ class OrchestrationState:
             serialized_input=r.input,
             serialized_output=r.output,
             serialized_custom_status=r.custom_status,
-            failure_details=h.failure_from_pb(pb.TaskFailureDetails.parse(r.failure)) if r.failure else None,
+            failure_details=(
+                h.failure_from_pb(pb.TaskFailureDetails.parse(r.failure)) if r.failure else None
+            ),
             tags=r.tags,
         )
 
@@ -119,7 +122,9 @@ class ReusePolicy:
     def __post_init__(self) -> None:
         both = set(self.replace) & set(self.ignore)
         if both:
-            raise InvalidInput(f"statuses {sorted(s.name for s in both)} are both replaced and ignored")
+            raise InvalidInput(
+                f"statuses {sorted(s.name for s in both)} are both replaced and ignored"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +223,11 @@ class Client:
         return OrchestrationState.from_record(record) if record is not None else None
 
     async def wait_for_orchestration_start(
-        self, instance_id: str, *, timeout: float | timedelta | None = None, fetch_payloads: bool = False
+        self,
+        instance_id: str,
+        *,
+        timeout: float | timedelta | None = None,
+        fetch_payloads: bool = False,
     ) -> OrchestrationState:
         """Wait until the instance has left PENDING."""
         return await self._wait(
@@ -227,12 +236,20 @@ class Client:
         )
 
     async def wait_for_orchestration_completion(
-        self, instance_id: str, *, timeout: float | timedelta | None = None, fetch_payloads: bool = True
+        self,
+        instance_id: str,
+        *,
+        timeout: float | timedelta | None = None,
+        fetch_payloads: bool = True,
     ) -> OrchestrationState:
         """Wait until the instance has completed, failed or been terminated."""
-        return await self._wait(instance_id, lambda r: r.status in TERMINAL, timeout, fetch_payloads, "complete")
+        return await self._wait(
+            instance_id, lambda r: r.status in TERMINAL, timeout, fetch_payloads, "complete"
+        )
 
-    async def raise_orchestration_event(self, instance_id: str, name: str, data: Any = None) -> None:
+    async def raise_orchestration_event(
+        self, instance_id: str, name: str, data: Any = None
+    ) -> None:
         """Deliver an event; the orchestration receives it whether or not it waits yet."""
         if not name:
             raise InvalidInput("event name must not be empty")
@@ -421,4 +438,6 @@ class Client:
                     return OrchestrationState.from_record(record)
                 with trio.move_on_after(self._poll):
                     await changed.wait()
-        raise TimeoutError(f"orchestration {instance_id!r} did not {what} within {seconds:g} seconds")
+        raise TimeoutError(
+            f"orchestration {instance_id!r} did not {what} within {seconds:g} seconds"
+        )

@@ -50,7 +50,9 @@ def failure_from_exception(exc: BaseException) -> FailureDetails:
     )
 
 
-def event(timestamp: datetime, event_id: int = -1, **kind_field: betterproto2.Message) -> pb.HistoryEvent:
+def event(
+    timestamp: datetime, event_id: int = -1, **kind_field: betterproto2.Message
+) -> pb.HistoryEvent:
     return pb.HistoryEvent(event_id=event_id, timestamp=timestamp, **kind_field)
 
 
@@ -90,12 +92,16 @@ def orchestrator_completed(now: datetime) -> pb.HistoryEvent:
     return event(now, orchestrator_completed=pb.OrchestratorCompletedEvent())
 
 
-def task_scheduled(now: datetime, task_id: int, name: str, input: str | None = None) -> pb.HistoryEvent:
+def task_scheduled(
+    now: datetime, task_id: int, name: str, input: str | None = None
+) -> pb.HistoryEvent:
     return event(now, task_id, task_scheduled=pb.TaskScheduledEvent(name=name, input=input))
 
 
 def task_completed(now: datetime, task_id: int, result: str | None = None) -> pb.HistoryEvent:
-    return event(now, task_completed=pb.TaskCompletedEvent(task_scheduled_id=task_id, result=result))
+    return event(
+        now, task_completed=pb.TaskCompletedEvent(task_scheduled_id=task_id, result=result)
+    )
 
 
 def task_failed(now: datetime, task_id: int, details: FailureDetails) -> pb.HistoryEvent:
@@ -140,7 +146,9 @@ def sub_orchestration_completed(now: datetime, task_id: int, result: str | None)
     )
 
 
-def sub_orchestration_failed(now: datetime, task_id: int, details: FailureDetails) -> pb.HistoryEvent:
+def sub_orchestration_failed(
+    now: datetime, task_id: int, details: FailureDetails
+) -> pb.HistoryEvent:
     return event(
         now,
         sub_orchestration_instance_failed=pb.SubOrchestrationInstanceFailedEvent(
@@ -149,8 +157,12 @@ def sub_orchestration_failed(now: datetime, task_id: int, details: FailureDetail
     )
 
 
-def execution_terminated(now: datetime, output: str | None = None, recurse: bool = False) -> pb.HistoryEvent:
-    return event(now, execution_terminated=pb.ExecutionTerminatedEvent(input=output, recurse=recurse))
+def execution_terminated(
+    now: datetime, output: str | None = None, recurse: bool = False
+) -> pb.HistoryEvent:
+    return event(
+        now, execution_terminated=pb.ExecutionTerminatedEvent(input=output, recurse=recurse)
+    )
 
 
 def execution_suspended(now: datetime, reason: str | None = None) -> pb.HistoryEvent:

@@ -24,7 +24,9 @@ _S = pb.OrchestrationStatus
 TERMINAL = frozenset({int(_S.COMPLETED), int(_S.FAILED), int(_S.TERMINATED), int(_S.CANCELED)})
 _STATUSES = frozenset(int(s) for s in _S)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ORCHESTRATOR_COMPLETED = pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_completed"].number
+_ORCHESTRATOR_COMPLETED = (
+    pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_completed"].number
+)
 
 
 def to_us(when: datetime) -> int:
@@ -167,7 +169,8 @@ def apply_step(
     b = _StepBuilder(instance_id, execution_id, started, now)
     history: list[bytes] = [data if data is not None else encode(ev) for ev, data in new_events]
     b.terminate_recursive = any(
-        ev.execution_terminated is not None and ev.execution_terminated.recurse for ev, _ in new_events
+        ev.execution_terminated is not None and ev.execution_terminated.recurse
+        for ev, _ in new_events
     )
     b.step.custom_status = custom_status
     b.step.status = int(_S.SUSPENDED if suspended else _S.RUNNING)
@@ -194,7 +197,9 @@ def apply_step(
 _STOP = object()
 
 
-def _schedule_task(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.ScheduleTaskAction) -> None:
+def _schedule_task(
+    b: _StepBuilder, action: pb.OrchestratorAction, body: pb.ScheduleTaskAction
+) -> None:
     # A remote SDK worker may send its own (client span's) context; ours is the orchestration's.
     trace = body.parent_trace_context or b.trace
     b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, task_scheduled=pb.TaskScheduledEvent(
@@ -207,11 +212,13 @@ def _schedule_task(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.Sche
     ))
 
 
-def _create_timer(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CreateTimerAction) -> None:
+def _create_timer(
+    b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CreateTimerAction
+) -> None:
     fire_at = body.fire_at or b.now
     b.add(h.timer_created(b.now, action.id, fire_at))
-    b.message(b.instance_id, h.timer_fired(fire_at, action.id, fire_at), max(to_us(fire_at), b.now_us),
-              b.execution_id)
+    b.message(b.instance_id, h.timer_fired(fire_at, action.id, fire_at),
+              max(to_us(fire_at), b.now_us), b.execution_id)
 
 
 def _create_sub_orchestration(
@@ -235,7 +242,10 @@ def _create_sub_orchestration(
         ),
     )
     # An unset version inherits the parent's, as the Durable Task Framework does.
-    version = body.version if body.version is not None else (b.started.version if b.started else None)
+    version = (
+        body.version if body.version is not None
+        else (b.started.version if b.started else None)
+    )
     started = start_traced(h.execution_started(
         b.now, body.name, body.instance_id, child_execution, body.input,
         version=version, parent=parent, tags=dict(body.tags) or None,
@@ -264,12 +274,16 @@ def _send_event(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.SendEve
         b.message(target, h.event_raised(b.now, body.name, body.data))
 
 
-def _terminate(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.TerminateOrchestrationAction) -> None:
+def _terminate(
+    b: _StepBuilder, action: pb.OrchestratorAction, body: pb.TerminateOrchestrationAction
+) -> None:
     if body.instance_id:
         b.message(body.instance_id, h.execution_terminated(b.now, body.reason, body.recurse))
 
 
-def _complete(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CompleteOrchestrationAction) -> object:
+def _complete(
+    b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CompleteOrchestrationAction
+) -> object:
     status = int(body.orchestration_status)
     if status not in _STATUSES:  # a newer protocol's, or garbage: its meaning is unknown here
         _fail(b, action.id, FailureDetails(
@@ -286,10 +300,17 @@ def _complete(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CompleteO
         status = int(_S.COMPLETED)
     failure = body.failure_details if status == int(_S.FAILED) else None
     if status == int(_S.FAILED) and failure is None:
-        failure = pb.TaskFailureDetails(error_type="OrchestrationFailed", error_message="the orchestration failed without details")
-    b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, execution_completed=pb.ExecutionCompletedEvent(
-        orchestration_status=pb.OrchestrationStatus(status), result=body.result, failure_details=failure,
-    )))
+        failure = pb.TaskFailureDetails(
+            error_type="OrchestrationFailed",
+            error_message="the orchestration failed without details",
+        )
+    b.add(pb.HistoryEvent(
+        event_id=action.id, timestamp=b.now,
+        execution_completed=pb.ExecutionCompletedEvent(
+            orchestration_status=pb.OrchestrationStatus(status), result=body.result,
+            failure_details=failure,
+        ),
+    ))
     b.step.status = status
     b.step.output = body.result
     b.step.failure = encode(failure) if failure is not None else None
@@ -301,7 +322,8 @@ def _complete(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CompleteO
             event = h.sub_orchestration_completed(b.now, parent.task_scheduled_id, body.result)
         else:
             details = h.failure_from_pb(failure) if failure is not None else FailureDetails(
-                "OrchestrationTerminated", f"sub-orchestration {b.instance_id!r} was terminated: {body.result}"
+                "OrchestrationTerminated",
+                f"sub-orchestration {b.instance_id!r} was terminated: {body.result}",
             )
             event = h.sub_orchestration_failed(b.now, parent.task_scheduled_id, details)
         b.message(parent.orchestration_instance.instance_id, event,
@@ -333,14 +355,21 @@ def _continue_as_new(b: _StepBuilder, body: pb.CompleteOrchestrationAction) -> N
     b.step.history = []
 
 
-def _rewind(b: _StepBuilder, _action: pb.OrchestratorAction, body: pb.RewindOrchestrationAction) -> object:
+def _rewind(
+    b: _StepBuilder, _action: pb.OrchestratorAction, body: pb.RewindOrchestrationAction
+) -> object:
     history = list(body.new_history)
     started = next((e.execution_started for e in history if e.execution_started is not None), None)
     execution_id = b.execution_id
-    if started is not None and started.orchestration_instance and started.orchestration_instance.execution_id:
+    if (
+        started is not None
+        and started.orchestration_instance
+        and started.orchestration_instance.execution_id
+    ):
         execution_id = started.orchestration_instance.execution_id
     reason = next(
-        (e.execution_rewound.reason for e in reversed(history) if e.execution_rewound is not None), None
+        (e.execution_rewound.reason for e in reversed(history) if e.execution_rewound is not None),
+        None,
     )
     if started is not None and started.orchestration_span_id:
         # The failed run's span was emitted when it failed; the resumed run reports a new one.
@@ -362,7 +391,9 @@ def _rewind(b: _StepBuilder, _action: pb.OrchestratorAction, body: pb.RewindOrch
             task_scheduled_id=event.event_id,
             name=started.name if started else None,
             version=started.version if started else None,
-            orchestration_instance=pb.OrchestrationInstance(instance_id=b.instance_id, execution_id=execution_id),
+            orchestration_instance=pb.OrchestrationInstance(
+                instance_id=b.instance_id, execution_id=execution_id
+            ),
         )
         child_execution = new_execution_id()
         child_start = start_traced(h.execution_started(

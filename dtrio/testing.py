@@ -2,7 +2,7 @@
 
     import trio.testing, dtrio.testing
 
-    async def test_reminder(autojump_clock):          # pytest-trio fixture: MockClock(autojump_threshold=0)
+    async def test_reminder(autojump_clock):  # pytest-trio fixture: MockClock(autojump_threshold=0)
         async with dtrio.testing.open_test_engine(registry) as engine:
             iid = await engine.client.schedule_new_orchestration(remind_in_30_days)
             state = await engine.client.wait_for_orchestration_completion(iid)

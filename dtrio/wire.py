@@ -165,7 +165,10 @@ def _single(kind: int, value: Any, extra: Any) -> bytes:
     if kind == _K_BYTES:
         return varint(len(value)) + bytes(value)
     if kind == _K_STRINGVALUE or kind == _K_TIMESTAMP or kind == _K_WRAPPED:
-        value = extra().from_wrapped(value) if kind != _K_TIMESTAMP else extra().from_datetime(value)
+        value = (
+            extra().from_wrapped(value) if kind != _K_TIMESTAMP
+            else extra().from_datetime(value)
+        )
     body = bytearray()
     _encode_into(value, body)
     return varint(len(body)) + body

@@ -187,7 +187,8 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
     # -- instances and their inboxes -------------------------------------------------------
 
     def _enqueue(self, conn: sqlite3.Connection, instance_id: str, execution_id: str | None,
-                 event: bytes, visible_at: int, now: int, decoded: pb.HistoryEvent | None = None) -> None:
+                 event: bytes, visible_at: int, now: int,
+                 decoded: pb.HistoryEvent | None = None) -> None:
         cur = conn.execute(
             "INSERT INTO inbox (instance_id, execution_id, event, visible_at) VALUES (?, ?, ?, ?)",
             (instance_id, execution_id, event, visible_at),
@@ -197,8 +198,8 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
         # A pending instance becomes ready when its start comes due, not when an early event
         # arrives: the event waits in the inbox for the orchestration to begin.
         conn.execute(
-            "UPDATE instances SET ready_at = min(coalesce(ready_at, ?1), ?1) WHERE instance_id = ?2 "
-            "AND (status != ?3 OR ready_at IS NULL)",
+            "UPDATE instances SET ready_at = min(coalesce(ready_at, ?1), ?1) "
+            "WHERE instance_id = ?2 AND (status != ?3 OR ready_at IS NULL)",
             (visible_at, instance_id, _PENDING),
         )
         self._note_visible(visible_at, now)
@@ -210,7 +211,8 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
             self._deliver_entity(conn, message, now)
             return
         row = conn.execute(
-            "SELECT execution_id, status FROM instances WHERE instance_id = ?", (message.instance_id,)
+            "SELECT execution_id, status FROM instances WHERE instance_id = ?",
+            (message.instance_id,),
         ).fetchone()
         if row is None or row[1] in TERMINAL:
             return
@@ -221,8 +223,8 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
 
     def _insert_instance(self, conn: sqlite3.Connection, new: NewInstance, now: int) -> bool:
         cur = conn.execute(
-            "INSERT OR IGNORE INTO instances (instance_id, execution_id, name, version, status, input, "
-            "tags, created_at, updated_at, scheduled_start, parent_instance_id) "
+            "INSERT OR IGNORE INTO instances (instance_id, execution_id, name, version, status, "
+            "input, tags, created_at, updated_at, scheduled_start, parent_instance_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (new.instance_id, new.execution_id, new.name, new.version, _PENDING, new.input,
              json.dumps(new.tags) if new.tags else None, now, now,
@@ -273,10 +275,13 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
             # A running instance replaced by a new start held its locks to the end.
             self._release_entity_locks(conn, instance_id, now)
 
-    async def get_instance(self, instance_id: str, *, payloads: bool = True) -> InstanceRecord | None:
+    async def get_instance(
+        self, instance_id: str, *, payloads: bool = True
+    ) -> InstanceRecord | None:
         self._check_open()
         row = self._conn.execute(
-            f"SELECT {record_columns(payloads)} FROM instances WHERE instance_id = ?", (instance_id,)
+            f"SELECT {record_columns(payloads)} FROM instances WHERE instance_id = ?",
+            (instance_id,),
         ).fetchone()
         await trio.lowlevel.checkpoint()
         return None if row is None else record(row, payloads)
@@ -370,12 +375,15 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
 
         await self._write(op)
 
-    async def complete_orchestration(self, item: OrchestrationWorkItem, step: OrchestrationStep) -> None:
+    async def complete_orchestration(
+        self, item: OrchestrationWorkItem, step: OrchestrationStep
+    ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             now = self._clock.now_us()
             iid = item.instance_id
             row = conn.execute(
-                "SELECT history_len, status FROM instances WHERE instance_id = ? AND lock_token = ?",
+                "SELECT history_len, status FROM instances "
+                "WHERE instance_id = ? AND lock_token = ?",
                 (iid, item.lock_token),
             ).fetchone()
             if row is None:
@@ -389,7 +397,9 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
                     "DELETE FROM inbox WHERE instance_id = ? AND execution_id IS NOT NULL", (iid,)
                 )
                 # The old execution's queued activities would only be discarded on completion.
-                conn.execute("DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL", (iid,))
+                conn.execute(
+                    "DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL", (iid,)
+                )
                 history_len = 0
             conn.executemany(
                 "INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)",
@@ -425,8 +435,8 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
                 self._deliver(conn, message, now)
             if step.activities:
                 conn.executemany(
-                    "INSERT INTO activities (instance_id, execution_id, task_id, name, version, input, "
-                    "available_at, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO activities (instance_id, execution_id, task_id, name, version, "
+                    "input, available_at, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(a.instance_id, a.execution_id, a.task_id, a.name, a.version, a.input,
                       a.visible_at, encode(a.trace_context) if a.trace_context else None)
                      for a in step.activities],
@@ -446,7 +456,9 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
         ready = conn.execute(
             "SELECT min(visible_at) FROM inbox WHERE instance_id = ?", (instance_id,)
         ).fetchone()[0]
-        conn.execute("UPDATE instances SET ready_at = ? WHERE instance_id = ?", (ready, instance_id))
+        conn.execute(
+            "UPDATE instances SET ready_at = ? WHERE instance_id = ?", (ready, instance_id)
+        )
         if ready is not None:
             self._note_visible(ready, now)
 
@@ -512,7 +524,10 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
                 (self._clock.now_us() + lease_us, item.id, item.lock_token),
             )
             if cur.rowcount != 1:
-                raise LeaseLost(f"lease on activity {item.name!r} #{item.task_id} of {item.instance_id!r} was lost")
+                raise LeaseLost(
+                    f"lease on activity {item.name!r} #{item.task_id} of "
+                    f"{item.instance_id!r} was lost"
+                )
 
         await self._write(op)
 
@@ -529,7 +544,9 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
                     "lost; its result was not saved"
                 )
             now = self._clock.now_us()
-            self._deliver(conn, Message(item.instance_id, result, now, item.execution_id, decoded), now)
+            self._deliver(
+                conn, Message(item.instance_id, result, now, item.execution_id, decoded), now
+            )
 
         await self._write(op)
 
@@ -573,7 +590,9 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
             self._conn.close()
 
 
-def open_sqlite_backend(db: str | os.PathLike[str] | None, clock: Clock, *, synchronous: str = "NORMAL") -> SqliteBackend:
+def open_sqlite_backend(
+    db: str | os.PathLike[str] | None, clock: Clock, *, synchronous: str = "NORMAL"
+) -> SqliteBackend:
     """Open (creating or upgrading) a store. `db=None` or ":memory:" keeps it in memory."""
     if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise StorageError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")

@@ -37,7 +37,8 @@ class SqliteAdmin:
         raise NotImplementedError
 
     def _enqueue(self, conn: sqlite3.Connection, instance_id: str, execution_id: str | None,
-                 event: bytes, visible_at: int, now: int, decoded: pb.HistoryEvent | None = None) -> None:
+                 event: bytes, visible_at: int, now: int,
+                 decoded: pb.HistoryEvent | None = None) -> None:
         raise NotImplementedError
 
     def _insert_instance(self, conn: sqlite3.Connection, new: Any, now: int) -> bool:
@@ -75,7 +76,8 @@ class SqliteAdmin:
             if row[0] != _FAILED:
                 raise InvalidOperation(
                     f"cannot rewind orchestration {instance_id!r}: it is "
-                    f"{pb.OrchestrationStatus(row[0]).name}, and only FAILED instances can be rewound"
+                    f"{pb.OrchestrationStatus(row[0]).name}, "
+                    "and only FAILED instances can be rewound"
                 )
             self._prepare_rewind(conn, instance_id, reason, None, self._clock.now_us())
 
@@ -88,7 +90,9 @@ class SqliteAdmin:
         if row is None:
             self._insert_instance(conn, child.recreate, now)
         elif row[0] == _FAILED:
-            self._prepare_rewind(conn, child.instance_id, child.reason, child.parent_execution_id, now)
+            self._prepare_rewind(
+                conn, child.instance_id, child.reason, child.parent_execution_id, now
+            )
 
     # -- recursive terminate ---------------------------------------------------------------
 
@@ -104,7 +108,8 @@ class SqliteAdmin:
             self._enqueue(conn, child_id, None, encode(event), now, now, event)
             if status == int(pb.OrchestrationStatus.PENDING):
                 conn.execute(
-                    "UPDATE instances SET ready_at = min(ready_at, ?) WHERE instance_id = ?", (now, child_id)
+                    "UPDATE instances SET ready_at = min(ready_at, ?) WHERE instance_id = ?",
+                    (now, child_id),
                 )
 
     # -- purge -----------------------------------------------------------------------------
@@ -141,7 +146,8 @@ class SqliteAdmin:
             return 0
         where, args = _created_range(created_from, created_to)
         sql = (
-            f"SELECT instance_id FROM instances WHERE status IN ({','.join(map(str, sorted(wanted)))})"
+            "SELECT instance_id FROM instances "
+            f"WHERE status IN ({','.join(map(str, sorted(wanted)))})"
             f"{where} LIMIT {PURGE_CHUNK}"
         )
         total = 0

@@ -45,7 +45,9 @@ def _v1(db: sqlite_utils.Database) -> None:
             "lock_expires": int,
         },
         pk="instance_id",
-        not_null={"execution_id", "name", "status", "created_at", "updated_at", "step", "history_len"},
+        not_null={
+            "execution_id", "name", "status", "created_at", "updated_at", "step", "history_len"
+        },
         defaults={"step": 0, "history_len": 0},
     )
     db["instances"].create_index(["ready_at"], index_name="instances_ready")
@@ -143,7 +145,9 @@ def check_and_migrate(conn: sqlite3.Connection, where: str) -> None:
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
-        raise StorageError(f"{where} is not a usable SQLite database ({exc}); nothing was changed") from None
+        raise StorageError(
+            f"{where} is not a usable SQLite database ({exc}); nothing was changed"
+        ) from None
     version = 0
     if tables:
         if "dtrio_meta" not in tables:
@@ -153,7 +157,9 @@ def check_and_migrate(conn: sqlite3.Connection, where: str) -> None:
             )
         meta = dict(conn.execute("SELECT key, value FROM dtrio_meta"))
         if meta.get("application") != APPLICATION:
-            raise StorageError(f"{where} has a dtrio_meta table not written by dtrio; refusing to use it")
+            raise StorageError(
+                f"{where} has a dtrio_meta table not written by dtrio; refusing to use it"
+            )
         version = int(meta.get("schema_version", "0"))
         if version > SCHEMA_VERSION:
             raise StorageError(

@@ -144,7 +144,9 @@ class Servicer:
         await self._client.resume_orchestration(iid, request.reason)
         return pb.ResumeResponse()
 
-    async def restart_instance(self, request: pb.RestartInstanceRequest) -> pb.RestartInstanceResponse:
+    async def restart_instance(
+        self, request: pb.RestartInstanceRequest
+    ) -> pb.RestartInstanceResponse:
         iid = validate_instance_id(request.instance_id)
         new_id = await self._client.restart_orchestration(
             iid, restart_with_new_instance_id=request.restart_with_new_instance_id
@@ -196,7 +198,9 @@ class Servicer:
             continuation_token=page.continuation_token,
         )
 
-    async def list_instance_ids(self, request: pb.ListInstanceIdsRequest) -> pb.ListInstanceIdsResponse:
+    async def list_instance_ids(
+        self, request: pb.ListInstanceIdsRequest
+    ) -> pb.ListInstanceIdsResponse:
         ids, last_key = await self._backend.list_instance_ids(
             _statuses(request.runtime_status, "runtimeStatus"),
             to_us(request.completed_time_from) if request.completed_time_from else None,
@@ -206,7 +210,9 @@ class Servicer:
         )
         return pb.ListInstanceIdsResponse(instance_ids=ids, last_instance_key=last_key)
 
-    async def stream_instance_history(self, request: pb.StreamInstanceHistoryRequest, send: Send) -> None:
+    async def stream_instance_history(
+        self, request: pb.StreamInstanceHistoryRequest, send: Send
+    ) -> None:
         iid = validate_instance_id(request.instance_id)
         record = await self._backend.get_instance(iid, payloads=False)
         if record is None:

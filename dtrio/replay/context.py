@@ -52,7 +52,9 @@ class _EventTimeout(DurableTask):
 
     __slots__ = ("_timeout", "wait", "waiters")
 
-    def __init__(self, wait: ExternalEventTask, waiters: deque[ExternalEventTask], timeout: timedelta):
+    def __init__(
+        self, wait: ExternalEventTask, waiters: deque[ExternalEventTask], timeout: timedelta
+    ):
         super().__init__(f"timeout of wait for event {wait.name!r}")
         self.wait, self.waiters = wait, waiters
         self._timeout = timeout

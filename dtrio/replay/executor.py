@@ -257,7 +257,9 @@ class OrchestrationRun:
             if save_events:
                 for name, queue in self.buffered_events.items():
                     carry += [
-                        pb.HistoryEvent(event_id=-1, event_raised=pb.EventRaisedEvent(name=name, input=data))
+                        pb.HistoryEvent(
+                            event_id=-1, event_raised=pb.EventRaisedEvent(name=name, input=data)
+                        )
                         for data in queue
                     ]
             self._complete(_S.CONTINUED_AS_NEW, result=new_input, carryover_events=carry)
@@ -294,7 +296,9 @@ def _on_orchestrator_started(run: OrchestrationRun, event: pb.HistoryEvent, _bod
         run.ctx.now = event.timestamp
 
 
-def _on_execution_started(run: OrchestrationRun, event: pb.HistoryEvent, body: pb.ExecutionStartedEvent) -> None:
+def _on_execution_started(
+    run: OrchestrationRun, event: pb.HistoryEvent, body: pb.ExecutionStartedEvent
+) -> None:
     if run.started is None:
         if run.ctx.now.year == 1970 and event.timestamp is not None:
             run.ctx.now = event.timestamp
@@ -317,16 +321,22 @@ def _on_task_failed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -
     if task is not None:
         details = failure_from_pb(body.failure_details)
         what = task.description if isinstance(task, DurableTask) else "task"
-        task._fail(TaskFailedError(f"{what} failed: {details.error_type}: {details.message}", details))
+        task._fail(
+            TaskFailedError(f"{what} failed: {details.error_type}: {details.message}", details)
+        )
 
 
-def _on_timer_fired(run: OrchestrationRun, _event: pb.HistoryEvent, body: pb.TimerFiredEvent) -> None:
+def _on_timer_fired(
+    run: OrchestrationRun, _event: pb.HistoryEvent, body: pb.TimerFiredEvent
+) -> None:
     task = run._resolve(body.timer_id)
     if task is not None:
         task._complete(None)
 
 
-def _on_event_raised(run: OrchestrationRun, _event: pb.HistoryEvent, body: pb.EventRaisedEvent) -> None:
+def _on_event_raised(
+    run: OrchestrationRun, _event: pb.HistoryEvent, body: pb.EventRaisedEvent
+) -> None:
     key = body.name.lower()
     waiters = run.event_waiters.get(key)
     while waiters:

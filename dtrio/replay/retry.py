@@ -43,7 +43,9 @@ class RetryPolicy:
         if self.retry_timeout is not None and self.retry_timeout <= timedelta(0):
             raise InvalidInput("retry_timeout must be positive")
 
-    def next_delay(self, attempt: int, elapsed: timedelta, failure: TaskFailedError) -> timedelta | None:
+    def next_delay(
+        self, attempt: int, elapsed: timedelta, failure: TaskFailedError
+    ) -> timedelta | None:
         """The wait before the next attempt after `attempt` failed, or None to give up."""
         if attempt >= self.max_attempts:
             return None

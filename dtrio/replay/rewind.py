@@ -41,7 +41,9 @@ def rewound_history(
     return clean
 
 
-def rewind_action(past: Iterable[pb.HistoryEvent], new: Iterable[pb.HistoryEvent]) -> pb.OrchestratorAction:
+def rewind_action(
+    past: Iterable[pb.HistoryEvent], new: Iterable[pb.HistoryEvent]
+) -> pb.OrchestratorAction:
     return pb.OrchestratorAction(
         id=-1,
         rewind_orchestration=pb.RewindOrchestrationAction(new_history=rewound_history(past, new)),

@@ -30,7 +30,9 @@ def _extra(item: ActivityWorkItem) -> dict[str, object]:
 
 
 class ActivityDispatcher:
-    def __init__(self, backend: Backend, clock: Clock, registry: Registry, options: EngineOptions, owner: str) -> None:
+    def __init__(
+        self, backend: Backend, clock: Clock, registry: Registry, options: EngineOptions, owner: str
+    ) -> None:
         self._backend = backend
         self._clock = clock
         self._registry = registry
@@ -92,7 +94,9 @@ class ActivityDispatcher:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + RELEASE_TIMEOUT
                     try:
-                        await self._backend.abandon_activity(item, int(backoff(item.attempt) * 1_000_000))
+                        await self._backend.abandon_activity(
+                            item, int(backoff(item.attempt) * 1_000_000)
+                        )
                     except Exception:
                         log.exception("activity %s#%d of %s: could not abandon it", item.name,
                                       item.task_id, item.instance_id, extra=_extra(item))

@@ -32,7 +32,9 @@ DEFAULT_DB = "dtrio.sqlite3"
 class Engine:
     """A running engine: `client` to drive it, `shutdown()` to stop it gracefully."""
 
-    def __init__(self, registry: Registry, backend: Backend, clock: Clock, options: EngineOptions) -> None:
+    def __init__(
+        self, registry: Registry, backend: Backend, clock: Clock, options: EngineOptions
+    ) -> None:
         self.registry = registry
         self.backend = backend
         self.clock = clock
@@ -131,6 +133,10 @@ async def open_engine(
                 engine.shutdown()
     except BaseExceptionGroup as group:
         # Report the block's own error as itself, not wrapped in the nursery's group.
-        if body_error is not None and len(group.exceptions) == 1 and group.exceptions[0] is body_error:
+        if (
+            body_error is not None
+            and len(group.exceptions) == 1
+            and group.exceptions[0] is body_error
+        ):
             raise body_error from None
         raise

@@ -54,7 +54,9 @@ class RunCache:
 
 
 class OrchestrationDispatcher:
-    def __init__(self, backend: Backend, clock: Clock, registry: Registry, options: EngineOptions, owner: str) -> None:
+    def __init__(
+        self, backend: Backend, clock: Clock, registry: Registry, options: EngineOptions, owner: str
+    ) -> None:
         self._backend = backend
         self._clock = clock
         self._registry = registry

@@ -30,7 +30,10 @@ async def serve_poller(
         deadline = math.inf if due is None else clock.trio_deadline(due + 1)
         if max_poll_interval is not None:
             # Back off while this process is idle; others' work shows up within the cap.
-            poll = _MIN_POLL if backend.commits != seen_commits else min(poll * 2, max_poll_interval)
+            poll = (
+                _MIN_POLL if backend.commits != seen_commits
+                else min(poll * 2, max_poll_interval)
+            )
             seen_commits = backend.commits
             deadline = min(deadline, trio.current_time() + poll)
         with trio.move_on_at(deadline) as timer:
