@@ -229,7 +229,8 @@ def main() -> None:
           f"median of {args.runs} runs, Python {sys.version.split()[0]}, {os.cpu_count()} cores)")
     print(f"| {'measure':<48} | {'dtrio':>10} | {'target':>9} |")
     print(f"|{'-' * 50}|{'-' * 12}|{'-' * 11}|")
-    print(f"| {'1,000 three-activity sequences at once (orch/s)':<48} | {med['tp']:>10.0f} | {'>= 1000':>9} |")
+    print(f"| {'1,000 three-activity sequences at once (orch/s)':<48} "
+          f"| {med['tp']:>10.0f} | {'>= 1000':>9} |")
     print(f"| {'one at a time, p50 latency (ms)':<48} | {med['p50']:>10.2f} | {'<= 2':>9} |")
     print(f"| {'one at a time, p99 latency (ms)':<48} | {med['p99']:>10.2f} | {'':>9} |")
     print(f"| {'fan-out/fan-in of 100 activities (ms)':<48} | {med['fan']:>10.1f} | {'<= 75':>9} |")

@@ -128,12 +128,15 @@ async def test_a_write_the_store_rejects_fails_alone(kit):
                     activities=[kit.activity(items["good"], 1)])
     bad_activity = kit.activity(items["bad"], 1)
     bad_activity.name = None  # violates NOT NULL: SQLite refuses this write
-    bad = kit.step(items["bad"], h.task_scheduled(kit.clock.now_dt(), 1, "act"), activities=[bad_activity])
+    bad = kit.step(items["bad"], h.task_scheduled(kit.clock.now_dt(), 1, "act"),
+                   activities=[bad_activity])
     history_before = await kit.backend.load_history("bad")
     results: dict = {}
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_collect, results, "good", kit.backend.complete_orchestration, items["good"], good)
-        nursery.start_soon(_collect, results, "bad", kit.backend.complete_orchestration, items["bad"], bad)
+        nursery.start_soon(_collect, results, "good", kit.backend.complete_orchestration,
+                           items["good"], good)
+        nursery.start_soon(_collect, results, "bad", kit.backend.complete_orchestration,
+                           items["bad"], bad)
     assert results["good"] is None
     assert isinstance(results["bad"], StorageError) and "NOT NULL" in str(results["bad"])
     assert await kit.backend.load_history("good") == good.history

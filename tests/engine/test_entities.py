@@ -42,7 +42,8 @@ class BankAccount(dtrio.DurableEntity):
         """Signals another entity and starts an orchestration with its balance."""
         self.ctx.signal_entity(target, "add", self.get_state(0))
         return self.ctx.schedule_new_orchestration(
-            "record_balance", input=self.get_state(0), instance_id=f"record-{self.ctx.entity_id.key}"
+            "record_balance", input=self.get_state(0),
+            instance_id=f"record-{self.ctx.entity_id.key}",
         )
 
 
@@ -101,7 +102,8 @@ async def test_class_entity_with_custom_name_and_delete(autojump_clock):
         assert await run(engine, call, {"entity": "@account@x", "op": "deposit", "input": 30}) == 30
         assert await run(engine, call, {"entity": "@ACCOUNT@x", "op": "balance"}) == 30
         missing = await run(engine, call, {"entity": "@account@x", "op": "steal", "input": 1})
-        assert missing["failed"] == "AttributeError" and "no operation 'steal'" in missing["message"]
+        assert missing["failed"] == "AttributeError"
+        assert "no operation 'steal'" in missing["message"]
         assert await run(engine, call, {"entity": "@account@x", "op": "delete"}) is None
         assert await engine.client.get_entity("@account@x") is None
 
@@ -109,7 +111,9 @@ async def test_class_entity_with_custom_name_and_delete(autojump_clock):
 async def test_failed_operation_is_rolled_back_and_entity_keeps_serving(autojump_clock):
     async with open_test_engine(registry) as engine:
         await engine.client.signal_entity("@counter@f", "add", 10)
-        failed = await run(engine, call, {"entity": "@counter@f", "op": "add_then_fail", "input": 5})
+        failed = await run(
+            engine, call, {"entity": "@counter@f", "op": "add_then_fail", "input": 5}
+        )
         assert failed == {"failed": "ValueError", "message": "refused 5"}
         # The state change and the signal of the failed operation were discarded.
         assert await run(engine, call, {"entity": "@counter@f", "op": "add", "input": 1}) == 11
@@ -129,9 +133,12 @@ async def test_entity_signals_entity_and_starts_orchestration(autojump_clock):
 async def test_scheduled_signals_from_client_and_orchestration(autojump_clock):
     async with open_test_engine(registry) as engine:
         start = engine.clock.now_dt()
-        await engine.client.signal_entity("@counter@s", "add", 1, signal_time=start + timedelta(hours=3))
+        await engine.client.signal_entity(
+            "@counter@s", "add", 1, signal_time=start + timedelta(hours=3)
+        )
         assert await run(engine, signal_then_call, "s") == [5, 105]
-        assert await run(engine, call_later, {"hours": 4, "entity": "@counter@s", "op": "get"}) == 106
+        later = {"hours": 4, "entity": "@counter@s", "op": "get"}
+        assert await run(engine, call_later, later) == 106
 
 
 async def test_unknown_entity_fails_its_operations_and_is_not_stuck(autojump_clock):
@@ -168,7 +175,9 @@ async def test_query_paging_filters_and_clean_storage(autojump_clock):
         client = engine.client
         seen, token = [], None
         while True:
-            page = await client.query_entities(name="counter", page_size=3, continuation_token=token)
+            page = await client.query_entities(
+                name="counter", page_size=3, continuation_token=token
+            )
             assert len(page.entities) <= 3
             seen += [str(m.id) for m in page.entities]
             token = page.continuation_token
@@ -208,7 +217,9 @@ async def call_slow(ctx, seconds):
 
 async def test_a_slow_operation_keeps_its_lease(autojump_clock, caplog):
     # Polling, so that an expired lease would be seen and the batch run a second time.
-    async with open_test_engine(slow_registry, orchestration_lease=10, max_poll_interval=1) as engine:
+    async with open_test_engine(
+        slow_registry, orchestration_lease=10, max_poll_interval=1
+    ) as engine:
         iid = await engine.client.schedule_new_orchestration(call_slow, input=45)
         state = await engine.client.wait_for_orchestration_completion(iid, timeout=600)
         assert state.output == 1

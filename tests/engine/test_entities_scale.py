@@ -63,7 +63,8 @@ async def test_ten_thousand_signals_in_order_in_bounded_batches(autojump_clock):
         conn = engine.backend._conn
         # Entities keep a state, not a history: nothing grew but the state itself.
         assert conn.execute("SELECT count(*) FROM entity_inbox").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM history WHERE instance_id LIKE '@%'").fetchone()[0] == 0
+        entity_history = "SELECT count(*) FROM history WHERE instance_id LIKE '@%'"
+        assert conn.execute(entity_history).fetchone()[0] == 0
         meta = await engine.client.get_entity("@sequence@s")
         assert len(meta.serialized_state) < 100 and meta.backlog_queue_size == 0
 
@@ -77,7 +78,10 @@ async def test_batches_are_bounded(autojump_clock, caplog):
             await engine.client.signal_entity("@sequence@b", "next", n, signal_time=due)
         await trio.sleep(2 * 3600)
         assert (await result(engine, {"entity": "@sequence@b", "op": "get"}))["count"] == 30
-    batches = [r.getMessage() for r in caplog.records if r.getMessage().startswith("entity @sequence@b ran")]
+    batches = [
+        r.getMessage() for r in caplog.records
+        if r.getMessage().startswith("entity @sequence@b ran")
+    ]
     assert [int(line.split()[3]) for line in batches] == [7, 7, 7, 7, 2, 1]
 
 

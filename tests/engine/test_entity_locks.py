@@ -82,9 +82,15 @@ async def test_contending_transfers_are_serialized(autojump_clock):
         await client.signal_entity("@account@a", "set", 100)
         await client.signal_entity("@account@b", "set", 100)
         ids = [
-            await client.schedule_new_orchestration(transfer, input={"from": "a", "to": "b", "amount": 10}),
-            await client.schedule_new_orchestration(transfer, input={"from": "b", "to": "a", "amount": 30}),
-            await client.schedule_new_orchestration(transfer, input={"from": "a", "to": "b", "amount": 5}),
+            await client.schedule_new_orchestration(
+                transfer, input={"from": "a", "to": "b", "amount": 10}
+            ),
+            await client.schedule_new_orchestration(
+                transfer, input={"from": "b", "to": "a", "amount": 30}
+            ),
+            await client.schedule_new_orchestration(
+                transfer, input={"from": "a", "to": "b", "amount": 5}
+            ),
         ]
         for iid in ids:
             assert (await finish(engine, iid)).runtime_status == S.COMPLETED
@@ -95,10 +101,14 @@ async def test_contending_transfers_are_serialized(autojump_clock):
 
 async def test_lock_is_released_when_the_orchestration_fails(autojump_clock):
     async with open_test_engine(registry) as engine:
-        failed = await finish(engine, await engine.client.schedule_new_orchestration(lock_and_fail, input="f"))
+        failed = await finish(
+            engine, await engine.client.schedule_new_orchestration(lock_and_fail, input="f")
+        )
         assert failed.runtime_status == S.FAILED
         assert "failed while holding the lock" in failed.failure_details.message
-        state = await finish(engine, await engine.client.schedule_new_orchestration(read, input="f"))
+        state = await finish(
+            engine, await engine.client.schedule_new_orchestration(read, input="f")
+        )
         assert state.output == 0
         assert (await engine.client.get_entity("@account@f")) is None
 

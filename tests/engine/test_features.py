@@ -1,4 +1,5 @@
-"""The whole engine in process, under trio's MockClock with autojump: every orchestration feature."""
+"""The whole engine in process, under trio's MockClock with autojump: every orchestration
+feature."""
 
 import sqlite3
 import threading
@@ -237,7 +238,10 @@ async def test_unknown_names_fail_the_instance_clearly(autojump_clock):
     assert unknown_activity.runtime_status == S.FAILED
     assert "'no_such_activity' is not registered" in unknown_activity.failure_details.message
     assert unknown_orchestrator.runtime_status == S.FAILED
-    assert "'no_such_orchestrator' is not registered" in unknown_orchestrator.failure_details.message
+    assert (
+        "'no_such_orchestrator' is not registered"
+        in unknown_orchestrator.failure_details.message
+    )
 
 
 async def test_bad_client_input(autojump_clock):
@@ -311,7 +315,9 @@ async def test_same_results_every_run(autojump_clock):
     outputs = []
     for _ in range(2):
         async with open_test_engine(registry) as engine:
-            outputs.append([(await run(engine, o, i)).output for o, i in ((parent, None), (approval, None))])
+            outputs.append([
+                (await run(engine, o, i)).output for o, i in ((parent, None), (approval, None))
+            ])
     assert outputs[0] == outputs[1]
 
 
@@ -354,7 +360,9 @@ async def test_shutdown_lets_in_flight_activities_finish_within_grace(autojump_c
 
 async def test_local_work_wakes_dispatchers_without_polling(autojump_clock, tmp_path):
     # An hour between polls: only in-process wakeups can make this take no virtual time.
-    async with dtrio.open_engine(registry, db=tmp_path / "w.sqlite3", max_poll_interval=3600) as engine:
+    async with dtrio.open_engine(
+        registry, db=tmp_path / "w.sqlite3", max_poll_interval=3600
+    ) as engine:
         begin = trio.current_time()
         state = await run(engine, sequence)
         assert state.runtime_status == S.COMPLETED
@@ -371,7 +379,8 @@ async def test_work_written_by_another_process_is_found_by_polling(autojump_cloc
         await trio.sleep(60)  # idle: the poller has backed off to its 2-second cap
         other = open_sqlite_backend(db, Clock())  # a second connection, as another process has
         try:
-            iid = await Client(other, Clock(), poll_interval=None).schedule_new_orchestration(sequence)
+            client = Client(other, Clock(), poll_interval=None)
+            iid = await client.schedule_new_orchestration(sequence)
         finally:
             await other.aclose()
         begin = trio.current_time()

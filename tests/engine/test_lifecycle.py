@@ -42,7 +42,9 @@ async def counter(ctx, state):
         return {"n": n, "carried": carried}
     if state.get("wait"):
         carried = carried + [await ctx.wait_for_external_event("tick")]
-    ctx.continue_as_new({**state, "n": n + 1, "carried": carried}, save_events=state.get("save", False))
+    ctx.continue_as_new(
+        {**state, "n": n + 1, "carried": carried}, save_events=state.get("save", False)
+    )
 
 
 @registry.orchestrator
@@ -83,7 +85,8 @@ async def flaky_child(ctx, key):
 
 @registry.orchestrator
 async def retrying_parent(ctx, key):
-    return await ctx.call_sub_orchestrator(flaky_child, input=key, instance_id=f"{ctx.instance_id}-c",
+    return await ctx.call_sub_orchestrator(flaky_child, input=key,
+                                           instance_id=f"{ctx.instance_id}-c",
                                            retry_policy=POLICY)
 
 
@@ -132,7 +135,9 @@ async def fails_in_the_middle(ctx, key):
 @registry.orchestrator
 async def fails_in_child(ctx, key):
     done = await ctx.call_activity(record, input=f"{key}-parent")
-    child = await ctx.call_sub_orchestrator(fails_in_the_middle, input=key, instance_id=f"{key}-child")
+    child = await ctx.call_sub_orchestrator(
+        fails_in_the_middle, input=key, instance_id=f"{key}-child"
+    )
     return [done, child]
 
 
@@ -221,7 +226,9 @@ async def test_custom_status_visible_while_running_and_after(autojump_clock):
 
 async def test_send_event_to_another_instance(autojump_clock):
     async with open_test_engine(registry) as engine:
-        target = await engine.client.schedule_new_orchestration(timer_then_value, instance_id="target")
+        target = await engine.client.schedule_new_orchestration(
+            timer_then_value, instance_id="target"
+        )
         sent = await run(engine, sender, target)
         state = await engine.client.wait_for_orchestration_completion(target)
     assert sent.output == "sent"
@@ -312,7 +319,8 @@ async def test_suspend_and_resume_of_finished_or_unknown_instances(autojump_cloc
         done = await run(engine, quick, 1)
         await engine.client.suspend_orchestration(done.instance_id)  # no-op
         await engine.client.resume_orchestration(done.instance_id)  # no-op
-        assert (await engine.client.get_orchestration_state(done.instance_id)).runtime_status == S.COMPLETED
+        state = await engine.client.get_orchestration_state(done.instance_id)
+        assert state.runtime_status == S.COMPLETED
         with pytest.raises(dtrio.InstanceNotFound):
             await engine.client.suspend_orchestration("nobody")
         with pytest.raises(dtrio.InstanceNotFound):
@@ -364,7 +372,9 @@ async def test_non_recursive_terminate_leaves_children_running(autojump_clock):
         assert (await engine.client.get_orchestration_state("r:0000")).runtime_status == S.RUNNING
 
 
-async def test_recursive_terminate_reaches_a_child_started_after_the_request(autojump_clock, tmp_path):
+async def test_recursive_terminate_reaches_a_child_started_after_the_request(
+    autojump_clock, tmp_path
+):
     from dtrio import _pb as pb
     from dtrio.backend import open_sqlite_backend
     from dtrio.client import Client
@@ -421,7 +431,9 @@ async def test_purge_by_time_range_and_status(autojump_clock):
         later = [(await run(engine, quick, i)).instance_id for i in range(2)]
         live = await engine.client.schedule_new_orchestration(timer_then_value)
         assert await engine.client.purge_orchestrations(created_to=middle) == 3
-        assert await engine.client.purge_orchestrations(created_from=middle, statuses=[S.FAILED]) == 1
+        assert await engine.client.purge_orchestrations(
+            created_from=middle, statuses=[S.FAILED]
+        ) == 1
         assert await engine.client.purge_orchestrations(statuses=[S.RUNNING]) == 0
         left = {s.instance_id for s in (await engine.client.query_orchestrations()).states}
     assert left == {*later, live}
@@ -434,7 +446,9 @@ async def test_purging_ten_thousand_does_not_block_the_engine(autojump_clock):
             await engine.client.schedule_new_orchestration(quick, input=i, instance_id=f"p{i:05d}")
         await engine.client.wait_for_orchestration_completion("p09999", timeout=3600)
         with trio.fail_after(3600):
-            while (await engine.client.query_orchestrations(statuses=[S.PENDING, S.RUNNING], page_size=1)).states:
+            while (await engine.client.query_orchestrations(
+                statuses=[S.PENDING, S.RUNNING], page_size=1
+            )).states:
                 await trio.sleep(1)
         progress = []
 
@@ -459,7 +473,8 @@ async def test_query_paging_across_2500_instances_has_no_duplicates_or_gaps(auto
         ids = []
         for i in range(2500):
             ids.append(await engine.client.schedule_new_orchestration(
-                quick, input=i, instance_id=f"q{i:04d}", start_at=engine.clock.now_dt() + timedelta(days=1)))
+                quick, input=i, instance_id=f"q{i:04d}",
+                start_at=engine.clock.now_dt() + timedelta(days=1)))
             if i % 500 == 0:
                 await trio.sleep(1)  # spread creation times
         seen, token, pages = [], None, 0
@@ -483,7 +498,9 @@ async def test_query_filters(autojump_clock):
         await run(engine, quick, 3, instance_id="b-1")
         by_prefix = await engine.client.query_orchestrations(instance_id_prefix="a-")
         failed = await engine.client.query_orchestrations(statuses=[S.FAILED])
-        with_io = await engine.client.query_orchestrations(instance_id_prefix="b-", fetch_inputs_and_outputs=True)
+        with_io = await engine.client.query_orchestrations(
+            instance_id_prefix="b-", fetch_inputs_and_outputs=True
+        )
         without = await engine.client.query_orchestrations(instance_id_prefix="b-")
         with pytest.raises(dtrio.InvalidInput):
             await engine.client.query_orchestrations(continuation_token="garbage")
@@ -555,14 +572,20 @@ async def test_instance_id_reuse_policy(autojump_clock):
         with pytest.raises(dtrio.InstanceAlreadyExists):
             await engine.client.schedule_new_orchestration(quick, input=2, instance_id="dup")
         replace = dtrio.ReusePolicy(replace=frozenset({S.COMPLETED, S.FAILED}))
-        await engine.client.schedule_new_orchestration(quick, input=2, instance_id="dup", reuse_policy=replace)
+        await engine.client.schedule_new_orchestration(
+            quick, input=2, instance_id="dup", reuse_policy=replace
+        )
         assert (await engine.client.wait_for_orchestration_completion("dup")).output == 2
         live = await engine.client.schedule_new_orchestration(timer_then_value, instance_id="live")
         ignore = dtrio.ReusePolicy(ignore=frozenset({S.RUNNING, S.PENDING}))
-        assert await engine.client.schedule_new_orchestration(quick, instance_id=live, reuse_policy=ignore) == live
+        assert await engine.client.schedule_new_orchestration(
+            quick, instance_id=live, reuse_policy=ignore
+        ) == live
         assert (await engine.client.get_orchestration_state(live)).name == "timer_then_value"
         replace_running = dtrio.ReusePolicy(replace=frozenset({S.RUNNING, S.PENDING}))
-        await engine.client.schedule_new_orchestration(quick, input=3, instance_id=live, reuse_policy=replace_running)
+        await engine.client.schedule_new_orchestration(
+            quick, input=3, instance_id=live, reuse_policy=replace_running
+        )
         assert (await engine.client.wait_for_orchestration_completion(live)).output == 3
         with pytest.raises(dtrio.InvalidInput):
             dtrio.ReusePolicy(replace=frozenset({S.FAILED}), ignore=frozenset({S.FAILED}))
@@ -572,10 +595,13 @@ async def test_scheduled_start_survives_a_restart(autojump_clock, tmp_path):
     db = tmp_path / "later.sqlite3"
     async with dtrio.open_engine(registry, db=db, max_poll_interval=None) as engine:
         start_at = engine.clock.now_dt() + timedelta(hours=5)
-        await engine.client.schedule_new_orchestration(quick, input="late", instance_id="s", start_at=start_at)
+        await engine.client.schedule_new_orchestration(
+            quick, input="late", instance_id="s", start_at=start_at
+        )
         await trio.sleep(3600)
     async with dtrio.open_engine(registry, db=db, max_poll_interval=None) as engine:
         assert (await engine.client.get_orchestration_state("s")).runtime_status == S.PENDING
         state = await engine.client.wait_for_orchestration_completion("s", timeout=6 * 3600)
     assert state.output == "late"
-    assert state.scheduled_start is not None and abs((state.scheduled_start - start_at).total_seconds()) < 1e-3
+    assert state.scheduled_start is not None
+    assert abs((state.scheduled_start - start_at).total_seconds()) < 1e-3

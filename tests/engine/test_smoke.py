@@ -20,7 +20,9 @@ async def sequence(ctx, _):
 async def test_thirty_day_timer_under_mock_clock(autojump_clock):
     async with open_test_engine(registry) as engine:
         iid = await engine.client.schedule_new_orchestration(sequence)
-        state = await engine.client.wait_for_orchestration_completion(iid, timeout=timedelta(days=31))
+        state = await engine.client.wait_for_orchestration_completion(
+            iid, timeout=timedelta(days=31)
+        )
         assert state.runtime_status == dtrio.OrchestrationStatus.COMPLETED
         assert state.output == ["Hello, Tokyo!", "Hello, London!"]
         assert state.completed_at - state.created_at >= timedelta(days=30)

@@ -64,5 +64,7 @@ def quick(ctx: task.OrchestrationContext, value: Any):
     return value
 
 
-ORCHESTRATORS = [retries, flaky_child, retries_child, waits, tree, fails_once_in_the_middle, versioned, quick]
+ORCHESTRATORS = [
+    retries, flaky_child, retries_child, waits, tree, fails_once_in_the_middle, versioned, quick
+]
 ACTIVITIES = [flaky, echo]

@@ -48,7 +48,8 @@ def test_a_number_for_a_packed_list_is_not_a_list() -> None:
 
 def test_nesting_is_bounded() -> None:
     failure = b""
-    for _ in range(150):  # innerFailure (field 4) in innerFailure ...: too deep to build via the SDK
+    # innerFailure (field 4) in innerFailure ...: too deep to build via the SDK
+    for _ in range(150):
         failure = b"\x22" + varint(len(failure)) + failure
     response = b"\x22" + varint(len(failure)) + failure  # ActivityResponse.failureDetails
     with pytest.raises(MalformedMessage, match="nested more than 100 deep"):

@@ -193,7 +193,10 @@ async def test_work_items_too_large_for_the_worker_fail_their_instance() -> None
             events = [decode(dtrio_pb.HistoryEvent, data) for data in
                       await sidecar.engine.backend.load_history(activity.instance_id)]
             failed = [e.task_failed for e in events if e.task_failed]
-            assert "activity 'measure' (#1) with its input" in failed[0].failure_details.error_message
+            assert (
+                "activity 'measure' (#1) with its input"
+                in failed[0].failure_details.error_message
+            )
             await still_serves(sidecar)
 
 

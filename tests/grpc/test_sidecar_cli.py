@@ -56,7 +56,8 @@ def test_a_port_in_use_is_a_one_line_error() -> None:
 
 
 def test_an_unusable_store_is_a_one_line_error(tmp_path: Path) -> None:
-    process = serve("--port", "0", "--db", str(tmp_path / "missing" / "x.sqlite3"), "--log-level", "warning")
+    process = serve("--port", "0", "--db", str(tmp_path / "missing" / "x.sqlite3"),
+                    "--log-level", "warning")
     _, err = process.communicate(timeout=30)
     assert process.returncode != 0
     lines = err.strip().splitlines()

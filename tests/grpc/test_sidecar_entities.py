@@ -65,7 +65,9 @@ def echo(ctx: task.OrchestrationContext, value: Any) -> Any:
 
 def call(ctx: task.OrchestrationContext, request: dict[str, Any]) -> Any:
     try:
-        return (yield ctx.call_entity(Id.parse(request["entity"]), request["op"], request.get("input")))
+        return (yield ctx.call_entity(
+            Id.parse(request["entity"]), request["op"], request.get("input")
+        ))
     except task.TaskFailedError as exc:
         return {"failed": exc.details.error_type, "message": exc.details.message}
 
@@ -73,7 +75,9 @@ def call(ctx: task.OrchestrationContext, request: dict[str, Any]) -> Any:
 def signal_then_call(ctx: task.OrchestrationContext, key: str) -> Any:
     target = Id("counter", key)
     ctx.signal_entity(target, "add", 5)
-    ctx.signal_entity(target, "add", 100, signal_time=ctx.current_utc_datetime + timedelta(seconds=1))
+    ctx.signal_entity(
+        target, "add", 100, signal_time=ctx.current_utc_datetime + timedelta(seconds=1)
+    )
     first = yield ctx.call_entity(target, "get")
     yield ctx.create_timer(timedelta(seconds=2))
     return [first, (yield ctx.call_entity(target, "get"))]
@@ -106,7 +110,11 @@ ORCHESTRATORS = [echo, call, signal_then_call, transfer, lock_and_fail, lock_and
 
 @asynccontextmanager
 async def entity_worker(
-    address: str, *, scheduled_tasks: bool = False, extra: Iterable[Any] = (), filters: bool = False,
+    address: str,
+    *,
+    scheduled_tasks: bool = False,
+    extra: Iterable[Any] = (),
+    filters: bool = False,
 ) -> AsyncIterator[sdk_worker.TaskHubGrpcWorker]:
     worker = sdk_worker.TaskHubGrpcWorker(host_address=address)
     for orchestrator in [*ORCHESTRATORS, *extra]:
@@ -154,7 +162,9 @@ async def test_class_entity_failure_rollback_and_side_effects() -> None:
         failed = await run(sidecar, call, {"entity": "@acct@x", "op": "steal", "input": 1})
         assert "steal" in failed["message"]
         await sidecar.call(client.signal_entity, Id("counter", "f"), "add", 10)
-        failed = await run(sidecar, call, {"entity": "@counter@f", "op": "add_then_fail", "input": 5})
+        failed = await run(
+            sidecar, call, {"entity": "@counter@f", "op": "add_then_fail", "input": 5}
+        )
         # The SDK wraps the entity's error in its EntityOperationFailedException.
         assert failed["message"].endswith("failed with error: refused 5")
         assert await run(sidecar, call, {"entity": "@counter@f", "op": "add", "input": 1}) == 11
@@ -172,7 +182,9 @@ async def test_class_entity_failure_rollback_and_side_effects() -> None:
 async def test_scheduled_signals() -> None:
     async with running_sidecar() as sidecar, entity_worker(sidecar.address):
         later = datetime.now(UTC) + timedelta(seconds=1)
-        await sidecar.call(sidecar.client.signal_entity, Id("counter", "s"), "add", 1, signal_time=later)
+        await sidecar.call(
+            sidecar.client.signal_entity, Id("counter", "s"), "add", 1, signal_time=later
+        )
         assert await run(sidecar, signal_then_call, "s") == [5, 106]
 
 
@@ -198,7 +210,10 @@ async def test_locks_serialize_and_are_released_on_failure_and_terminate() -> No
         holder = await sidecar.call(client.schedule_new_orchestration, lock_and_wait, input="t")
         # lockedBy is the holding orchestration's ID (as in the Durable Task Framework); the
         # SDK's get_locked_by() parses it as an entity ID and raises, so the raw value is read.
-        while not ((meta := await sidecar.call(client.get_entity, Id("counter", "t"))) and meta._locked_by):
+        while not (
+            (meta := await sidecar.call(client.get_entity, Id("counter", "t")))
+            and meta._locked_by
+        ):
             await trio.sleep(0.05)
         assert meta._locked_by == holder
         reader = await sidecar.call(client.schedule_new_orchestration, call,
@@ -322,14 +337,18 @@ async def test_workers_with_filters_get_only_their_entities() -> None:
             async with entity_worker(sidecar.address, filters=True):
                 for n in range(20):
                     await sidecar.call(sidecar.client.signal_entity, Id("counter", "flt"), "add", n)
-                assert await run(sidecar, call, {"entity": "@counter@flt", "op": "get"}) == sum(range(20))
+                total = await run(sidecar, call, {"entity": "@counter@flt", "op": "get"})
+                assert total == sum(range(20))
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(other.stop)
 
 
 async def test_a_batch_result_over_the_size_limit_fails_its_operations() -> None:
-    async with running_sidecar(max_message_size=64 << 10) as sidecar, entity_worker(sidecar.address):
+    async with (
+        running_sidecar(max_message_size=64 << 10) as sidecar,
+        entity_worker(sidecar.address),
+    ):
         await sidecar.call(sidecar.client.signal_entity, Id("text", "t"), "set", "small")
         failed = await run(sidecar, call, {"entity": "@text@t", "op": "fill", "input": 100 << 10})
         assert "exceeds this sidecar's limit of 65536 bytes" in failed["message"]

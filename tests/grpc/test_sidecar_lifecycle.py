@@ -26,7 +26,9 @@ async def status_of(sidecar: Sidecar, iid: str):
     return state.runtime_status if state else None
 
 
-async def wait_for(sidecar: Sidecar, iid: str, status: OrchestrationStatus, timeout: float = 20) -> None:
+async def wait_for(
+    sidecar: Sidecar, iid: str, status: OrchestrationStatus, timeout: float = 20
+) -> None:
     with trio.fail_after(timeout):
         while await status_of(sidecar, iid) != status:
             await trio.sleep(0.05)
@@ -86,7 +88,8 @@ async def test_purge_by_id_recursive_and_by_filter(sidecar: Sidecar, worker) -> 
     for i in range(3):
         await sidecar.run(app.quick, input=i, instance_id=f"f{i}")
     live = await sidecar.call(client.schedule_new_orchestration, app.waits)
-    by = await sidecar.call(client.purge_orchestrations_by, created_time_from=datetime(2000, 1, 1, tzinfo=UTC),
+    by = await sidecar.call(client.purge_orchestrations_by,
+                            created_time_from=datetime(2000, 1, 1, tzinfo=UTC),
                             runtime_status=[S.COMPLETED])
     assert by.deleted_instance_count == 3
     assert await status_of(sidecar, live) in (S.PENDING, S.RUNNING)
@@ -105,8 +108,8 @@ async def test_query_paging_and_list_instance_ids(sidecar: Sidecar, worker) -> N
     assert all(s.serialized_output == f'"{s.instance_id}"' for s in everything)
     seen, token = [], None
     while True:
-        page = await sidecar.call(client.list_instance_ids, runtime_status=[S.COMPLETED], page_size=10,
-                                  continuation_token=token)
+        page = await sidecar.call(client.list_instance_ids, runtime_status=[S.COMPLETED],
+                                  page_size=10, continuation_token=token)
         seen += page.items
         token = page.continuation_token
         if not token:
@@ -120,7 +123,9 @@ async def test_restart_and_rewind(sidecar: Sidecar, worker) -> None:
     first = await sidecar.run(app.quick, input={"x": 1}, instance_id="rs")
     same = await sidecar.call(client.restart_orchestration, "rs")
     again = await sidecar.call(client.wait_for_orchestration_completion, same, timeout=20)
-    other = await sidecar.call(client.restart_orchestration, "rs", restart_with_new_instance_id=True)
+    other = await sidecar.call(
+        client.restart_orchestration, "rs", restart_with_new_instance_id=True
+    )
     assert same == "rs" and other != "rs" and again.serialized_output == first.serialized_output
 
     failed = await sidecar.run(app.fails_once_in_the_middle, input="w", instance_id="rw")
@@ -147,7 +152,8 @@ async def test_restart_and_rewind(sidecar: Sidecar, worker) -> None:
 async def test_retries_and_versions(sidecar: Sidecar, worker) -> None:
     app.attempts.clear()
     assert (await sidecar.run(app.retries, input="a")).serialized_output == '"a ok after 3"'
-    assert (await sidecar.run(app.retries_child, input="b", instance_id="rc")).serialized_output == '"b ok after 3"'
+    child = await sidecar.run(app.retries_child, input="b", instance_id="rc")
+    assert child.serialized_output == '"b ok after 3"'
     state = await sidecar.run(app.versioned, version="1.2.3")
     assert state.serialized_output == '"1.2.3"'
 

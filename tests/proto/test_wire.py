@@ -33,7 +33,9 @@ def sample(meta, variant, depth):
             wrapper = meta.unwrap()
             if wrapper.__name__ == "Timestamp":
                 base = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-                return [base, datetime(1970, 1, 1, tzinfo=UTC), base - timedelta(days=30000)][variant % 3]
+                return [
+                    base, datetime(1970, 1, 1, tzinfo=UTC), base - timedelta(days=30000)
+                ][variant % 3]
             if wrapper.__name__ == "Duration":
                 return [timedelta(seconds=5, microseconds=3), timedelta(0)][variant % 2]
             if wrapper.__name__ == "StringValue":
@@ -61,7 +63,9 @@ def fill(cls, variant=1, depth=0):
     for name, meta in cls._betterproto.meta_by_field_name.items():
         if meta.group:
             # One member per oneof, chosen by the variant so every member is exercised.
-            members = [n for n, m in cls._betterproto.meta_by_field_name.items() if m.group == meta.group]
+            members = [
+                n for n, m in cls._betterproto.meta_by_field_name.items() if m.group == meta.group
+            ]
             if meta.group in seen_groups or members[variant % len(members)] != name:
                 continue
             seen_groups.add(meta.group)
@@ -73,7 +77,9 @@ def fill(cls, variant=1, depth=0):
                 if depth > 2:
                     continue
                 value = fill(_message_arg(hint, 1), variant, depth + 1)
-            setattr(msg, name, {sample(kmeta, variant, depth): value, sample(kmeta, variant + 1, depth): value})
+            setattr(msg, name, {
+                sample(kmeta, variant, depth): value, sample(kmeta, variant + 1, depth): value
+            })
             continue
         if meta.proto_type == betterproto2.TYPE_MESSAGE and meta.unwrap is None:
             if depth > 2:
@@ -121,7 +127,10 @@ def test_empty_messages_and_defaults():
 
 def test_every_history_event_kind_is_covered():
     kinds = {name for name, m in pb.HistoryEvent._betterproto.meta_by_field_name.items() if m.group}
-    covered = {betterproto2.which_one_of(fill(pb.HistoryEvent, v), "eventType")[0] for v in range(len(kinds))}
+    covered = {
+        betterproto2.which_one_of(fill(pb.HistoryEvent, v), "eventType")[0]
+        for v in range(len(kinds))
+    }
     assert covered == kinds
 
 

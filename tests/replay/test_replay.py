@@ -85,7 +85,10 @@ def test_is_replaying_and_now_come_from_history():
         seen.append((ctx.is_replaying, ctx.now))
 
     t1 = T0 + timedelta(hours=1, seconds=3)
-    past = [*start("watcher"), h.timer_created(T0, 0, T0 + timedelta(hours=1)), h.orchestrator_completed(T0)]
+    past = [
+        *start("watcher"), h.timer_created(T0, 0, T0 + timedelta(hours=1)),
+        h.orchestrator_completed(T0),
+    ]
     OrchestrationRun(reg.orchestrators, "i1").feed(
         past, [h.orchestrator_started(t1), h.timer_fired(t1, 0, T0 + timedelta(hours=1))]
     )
@@ -139,7 +142,9 @@ def test_golden_history_that_no_longer_matches_raises_non_determinism():
         # The recorded history scheduled activity "hello" first; the code now starts a timer.
         await ctx.create_timer(timedelta(minutes=5))
 
-    past = [*start("changed"), h.task_scheduled(T0, 0, "hello", '"x"'), h.orchestrator_completed(T0)]
+    past = [
+        *start("changed"), h.task_scheduled(T0, 0, "hello", '"x"'), h.orchestrator_completed(T0)
+    ]
     actions = OrchestrationRun(reg.orchestrators, "i1").feed(
         past, [h.orchestrator_started(T0), h.task_completed(T0, 0, '"y"')]
     )
@@ -159,7 +164,9 @@ def test_renamed_activity_is_non_deterministic():
         await ctx.call_activity("goodbye")
 
     past = [*start("renamed"), h.task_scheduled(T0, 0, "hello"), h.orchestrator_completed(T0)]
-    failed = completion(OrchestrationRun(reg.orchestrators, "i1").feed(past, [h.orchestrator_started(T0)]))
+    failed = completion(
+        OrchestrationRun(reg.orchestrators, "i1").feed(past, [h.orchestrator_started(T0)])
+    )
     assert failed.failure_details.error_type == "NonDeterminismError"
     assert "name='goodbye'" in failed.failure_details.error_message
 
@@ -207,7 +214,9 @@ def test_when_all_and_when_any():
     run = OrchestrationRun(reg.orchestrators, "i1")
     assert kinds(run.feed([], start("fan"))) == ["schedule_task"] * 3
     # out-of-order completions still produce results in call order
-    actions = run.feed([], [h.orchestrator_started(T0), h.task_completed(T0, 2, "2"), h.task_completed(T0, 0, "0")])
+    actions = run.feed([], [
+        h.orchestrator_started(T0), h.task_completed(T0, 2, "2"), h.task_completed(T0, 0, "0")
+    ])
     assert actions == []
     actions = run.feed([], [h.orchestrator_started(T0), h.task_completed(T0, 1, "1")])
     assert [a.id for a in actions] == [3, 4]
@@ -290,7 +299,9 @@ def test_sub_orchestration_ids_derived_or_explicit():
     assert [a.create_sub_orchestration.instance_id for a in actions] == ["p:0000", "explicit"]
     run.feed([], [h.orchestrator_started(T0), h.sub_orchestration_completed(T0, 0, '"one"')])
     details = dtrio.FailureDetails("RuntimeError", "child broke")
-    failed = completion(run.feed([], [h.orchestrator_started(T0), h.sub_orchestration_failed(T0, 1, details)]))
+    failed = completion(run.feed([], [
+        h.orchestrator_started(T0), h.sub_orchestration_failed(T0, 1, details)
+    ]))
     assert failed.orchestration_status == pb.OrchestrationStatus.FAILED
     assert failed.failure_details.error_type == "TaskFailedError"
     assert "child broke" in failed.failure_details.error_message
@@ -320,7 +331,8 @@ def test_pure_modules_import_no_trio_or_sqlite(module):
 
     code = (
         f"import sys, {module}; "
-        "bad = [m for m in ('trio', 'sqlite3', 'sqlite_utils', 'trio_asyncio') if m in sys.modules]; "
+        "bad = [m for m in ('trio', 'sqlite3', 'sqlite_utils', 'trio_asyncio') "
+        "if m in sys.modules]; "
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -337,6 +349,7 @@ def test_retry_policy_delays_cap_and_timeout():
     delays = [policy.next_delay(n, timedelta(0), failure) for n in range(1, 7)]
     assert delays[:4] == [timedelta(seconds=s) for s in (2, 6, 18, 30)]
     assert delays[5] is None  # the sixth attempt was the last
-    assert policy.next_delay(2, timedelta(seconds=55), failure) is None  # would end past the timeout
+    # would end past the timeout
+    assert policy.next_delay(2, timedelta(seconds=55), failure) is None
     final = dtrio.TaskFailedError("x", dtrio.FailureDetails("E", "m", is_non_retriable=True))
     assert policy.next_delay(1, timedelta(0), final) is None

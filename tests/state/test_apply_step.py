@@ -37,20 +37,27 @@ def test_schedule_task_and_timer():
         action(0, schedule_task=pb.ScheduleTaskAction(name="a", input='"x"')),
         action(1, create_timer=pb.CreateTimerAction(fire_at=fire)),
     ], T0)
-    assert kinds(step.history) == ["orchestrator_started", "task_scheduled", "timer_created", "orchestrator_completed"]
+    assert kinds(step.history) == [
+        "orchestrator_started", "task_scheduled", "timer_created", "orchestrator_completed"
+    ]
     scheduled = pb.HistoryEvent.parse(step.history[1])
     assert scheduled.event_id == 0 and scheduled.task_scheduled.name == "a"
     (task,) = step.activities
-    assert (task.instance_id, task.execution_id, task.task_id, task.name, task.input) == ("i1", "e1", 0, "a", '"x"')
+    assert (task.instance_id, task.execution_id, task.task_id, task.name, task.input) == (
+        "i1", "e1", 0, "a", '"x"'
+    )
     (timer,) = step.messages
-    assert timer.instance_id == "i1" and timer.visible_at == to_us(fire) and timer.execution_id == "e1"
+    assert (
+        timer.instance_id == "i1" and timer.visible_at == to_us(fire) and timer.execution_id == "e1"
+    )
     assert pb.HistoryEvent.parse(timer.event).timer_fired.timer_id == 1
     assert step.status == int(S.RUNNING) and not step.completed
 
 
 def test_sub_orchestration_creates_child_with_parent_info_and_version():
     step = apply_step("i1", "e1", started(), NEW, [
-        action(0, create_sub_orchestration=pb.CreateSubOrchestrationAction(instance_id="c1", name="child", input="1")),
+        action(0, create_sub_orchestration=pb.CreateSubOrchestrationAction(
+            instance_id="c1", name="child", input="1")),
     ], T0)
     (child,) = step.new_instances
     first = pb.HistoryEvent.parse(child.started).execution_started
@@ -59,12 +66,16 @@ def test_sub_orchestration_creates_child_with_parent_info_and_version():
     assert first.parent_instance.orchestration_instance.instance_id == "i1"
     assert first.version == "v2"  # inherited from the parent
     conflict = pb.HistoryEvent.parse(child.conflict.event).sub_orchestration_instance_failed
-    assert conflict.task_scheduled_id == 0 and "already exists" in conflict.failure_details.error_message
+    assert (
+        conflict.task_scheduled_id == 0
+        and "already exists" in conflict.failure_details.error_message
+    )
 
 
 def test_completion_notifies_the_parent():
     parent = pb.ParentInstanceInfo(
-        task_scheduled_id=7, orchestration_instance=pb.OrchestrationInstance(instance_id="p", execution_id="pe"),
+        task_scheduled_id=7,
+        orchestration_instance=pb.OrchestrationInstance(instance_id="p", execution_id="pe"),
     )
     step = apply_step("i1", "e1", started(parent), NEW, [
         action(0, complete_orchestration=pb.CompleteOrchestrationAction(
@@ -79,7 +90,9 @@ def test_completion_notifies_the_parent():
 
 
 def test_failure_keeps_details_and_fails_the_parent_task():
-    parent = pb.ParentInstanceInfo(task_scheduled_id=3, orchestration_instance=pb.OrchestrationInstance(instance_id="p"))
+    parent = pb.ParentInstanceInfo(
+        task_scheduled_id=3, orchestration_instance=pb.OrchestrationInstance(instance_id="p")
+    )
     details = pb.TaskFailureDetails(error_type="KeyError", error_message="k", stack_trace="tb")
     step = apply_step("i1", "e1", started(parent), NEW, [
         action(0, complete_orchestration=pb.CompleteOrchestrationAction(
@@ -93,7 +106,8 @@ def test_failure_keeps_details_and_fails_the_parent_task():
 
 def test_send_event_and_unsupported_action():
     step = apply_step("i1", "e1", started(), NEW, [
-        action(0, send_event=pb.SendEventAction(instance=pb.OrchestrationInstance(instance_id="other"), name="go", data="1")),
+        action(0, send_event=pb.SendEventAction(
+            instance=pb.OrchestrationInstance(instance_id="other"), name="go", data="1")),
         action(1, send_entity_message=pb.SendEntityMessageAction()),
         action(2, schedule_task=pb.ScheduleTaskAction(name="never")),
     ], T0)
