@@ -427,22 +427,17 @@ class RemoteWork:
         )
         item, step = lease.item, lease.step
         assert isinstance(item, OrchestrationWorkItem) and step is not None
-        settled = False
-        try:
+
+        async def commit() -> None:
             plan = apply_step(
                 item.instance_id, item.execution_id, step.started, step.new_events,
                 response.actions, self._clock.now_dt(),
                 custom_status=response.custom_status, suspended=step.suspended,
             )
             await self._backend.complete_orchestration(item, plan)
-            settled = True
-            self._abandoned.pop(item.instance_id, None)
-        except LeaseLost:
-            settled = True
-            raise
-        finally:
-            if not settled:
-                await self._abandon(self._orchestrations, item, self._backoff(item))
+
+        await self._settle(self._orchestrations, item, commit)
+        self._abandoned.pop(item.instance_id, None)
 
     async def complete_activity(self, response: pb.ActivityResponse) -> None:
         lease = self._take(
@@ -461,16 +456,10 @@ class RemoteWork:
             ))
         else:
             event = h.task_completed(now, item.task_id, response.result)
-        settled = False
-        try:
-            await self._backend.complete_activity(item, encode(event), decoded=event)
-            settled = True
-        except LeaseLost:
-            settled = True
-            raise
-        finally:
-            if not settled:
-                await self._abandon(self._activities, item, self._backoff(item))
+        await self._settle(
+            self._activities, item,
+            partial(self._backend.complete_activity, item, encode(event), decoded=event),
+        )
 
     async def complete_entity(self, result: pb.EntityBatchResult) -> None:
         if not result.completion_token:
@@ -487,20 +476,15 @@ class RemoteWork:
                         details.error_type, details.error_message)
             await self._abandon(self._entities, item, self._backoff(item))
             return
-        settled = False
-        try:
+
+        async def commit() -> None:
             step = finish_batch(batch, result, self._clock.now_dt())
             for why in step.rejected:
                 log.warning("dropped %s", why)
             await self._backend.complete_entity(item, step)
-            settled = True
-            self._abandoned.pop(item.instance_id, None)
-        except LeaseLost:
-            settled = True
-            raise
-        finally:
-            if not settled:
-                await self._abandon(self._entities, item, self._backoff(item))
+
+        await self._settle(self._entities, item, commit)
+        self._abandoned.pop(item.instance_id, None)
 
     async def fail_entity(self, token: str, failure: pb.OperationResult) -> None:
         """Complete a held batch with `failure` for every operation, keeping its state."""
@@ -519,6 +503,19 @@ class RemoteWork:
         if lease is not None:
             self._drop(lease)
             await self._abandon(self._entities, lease.item, self._backoff(lease.item))
+
+    async def _settle(
+        self, queue: _Queue, item: Any, commit: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Commit a worker's result. If that fails (a bug, a full disk, a cancellation), the
+        item goes back to the store with backoff; a lost lease means it is someone else's."""
+        try:
+            await commit()
+        except LeaseLost:
+            raise
+        except BaseException:
+            await self._abandon(queue, item, self._backoff(item))
+            raise
 
     async def abandon_orchestration(self, token: str) -> None:
         """Give a step back, with backoff; an unknown token is a no-op (already released)."""
