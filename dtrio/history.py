@@ -9,7 +9,7 @@ import betterproto2
 
 from . import _pb as pb
 from .errors import FailureDetails
-from .wire import one_of
+from .wire import history_marker, one_of
 
 
 def kind(event: pb.HistoryEvent) -> str:
@@ -86,6 +86,16 @@ def execution_started(
 
 def orchestrator_started(now: datetime) -> pb.HistoryEvent:
     return event(now, orchestrator_started=pb.OrchestratorStartedEvent())
+
+
+_ORCHESTRATOR_STARTED = (
+    pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_started"].number
+)
+
+
+def step_opener(now: datetime) -> tuple[pb.HistoryEvent, bytes]:
+    """The orchestratorStarted that opens every step, and its bytes, made without encoding."""
+    return orchestrator_started(now), history_marker(_ORCHESTRATOR_STARTED, now)
 
 
 def orchestrator_completed(now: datetime) -> pb.HistoryEvent:

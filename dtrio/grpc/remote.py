@@ -30,7 +30,7 @@ from ..services.dispatch import RELEASE_TIMEOUT, backoff
 from ..services.entities import plan_item
 from ..signals import Wakeup
 from ..state import TERMINAL, apply_step
-from ..wire import decode, encode, history_marker
+from ..wire import decode, encode
 from .filters import work_item_filters
 from .workitems import (
     HEALTH_PING,
@@ -43,9 +43,6 @@ from .workitems import (
 log = logging.getLogger("dtrio.grpc")
 
 _SUSPENDED = int(pb.OrchestrationStatus.SUSPENDED)
-_ORCHESTRATOR_STARTED = (
-    pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_started"].number
-)
 
 # gRPC clients refuse larger messages unless configured otherwise: the official SDK workers do.
 DEFAULT_MAX_WORK_ITEM_SIZE = 4 << 20
@@ -296,7 +293,7 @@ class RemoteWork:
             return
         past = await self._backend.load_history(item.instance_id)
         now = self._clock.now_dt()
-        new = [(h.orchestrator_started(now), history_marker(_ORCHESTRATOR_STARTED, now))]
+        new: list[tuple[pb.HistoryEvent, bytes]] = [h.step_opener(now)]
         for inbox_id, data in item.events:
             event = item.decoded.get(inbox_id)
             new.append((decode(pb.HistoryEvent, data) if event is None else event, data))

@@ -18,6 +18,7 @@ from ..logs import work_item
 from ..registry import Registry
 from ..replay import OrchestrationRun, describe_action
 from ..state import TERMINAL, OrchestrationStep, apply_step
+from ..wire import decode
 from .dispatch import RELEASE_TIMEOUT, Dispatcher, backoff
 from .options import EngineOptions
 
@@ -89,11 +90,11 @@ class OrchestrationDispatcher:
                 run = OrchestrationRun(self._registry.orchestrators, item.instance_id)
                 past = await self._load_history(item)
             now = self._clock.now_dt()
-            new = [(h.orchestrator_started(now), None)]
+            new: list[tuple[pb.HistoryEvent, bytes | None]] = [h.step_opener(now)]
             cached = item.decoded
             for inbox_id, data in item.events:
                 event = cached.get(inbox_id)
-                new.append((pb.HistoryEvent.parse(data) if event is None else event, data))
+                new.append((decode(pb.HistoryEvent, data) if event is None else event, data))
             events = [event for event, _ in new]
             actions = run.feed(past or [], events)
             step = apply_step(
@@ -123,7 +124,7 @@ class OrchestrationDispatcher:
 
     async def _load_history(self, item: OrchestrationWorkItem) -> list[pb.HistoryEvent]:
         stored = await self._backend.load_history(item.instance_id)
-        return [pb.HistoryEvent.parse(data) for data in stored]
+        return [decode(pb.HistoryEvent, data) for data in stored]
 
     def _emit_spans(
         self, item: OrchestrationWorkItem, execution: list[pb.HistoryEvent], now: datetime,
