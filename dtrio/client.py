@@ -16,7 +16,7 @@ from . import history as h
 from . import payloads, tracing
 from .backend import Backend, EntityQuery, EntityRecord, InstanceQuery, InstanceRecord
 from .clock import Clock
-from .entities.ids import EntityId, is_entity_id
+from .entities.ids import EntityId, id_prefix, is_entity_id
 from .errors import FailureDetails, InstanceNotFound, InvalidInput, InvalidOperation
 from .registry import name_of
 from .state import TERMINAL, Message, NewInstance, from_us, new_execution_id, to_us
@@ -351,15 +351,21 @@ class Client:
 
     async def signal_entity(
         self, entity: EntityId | str, operation: str, input: Any = None, *,
-        signal_time: datetime | None = None,
+        signal_time: datetime | timedelta | None = None,
     ) -> None:
         """Send an operation to an entity, one way (created on its first message); with
-        `signal_time`, it is processed no earlier than then, durably."""
+        `signal_time` (a time, or a delay from now), it is processed no earlier than then,
+        durably."""
         target = EntityId.of(entity)
         if not operation:
             raise InvalidInput("signal_entity needs an operation name")
         data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
         now = self._clock.now_dt()
+        if isinstance(signal_time, timedelta):
+            signal_time = now + signal_time
+        elif signal_time is not None and not isinstance(signal_time, datetime):
+            raise InvalidInput(f"signal_time must be a datetime or a timedelta, not "
+                               f"{type(signal_time).__name__}")
         visible = to_us(now)
         if signal_time is not None:
             visible = max(_us(signal_time, "signal_time") or 0, visible)
@@ -394,7 +400,7 @@ class Client:
         `@name@key` ID starts with `instance_id_prefix`; modified in [from, to)."""
         if name is not None and instance_id_prefix is not None:
             raise InvalidInput("query_entities takes a name or an instance ID prefix, not both")
-        prefix = instance_id_prefix
+        prefix = id_prefix(instance_id_prefix) if instance_id_prefix is not None else None
         if name is not None:
             prefix = f"@{EntityId(name, '-').name}@"
         page = await self._backend.query_entities(EntityQuery(

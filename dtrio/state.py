@@ -223,7 +223,14 @@ def _create_timer(
 
 def _create_sub_orchestration(
     b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CreateSubOrchestrationAction
-) -> None:
+) -> object:
+    if body.instance_id.startswith("@"):
+        # Everything sent to it would go to an entity's inbox instead.
+        _fail(b, action.id, FailureDetails("InvalidInstanceId", (
+            f"orchestrator action #{action.id} creates sub-orchestration {body.instance_id!r}, "
+            "but instance IDs starting with '@' are reserved for entities"),
+            is_non_retriable=True))
+        return _STOP
     trace = body.parent_trace_context or b.trace
     b.add(pb.HistoryEvent(
         event_id=action.id, timestamp=b.now,
@@ -441,6 +448,8 @@ def _entity_message(
     else:
         target = None
     problem = _entity_target_problem(kind, target)
+    if problem is None and kind == "entity_lock_requested":
+        problem = _lock_set_problem(msg.lock_set)
     if problem is not None:
         _fail(b, action.id, FailureDetails("InvalidEntityMessage", (
             f"orchestrator action #{action.id} sends an entity message "
@@ -455,6 +464,21 @@ def _entity_message(
         visible = max(to_us(msg.scheduled_time), b.now_us)
     # Entity names are case-insensitive: deliver to the one stored (lowercase) name.
     b.message(str(EntityId.parse(target)), event, visible)
+    return None
+
+
+def _lock_set_problem(lock_set: Sequence[str]) -> str | None:
+    """Why a lock set cannot be forwarded from entity to entity: each entry must be an entity,
+    and none twice (the second request would wait for the lock its own section holds)."""
+    seen: set[str] = set()
+    for entry in lock_set:
+        try:
+            entity = str(EntityId.parse(entry))
+        except InvalidInput as exc:
+            return f"its lock set holds {entry!r}: {exc}"
+        if entity in seen:
+            return f"its lock set names {entity} twice"
+        seen.add(entity)
     return None
 
 

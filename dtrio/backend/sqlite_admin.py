@@ -12,8 +12,9 @@ import trio
 from .. import _pb as pb
 from .. import history as h
 from ..errors import InstanceNotFound, InvalidInput, InvalidOperation
+from ..replay.rewind import sections_open_at_failure
 from ..state import TERMINAL, ChildRewind, from_us
-from ..wire import encode
+from ..wire import decode, encode
 from .base import InstancePage, InstanceQuery, InstanceRecord
 
 if TYPE_CHECKING:
@@ -78,6 +79,14 @@ class SqliteAdmin:
                     f"cannot rewind orchestration {instance_id!r}: it is "
                     f"{pb.OrchestrationStatus(row[0]).name}, "
                     "and only FAILED instances can be rewound"
+                )
+            history = [decode(pb.HistoryEvent, r[0]) for r in conn.execute(
+                "SELECT event FROM history WHERE instance_id = ? ORDER BY seq", (instance_id,))]
+            if sections_open_at_failure(history):
+                raise InvalidOperation(
+                    f"cannot rewind orchestration {instance_id!r}: it failed inside an entity "
+                    "critical section, whose locks were released when it failed; start it again "
+                    "instead"
                 )
             self._prepare_rewind(conn, instance_id, reason, None, self._clock.now_us())
 

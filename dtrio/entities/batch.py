@@ -11,6 +11,7 @@ arrival order.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -21,6 +22,8 @@ from ..state import Message, NewInstance, new_execution_id, to_us
 from ..trace_context import start_traced
 from ..wire import encode, one_of
 from .ids import EntityId
+
+log = logging.getLogger("dtrio.engine")
 
 
 @dataclass(slots=True)
@@ -136,7 +139,14 @@ def _lock(
             position=following, parent_instance_id=request.parent_instance_id,
         )
         event = h.event(now, entity_lock_requested=forward)
-        target = str(EntityId.parse(request.lock_set[following]))
+        try:
+            target = str(EntityId.parse(request.lock_set[following]))
+        except InvalidInput as exc:
+            # Refused when the orchestration sent it; a stored one must not stop this entity.
+            # The lock stays with the orchestration until it ends, like any it holds.
+            log.warning("entity lock request of %s names a non-entity %r: %s",
+                        parent or "an orchestration", request.lock_set[following], exc)
+            return
         batch.lock_messages.append(Message(target, encode(event), now_us, None, event))
     elif parent:
         granted = h.event(now, entity_lock_granted=pb.EntityLockGrantedEvent(

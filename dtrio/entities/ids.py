@@ -55,3 +55,12 @@ class EntityId:
 def is_entity_id(instance_id: str) -> bool:
     """Whether an instance ID names an entity: the protocol reserves IDs starting with '@'."""
     return instance_id.startswith("@")
+
+
+def id_prefix(prefix: str) -> str:
+    """An ID prefix as stored: the name part lowercased, as names are case-insensitive, and
+    the key part as given."""
+    if not prefix.startswith("@"):
+        return prefix
+    name, at, key = prefix[1:].partition("@")
+    return f"@{name.lower()}{at}{key}"

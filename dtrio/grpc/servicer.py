@@ -12,7 +12,7 @@ from .. import history as h
 from .._pb.google import protobuf as google_protobuf
 from ..backend import EntityQuery, EntityRecord, InstanceQuery
 from ..client import validate_instance_id
-from ..entities.ids import EntityId
+from ..entities.ids import EntityId, id_prefix
 from ..errors import InstanceNotFound, InvalidInput, MessageTooLarge
 from ..services import Engine
 from ..state import Message, NewInstance, from_us, new_execution_id, to_us
@@ -259,7 +259,7 @@ class Servicer:
     async def query_entities(self, request: pb.QueryEntitiesRequest) -> pb.QueryEntitiesResponse:
         q = request.query or pb.EntityQuery()
         page = await self._backend.query_entities(EntityQuery(
-            q.instance_id_starts_with or None,
+            id_prefix(q.instance_id_starts_with) if q.instance_id_starts_with else None,
             to_us(q.last_modified_from) if q.last_modified_from else None,
             to_us(q.last_modified_to) if q.last_modified_to else None,
             q.include_state, q.include_transient,

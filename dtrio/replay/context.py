@@ -98,6 +98,13 @@ class CriticalSection:
 
     def release(self) -> None:
         """Unlock the entities (also done at the end of the `async with` block)."""
+        if not self.held:
+            # An unlock would overtake the lock request still travelling between the entities,
+            # and the lock taken after it would never be released.
+            raise InvalidOperation(
+                "release() of a critical section whose locks are not granted yet: "
+                "await the section first"
+            )
         self._ctx._release(self)
 
 
@@ -160,6 +167,9 @@ class OrchestrationContext:
         data = payloads.encode(input, f"input of sub-orchestration {name!r}")
         if instance_id is not None and not instance_id:
             raise InvalidInput("sub-orchestration instance ID must not be empty")
+        if instance_id is not None and instance_id.startswith("@"):
+            raise InvalidInput(f"sub-orchestration instance ID {instance_id!r} starts with '@', "
+                               "which the protocol reserves for entities")
 
         def attempt() -> Task[Any]:
             seq = self._run.next_id

@@ -41,6 +41,26 @@ def rewound_history(
     return clean
 
 
+def sections_open_at_failure(events: Sequence[pb.HistoryEvent]) -> list[str]:
+    """Entity critical sections an execution had not closed before the step it failed in.
+
+    Such an execution cannot be rewound: its locks were released when it failed, while a replay
+    of the cleaned history would find them granted and run the rest of the section without
+    them."""
+    last_step = max(
+        (i for i, e in enumerate(events) if e.orchestrator_started is not None), default=0
+    )
+    requested = {
+        e.entity_lock_requested.critical_section_id
+        for e in events if e.entity_lock_requested is not None
+    }
+    closed = {
+        e.entity_unlock_sent.critical_section_id
+        for e in events[:last_step] if e.entity_unlock_sent is not None
+    }
+    return sorted(requested - closed)
+
+
 def rewind_action(
     past: Iterable[pb.HistoryEvent], new: Iterable[pb.HistoryEvent]
 ) -> pb.OrchestratorAction:

@@ -225,3 +225,46 @@ async def test_a_slow_operation_keeps_its_lease(autojump_clock, caplog):
         assert state.output == 1
         assert (await engine.client.get_entity("@slow@1")).state == 1
     assert not [r for r in caplog.records if "lost" in r.getMessage()]
+
+
+@registry.orchestrator
+async def child_with_an_entity_id(ctx, _):
+    return await ctx.call_sub_orchestrator(record_balance, input=1, instance_id="@sub@1")
+
+
+async def test_a_sub_orchestration_may_not_take_an_entity_id(autojump_clock):
+    # Everything sent to it would land in an entity's inbox: the parent would wait for ever.
+    async with open_test_engine(registry) as engine:
+        iid = await engine.client.schedule_new_orchestration(child_with_an_entity_id)
+        state = await engine.client.wait_for_orchestration_completion(iid, timeout=60)
+        assert state.runtime_status == S.FAILED
+        assert "reserves for entities" in state.failure_details.message
+        assert await engine.client.get_entity("@sub@1") is None
+
+
+def test_an_sdk_sub_orchestration_with_an_entity_id_fails_its_parent():
+    from datetime import UTC, datetime
+
+    from dtrio import _pb as pb
+    from dtrio.state import apply_step
+
+    action = pb.OrchestratorAction(id=0, create_sub_orchestration=pb.CreateSubOrchestrationAction(
+        instance_id="@sub@1", name="child"))
+    step = apply_step("p", "x1", None, [], [action], datetime(2026, 1, 1, tzinfo=UTC))
+    assert step.status == int(S.FAILED) and not step.new_instances
+    assert b"reserved for entities" in step.failure
+
+
+async def test_client_signals_take_a_delay_and_queries_any_name_case(autojump_clock):
+    async with open_test_engine(registry) as engine:
+        client = engine.client
+        await client.signal_entity("@Counter@later", "add", 2, signal_time=timedelta(minutes=5))
+        await trio.sleep(60)
+        assert await client.get_entity("@counter@later") is None
+        await trio.sleep(300)
+        assert (await client.get_entity("@counter@later")).state == 2
+        for prefix in ("@Counter@", "@COUNTER@lat", "@counter"):
+            page = await client.query_entities(instance_id_prefix=prefix)
+            assert [str(e.id) for e in page.entities] == ["@counter@later"], prefix
+        with pytest.raises(dtrio.InvalidInput, match="signal_time must be a datetime"):
+            await client.signal_entity("@counter@later", "add", 1, signal_time=300)

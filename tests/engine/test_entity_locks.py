@@ -163,3 +163,93 @@ async def test_critical_section_rules(autojump_clock, case, message):
         # Whatever it locked was released when it failed.
         for key in ("m1", "m2", "g"):
             assert (await engine.client.get_entity(f"@account@{key}")) is None
+
+
+# -- what a section may not do ----------------------------------------------------------------
+
+
+@registry.orchestrator
+async def releases_before_the_grant(ctx, _):
+    section = ctx.lock_entities([EntityId("account", "early1"), EntityId("account", "early2")])
+    section.release()
+
+
+async def test_releasing_a_section_before_its_grant_is_refused(autojump_clock):
+    # Sent at once, the unlock would overtake the lock request and the entity stay locked.
+    async with open_test_engine(registry) as engine:
+        iid = await engine.client.schedule_new_orchestration(releases_before_the_grant)
+        state = await engine.client.wait_for_orchestration_completion(iid, timeout=60)
+        assert state.runtime_status == S.FAILED
+        assert "not granted yet" in state.failure_details.message
+        await engine.client.signal_entity("@account@early2", "set", 1)
+        await trio.sleep(60)
+        entity = await engine.client.get_entity("@account@early2")
+        assert entity.locked_by is None and entity.state == 1
+
+
+def lock_request_step(lock_set):
+    """What an SDK worker's lock request becomes."""
+    from datetime import UTC, datetime
+
+    from dtrio import _pb as pb
+    from dtrio.state import apply_step
+
+    action = pb.OrchestratorAction(id=0, send_entity_message=pb.SendEntityMessageAction(
+        entity_lock_requested=pb.EntityLockRequestedEvent(
+            critical_section_id="cs", lock_set=lock_set, position=0, parent_instance_id="o")))
+    return apply_step("o", "x1", None, [], [action], datetime(2026, 1, 1, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("lock_set, problem", [
+    (["@account@a", "not-an-entity"], "'not-an-entity' is not an entity ID"),
+    (["@account@d", "@Account@d"], "names @account@d twice"),
+])
+def test_a_lock_set_that_cannot_be_forwarded_fails_the_orchestration(lock_set, problem):
+    # Accepted, it would stop the first entity for good, or make it wait for its own lock.
+    step = lock_request_step(lock_set)
+    assert step.status == int(S.FAILED) and not step.messages
+    failure = dtrio.wire.decode(dtrio._pb.TaskFailureDetails, step.failure)
+    assert failure.error_type == "InvalidEntityMessage" and problem in failure.error_message
+
+
+attempts: list[int] = []
+
+
+@registry.activity
+async def flaky(ctx, _):
+    attempts.append(1)
+    if len(attempts) == 1:
+        raise RuntimeError("first attempt fails")
+    return "ok"
+
+
+@registry.orchestrator
+async def fails_inside_a_section(ctx, _):
+    async with ctx.lock_entities([EntityId("account", "rw")]):
+        return await ctx.call_activity(flaky)
+
+
+@registry.orchestrator
+async def fails_after_a_section(ctx, _):
+    async with ctx.lock_entities([EntityId("account", "rw2")]):
+        await ctx.call_entity("@account@rw2", "get")
+    return await ctx.call_activity(flaky)
+
+
+async def test_rewind_is_refused_for_a_failure_inside_a_section(autojump_clock):
+    # Its locks went when it failed; a replay would find them granted and run on without them.
+    async with open_test_engine(registry) as engine:
+        client = engine.client
+        for orchestrator, refused in ((fails_inside_a_section, True),
+                                      (fails_after_a_section, False)):
+            attempts.clear()
+            iid = await client.schedule_new_orchestration(orchestrator)
+            state = await client.wait_for_orchestration_completion(iid, timeout=60)
+            assert state.runtime_status == S.FAILED
+            if refused:
+                with pytest.raises(dtrio.InvalidOperation, match="inside an entity critical"):
+                    await client.rewind_orchestration(iid, "again")
+                continue
+            await client.rewind_orchestration(iid, "again")
+            state = await client.wait_for_orchestration_completion(iid, timeout=60)
+            assert (state.runtime_status, state.output) == (S.COMPLETED, "ok")
