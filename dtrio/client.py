@@ -16,35 +16,15 @@ from . import history as h
 from . import payloads, tracing
 from .backend import Backend, EntityQuery, EntityRecord, InstanceQuery, InstanceRecord
 from .clock import Clock
-from .entities.ids import EntityId, id_prefix, is_entity_id
+from .entities.ids import EntityId, id_prefix
 from .errors import FailureDetails, InstanceNotFound, InvalidInput, InvalidOperation
+from .instance_ids import validate_instance_id
 from .registry import name_of
 from .state import TERMINAL, Message, NewInstance, from_us, new_execution_id, to_us
 from .trace_context import start_traced
 from .wire import encode
 
 OrchestrationStatus = pb.OrchestrationStatus
-
-MAX_INSTANCE_ID_LENGTH = 100
-
-
-def validate_instance_id(instance_id: str) -> str:
-    if not isinstance(instance_id, str) or not instance_id:
-        raise InvalidInput("instance ID must be a non-empty string")
-    if len(instance_id) > MAX_INSTANCE_ID_LENGTH:
-        raise InvalidInput(
-            f"instance ID is {len(instance_id)} characters long; "
-            f"the limit is {MAX_INSTANCE_ID_LENGTH}"
-        )
-    if any(ord(c) < 32 or ord(c) == 127 for c in instance_id):
-        raise InvalidInput(f"instance ID {instance_id!r} contains control characters")
-    if is_entity_id(instance_id):
-        raise InvalidInput(
-            f"instance ID {instance_id!r} starts with '@', which the protocol reserves for "
-            "entities; signal entities with signal_entity"
-        )
-    return instance_id
-
 
 @dataclass(frozen=True, slots=True)
 class OrchestrationState:

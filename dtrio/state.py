@@ -17,6 +17,7 @@ from . import _pb as pb
 from . import history as h
 from .entities.ids import EntityId
 from .errors import FailureDetails, InvalidInput
+from .instance_ids import validate_instance_id
 from .trace_context import new_span_id, orchestration_context, start_traced
 from .wire import encode, history_marker, one_of
 
@@ -224,11 +225,13 @@ def _create_timer(
 def _create_sub_orchestration(
     b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CreateSubOrchestrationAction
 ) -> object:
-    if body.instance_id.startswith("@"):
-        # Everything sent to it would go to an entity's inbox instead.
+    try:
+        # An ID no client could name (or one of an entity's, whose inbox would take everything
+        # sent to the child) fails the parent instead.
+        validate_instance_id(body.instance_id)
+    except InvalidInput as exc:
         _fail(b, action.id, FailureDetails("InvalidInstanceId", (
-            f"orchestrator action #{action.id} creates sub-orchestration {body.instance_id!r}, "
-            "but instance IDs starting with '@' are reserved for entities"),
+            f"orchestrator action #{action.id} creates a sub-orchestration: {exc}"),
             is_non_retriable=True))
         return _STOP
     trace = body.parent_trace_context or b.trace

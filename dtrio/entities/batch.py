@@ -18,6 +18,7 @@ from datetime import datetime
 from .. import _pb as pb
 from .. import history as h
 from ..errors import FailureDetails, InvalidInput
+from ..instance_ids import validate_instance_id
 from ..state import Message, NewInstance, new_execution_id, to_us
 from ..trace_context import start_traced
 from ..wire import encode, one_of
@@ -218,10 +219,8 @@ def _apply_action(step: EntityStep, entity_id: str, action: pb.OperationAction, 
     elif kind == "start_new_orchestration":
         if not body.name:
             raise InvalidInput("it starts an orchestration without a name")
-        if body.instance_id.startswith("@"):
-            raise InvalidInput(f"it starts an orchestration with ID {body.instance_id!r}; "
-                               "IDs starting with '@' are reserved for entities")
-        instance_id = body.instance_id or new_execution_id()
+        instance_id = (validate_instance_id(body.instance_id) if body.instance_id
+                       else new_execution_id())
         execution_id = new_execution_id()
         started = start_traced(h.execution_started(
             now, body.name, instance_id, execution_id, body.input, version=body.version,

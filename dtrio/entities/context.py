@@ -17,6 +17,7 @@ from .. import _pb as pb
 from .. import history as h
 from .. import payloads
 from ..errors import FailureDetails, InvalidInput
+from ..instance_ids import validate_instance_id
 from ..registry import name_of
 from .batch import EntityBatch
 from .ids import EntityId
@@ -84,8 +85,6 @@ class EntityContext:
         instance_id: str | None = None, start_at: datetime | None = None,
     ) -> str:
         """Start an orchestration once this operation succeeds; returns its instance ID."""
-        from ..client import validate_instance_id  # the client module imports Trio
-
         name = name_of(orchestrator, "orchestrator")
         iid = validate_instance_id(instance_id) if instance_id is not None else uuid.uuid4().hex
         self._actions.append(pb.OperationAction(

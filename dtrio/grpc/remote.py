@@ -400,11 +400,17 @@ class RemoteWork:
 
     # -- completions -----------------------------------------------------------------------
 
-    def _take(self, queue: _Queue, token: str, matches: Callable[[Item], bool], what: str) -> Lease:
+    async def _take(
+        self, queue: _Queue, token: str, matches: Callable[[Item], bool], what: str
+    ) -> Lease:
         """The lease a completion names; an empty token (older SDKs) is matched by `matches`."""
         if token:
             lease = queue.leases.get(token)
             if lease is not None and not matches(lease.item):
+                # The SDKs never retry a refused completion: kept, the item would stay with
+                # this worker for as long as it stays connected. It goes back, with backoff.
+                self._drop(lease)
+                await self._abandon(queue, lease.item, self._backoff(lease.item))
                 raise InvalidInput(f"completion token {token!r} does not belong to {what}")
         else:
             lease = next((lease for lease in queue.leases.values() if matches(lease.item)), None)
@@ -417,7 +423,7 @@ class RemoteWork:
         return lease
 
     async def complete_orchestration(self, response: pb.OrchestratorResponse) -> None:
-        lease = self._take(
+        lease = await self._take(
             self._orchestrations, response.completion_token,
             lambda item: item.instance_id == response.instance_id,
             f"orchestration {response.instance_id!r}",
@@ -437,7 +443,7 @@ class RemoteWork:
         self._abandoned.pop(item.instance_id, None)
 
     async def complete_activity(self, response: pb.ActivityResponse) -> None:
-        lease = self._take(
+        lease = await self._take(
             self._activities, response.completion_token,
             lambda item: isinstance(item, ActivityWorkItem)
             and (item.instance_id, item.task_id) == (response.instance_id, response.task_id),
@@ -462,7 +468,7 @@ class RemoteWork:
         if not result.completion_token:
             raise InvalidInput(
                 "an entity batch result needs the completion token of its work item")
-        lease = self._take(self._entities, result.completion_token, lambda item: True,
+        lease = await self._take(self._entities, result.completion_token, lambda item: True,
                            "an entity batch")
         item, batch = lease.item, lease.step
         assert isinstance(item, EntityWorkItem) and isinstance(batch, EntityBatch)

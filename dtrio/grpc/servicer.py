@@ -11,9 +11,9 @@ from .. import _pb as pb
 from .. import history as h
 from .._pb.google import protobuf as google_protobuf
 from ..backend import EntityQuery, EntityRecord, InstanceQuery
-from ..client import validate_instance_id
 from ..entities.ids import EntityId, id_prefix
 from ..errors import InstanceNotFound, InvalidInput, MessageTooLarge
+from ..instance_ids import validate_instance_id
 from ..services import Engine
 from ..state import Message, NewInstance, from_us, new_execution_id, to_us
 from ..trace_context import start_traced

@@ -242,17 +242,23 @@ async def test_a_sub_orchestration_may_not_take_an_entity_id(autojump_clock):
         assert await engine.client.get_entity("@sub@1") is None
 
 
-def test_an_sdk_sub_orchestration_with_an_entity_id_fails_its_parent():
+@pytest.mark.parametrize("child_id, problem", [
+    ("@sub@1", "reserves for entities"),
+    ("c" * 101, "101 characters long"),
+    ("ctl\x01", "control characters"),
+])
+def test_an_sdk_sub_orchestration_no_client_could_reach_fails_its_parent(child_id, problem):
     from datetime import UTC, datetime
 
     from dtrio import _pb as pb
     from dtrio.state import apply_step
 
     action = pb.OrchestratorAction(id=0, create_sub_orchestration=pb.CreateSubOrchestrationAction(
-        instance_id="@sub@1", name="child"))
+        instance_id=child_id, name="child"))
     step = apply_step("p", "x1", None, [], [action], datetime(2026, 1, 1, tzinfo=UTC))
     assert step.status == int(S.FAILED) and not step.new_instances
-    assert b"reserved for entities" in step.failure
+    failure = dtrio.wire.decode(pb.TaskFailureDetails, step.failure)
+    assert failure.error_type == "InvalidInstanceId" and problem in failure.error_message
 
 
 async def test_client_signals_take_a_delay_and_queries_any_name_case(autojump_clock):

@@ -254,3 +254,22 @@ async def test_workers_connecting_and_leaving_are_logged(caplog) -> None:
                 await trio.sleep(0.05)
     assert "worker stream connected (1 connected)" in caplog.text
     assert "worker stream disconnected (0 connected)" in caplog.text
+
+
+async def test_a_completion_refused_for_naming_another_instance_gives_the_step_back() -> None:
+    # The SDKs never retry a refused completion: held on, the step would wait for ever.
+    async with running_sidecar() as sidecar:
+        iid = await sidecar.call(sidecar.client.schedule_new_orchestration, "by-hand")
+        raw = RawWorker(sidecar.address)
+        try:
+            item = await raw.next("orchestratorRequest")
+            with pytest.raises(grpc.RpcError) as refused:
+                await raw.call("CompleteOrchestratorTask", pb.OrchestratorResponse(
+                    instanceId="someone-else", completionToken=item.completionToken,
+                    actions=[complete("1")]))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            again = await raw.next("orchestratorRequest")
+            assert again.orchestratorRequest.instanceId == iid
+            assert again.completionToken != item.completionToken
+        finally:
+            raw.close()

@@ -147,12 +147,19 @@ def test_actions_that_cannot_be_carried_out_are_dropped_with_a_reason():
                 instance_id="@a@b", name="orch")),
             pb.OperationAction(id=2, start_new_orchestration=pb.StartNewOrchestrationAction()),
             pb.OperationAction(id=3),
+            pb.OperationAction(id=4, start_new_orchestration=pb.StartNewOrchestrationAction(
+                instance_id="x" * 101, name="orch")),
+            pb.OperationAction(id=5, start_new_orchestration=pb.StartNewOrchestrationAction(
+                instance_id="ctl\x01", name="orch")),
         ],
     ), T0)
     assert step.messages == [] and step.new_instances == [] and step.consumed == [1]
     assert [why.split(":")[0] for why in step.rejected] == [
-        f"action #{i} of entity {E}" for i in range(4)]
+        f"action #{i} of entity {E}" for i in range(6)]
     assert "'nope' is not an entity ID" in step.rejected[0]
-    assert "reserved for entities" in step.rejected[1]
+    assert "reserves for entities" in step.rejected[1]
     assert "without a name" in step.rejected[2]
     assert "not one this engine knows" in step.rejected[3]
+    # IDs no client could name: such instances could never be queried, terminated or purged.
+    assert "101 characters long" in step.rejected[4]
+    assert "control characters" in step.rejected[5]
