@@ -88,6 +88,9 @@ class _Queue:
     renew: Callable[[Any, int], Awaitable[None]]
     leases: dict[str, Lease] = field(default_factory=dict)  # by completion token
     held: Wakeup = field(default_factory=Wakeup)  # a lease was handed out
+    # When each set of names (see `_rooms`) was last given work, in rounds that gave any.
+    served: dict[NameFilter | None, int] = field(default_factory=dict)
+    rounds: int = 0
     capacity: Wakeup = field(default_factory=Wakeup)  # a stream connected or a slot freed
 
 
@@ -243,6 +246,11 @@ class RemoteWork:
                 await queue.capacity.wait()
                 continue
             queue.ready.clear()
+            if sum(room for _, room in rooms) > queue.limit - len(queue.leases):
+                # The sidecar-wide limit is what is short, not the streams' room: the set of
+                # names served longest ago goes first, or the first set would take every freed
+                # slot while work that only the others take waits, however long it has waited.
+                rooms.sort(key=lambda room: queue.served.get(room[0], 0))
             drained = True
             for names, room in rooms:
                 free = min(room, queue.limit - len(queue.leases))
@@ -250,6 +258,9 @@ class RemoteWork:
                     drained = False
                     break
                 batch = await queue.lease(self._owner, free, queue.lease_us, names)
+                if batch:
+                    queue.rounds += 1
+                    queue.served[names] = queue.rounds
                 pending = list(batch)
                 try:
                     while pending:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import Sidecar, sdk_worker_running
+import trio
+from conftest import Sidecar, running_sidecar, sdk_worker_running
 from durabletask import task
 from durabletask.client import OrchestrationStatus
 from durabletask.internal import orchestrator_service_pb2 as pb
@@ -156,3 +157,41 @@ def test_filters_as_requested() -> None:
         "activity": frozenset(),  # filters, but no activities: takes none
         "entity": frozenset({"counter"}),  # entity names are case-insensitive
     }
+
+
+def orchestrations_named(name: str) -> pb.WorkItemFilters:
+    return pb.WorkItemFilters(orchestrations=[pb.OrchestrationFilter(name=name)])
+
+
+async def test_workers_with_filters_take_turns_when_the_sidecar_limit_is_short(caplog) -> None:
+    # With two steps out at most, worker A's steady stream of work must not keep b0 waiting.
+    caplog.set_level("INFO", logger="dtrio.grpc")
+    async with running_sidecar(engine_options={"max_concurrent_orchestrations": 2}) as sidecar:
+        start = sidecar.client.schedule_new_orchestration
+        a = RawWorker(sidecar.address, workItemFilters=orchestrations_named("a"))
+        b = None
+        try:
+            for i in range(2):
+                await sidecar.call(start, "a", instance_id=f"a{i}")
+            held = [await a.next("orchestratorRequest") for _ in range(2)]
+            # Connected second, so B's names come second in the streams' order.
+            b = RawWorker(sidecar.address, workItemFilters=orchestrations_named("b"))
+            with trio.fail_after(10):
+                while "(2 connected)" not in caplog.text:
+                    await trio.sleep(0.02)
+            await sidecar.call(start, "b", instance_id="b0")
+            await sidecar.call(start, "a", instance_id="a2")
+            first = held.pop(0)
+            await a.call("CompleteOrchestratorTask", pb.OrchestratorResponse(
+                instanceId=first.orchestratorRequest.instanceId,
+                completionToken=first.completionToken,
+                actions=[pb.OrchestratorAction(id=1, completeOrchestration=(
+                    pb.CompleteOrchestrationAction(
+                        orchestrationStatus=pb.ORCHESTRATION_STATUS_COMPLETED)))]))
+            # The freed slot goes to the names served longest ago: B's, never served.
+            item = await b.next("orchestratorRequest")
+            assert item.orchestratorRequest.instanceId == "b0"
+        finally:
+            a.close()
+            if b is not None:
+                b.close()
