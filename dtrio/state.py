@@ -15,7 +15,7 @@ from typing import Any
 
 from . import _pb as pb
 from . import history as h
-from .entities.ids import EntityId
+from .entities.ids import EntityId, is_entity_id
 from .errors import FailureDetails, InvalidInput
 from .instance_ids import validate_instance_id
 from .trace_context import new_span_id, orchestration_context, start_traced
@@ -275,13 +275,21 @@ def _create_sub_orchestration(
     ))
 
 
-def _send_event(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.SendEventAction) -> None:
+def _send_event(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.SendEventAction) -> object:
     target = body.instance.instance_id if body.instance else ""
+    if is_entity_id(target):
+        # An entity's inbox would take it as a message it does not know, and drop it.
+        _fail(b, action.id, FailureDetails("InvalidInstanceId", (
+            f"orchestrator action #{action.id} sends event {body.name!r} to {target!r}, which "
+            "is an entity: entities take operations (signal or call them), not events"),
+            is_non_retriable=True))
+        return _STOP
     b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, event_sent=pb.EventSentEvent(
         instance_id=target, name=body.name, input=body.data,
     )))
     if target:
         b.message(target, h.event_raised(b.now, body.name, body.data))
+    return None
 
 
 def _terminate(

@@ -217,6 +217,9 @@ class OrchestrationContext:
         """Raise an event on another instance (fire and forget)."""
         if not instance_id or not name:
             raise InvalidInput("send_event needs a target instance ID and an event name")
+        if instance_id.startswith("@"):
+            raise InvalidInput(f"send_event to {instance_id!r}, which is an entity: entities "
+                               "take operations (ctx.signal_entity, ctx.call_entity), not events")
         encoded = payloads.encode(data, f"data of event {name!r}")
         action = pb.SendEventAction(
             instance=pb.OrchestrationInstance(instance_id=instance_id), name=name, data=encoded

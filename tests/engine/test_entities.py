@@ -274,3 +274,31 @@ async def test_client_signals_take_a_delay_and_queries_any_name_case(autojump_cl
             assert [str(e.id) for e in page.entities] == ["@counter@later"], prefix
         with pytest.raises(dtrio.InvalidInput, match="signal_time must be a datetime"):
             await client.signal_entity("@counter@later", "add", 1, signal_time=300)
+
+
+def test_an_sdk_event_sent_to_an_entity_fails_the_sender():
+    # The entity's inbox would take it as a message it does not know, and drop it.
+    from datetime import UTC, datetime
+
+    from dtrio import _pb as pb
+    from dtrio.state import apply_step
+
+    action = pb.OrchestratorAction(id=0, send_event=pb.SendEventAction(
+        instance=pb.OrchestrationInstance(instance_id="@counter@x"), name="go"))
+    step = apply_step("p", "x1", None, [], [action], datetime(2026, 1, 1, tzinfo=UTC))
+    assert step.status == int(S.FAILED) and not step.messages
+    failure = dtrio.wire.decode(pb.TaskFailureDetails, step.failure)
+    assert "is an entity" in failure.error_message
+
+
+@registry.orchestrator
+async def sends_an_event_to_an_entity(ctx, _):
+    ctx.send_event("@counter@x", "go")
+
+
+async def test_an_event_sent_to_an_entity_is_refused_at_the_call(autojump_clock):
+    async with open_test_engine(registry) as engine:
+        iid = await engine.client.schedule_new_orchestration(sends_an_event_to_an_entity)
+        state = await engine.client.wait_for_orchestration_completion(iid, timeout=60)
+        assert state.runtime_status == S.FAILED
+        assert "ctx.signal_entity" in state.failure_details.message
