@@ -106,6 +106,24 @@ async def _call(rpc: str, method: Callable[..., Awaitable[Any]], *args: Any) -> 
         raise error from None
 
 
+class _Malformed(GRPCError):
+    """A request that is not a well-formed message, with what could be read of its
+    identifying fields (None if not even those)."""
+
+    def __init__(self, message: str, identity: Any) -> None:
+        super().__init__(grpclib.const.Status.INVALID_ARGUMENT, message)
+        self.identity = identity
+
+
+def _identity(message_type: Any, data: bytes) -> Any:
+    skimmer = Skimmer(message_type, _IDENTITY)
+    try:
+        skimmer.feed(data)
+        return skimmer.result()
+    except InvalidInput:
+        return None
+
+
 async def _receive(
     stream: grpclib.server.Stream[Any, Any], rpc: str, limit: int, too_large: bool
 ) -> tuple[Any, int]:
@@ -113,7 +131,8 @@ async def _receive(
 
     Read here rather than by grpclib, which buffers a message of any size before decoding it.
     A request over `limit` is refused unread, unless the servicer takes it `too_large`: then it
-    is read through in chunks, and only its identifying fields are kept.
+    is read through in chunks, and only its identifying fields are kept. A malformed one of
+    those raises `_Malformed` with whatever identifies it.
     """
     # grpclib's own attributes: it offers no way to see a message's size before buffering it.
     raw, message_type = stream._stream, stream._recv_type
@@ -134,7 +153,13 @@ async def _receive(
             raise GRPCError(grpclib.const.Status.UNIMPLEMENTED,
                             f"{rpc}: compressed messages are not supported")
         if size <= limit:
-            return _CODEC.decode(await read(size), message_type), size
+            data = await read(size)
+            try:
+                return _CODEC.decode(data, message_type), size
+            except InvalidInput as exc:
+                if too_large:
+                    raise _Malformed(str(exc), _identity(message_type, data)) from None
+                raise
         if not too_large:
             raise GRPCError(grpclib.const.Status.RESOURCE_EXHAUSTED,
                             f"{rpc}: the request of {size} bytes exceeds this sidecar's limit "
@@ -150,9 +175,15 @@ async def _receive(
 def _unary(
     rpc: str, method: Callable[..., Awaitable[Any]], limit: int,
     too_large: Callable[..., Awaitable[Any]] | None,
+    malformed: Callable[..., Awaitable[Any]] | None,
 ) -> Callable[[Any], Awaitable[None]]:
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
-        request, size = await _receive(stream, rpc, limit, too_large is not None)
+        try:
+            request, size = await _receive(stream, rpc, limit, too_large is not None)
+        except _Malformed as exc:
+            if malformed is not None and exc.identity is not None:
+                await trio_asyncio.trio_as_aio(_call)(rpc, malformed, exc.identity)
+            raise GRPCError(exc.status, exc.message) from None
         if size > limit:
             assert too_large is not None
             reply = await trio_asyncio.trio_as_aio(_call)(rpc, too_large, request, size, limit)
@@ -190,6 +221,8 @@ def handlers(
 
     A request over `max_message_size` bytes is refused, unless the servicer has a method named
     `<rpc>_too_large(request, size, limit)`: that one gets the request's identifying fields.
+    A malformed request of such an RPC is refused too, after `<rpc>_malformed(request)` (if the
+    servicer has one) got what could be read of those fields.
     """
     mapping = {}
     for path, handler in pb.TaskHubSidecarServiceBase().__mapping__().items():
@@ -201,7 +234,8 @@ def handlers(
             func = _server_stream(rpc, method, max_message_size)
         else:
             too_large = getattr(servicer, f"{_snake(rpc)}_too_large", None)
-            func = _unary(rpc, method, max_message_size, too_large)
+            malformed = getattr(servicer, f"{_snake(rpc)}_malformed", None)
+            func = _unary(rpc, method, max_message_size, too_large, malformed)
         mapping[path] = grpclib.const.Handler(
             func, handler.cardinality, handler.request_type, handler.reply_type
         )

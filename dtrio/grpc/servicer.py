@@ -352,6 +352,18 @@ class Servicer:
         await self._remote.fail_entity(request.completion_token, failure)
         raise MessageTooLarge(f"CompleteEntityTask: {why}; the batch's operations failed")
 
+    # A completion that is not a well-formed message is refused; the work item it names goes
+    # back (with backoff) rather than staying with a worker that will not send it again.
+
+    async def complete_orchestrator_task_malformed(self, request: pb.OrchestratorResponse) -> None:
+        await self._remote.abandon_orchestration(request.completion_token)
+
+    async def complete_activity_task_malformed(self, request: pb.ActivityResponse) -> None:
+        await self._remote.abandon_activity(request.completion_token)
+
+    async def complete_entity_task_malformed(self, request: pb.EntityBatchResult) -> None:
+        await self._remote.abandon_entity(request.completion_token)
+
     async def abandon_task_entity_work_item(
         self, request: pb.AbandonEntityTaskRequest
     ) -> pb.AbandonEntityTaskResponse:

@@ -313,3 +313,21 @@ def test_serve_refuses_a_limit_that_is_not_a_size(flag: str) -> None:
     _, err = process.communicate(timeout=30)
     assert process.returncode == 2
     assert f"{flag}: not a size: 'lots'" in err
+
+
+async def test_a_malformed_completion_gives_its_work_item_back(sidecar: Sidecar) -> None:
+    # Refused, it would leave the step with a worker that never sends it again.
+    iid = await sidecar.call(sidecar.client.schedule_new_orchestration, "by-hand")
+    raw = RawWorker(sidecar.address)
+    try:
+        item = await raw.next("orchestratorRequest")
+        named = pb.OrchestratorResponse(instanceId=iid, completionToken=item.completionToken)
+        # One action whose first field is a varint cut short.
+        error = await refused(sidecar.address, "CompleteOrchestratorTask",
+                              named.SerializeToString() + b"\x12\x03\x08\x80\x80")
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        again = await raw.next("orchestratorRequest")
+        assert again.orchestratorRequest.instanceId == iid
+        assert again.completionToken != item.completionToken
+    finally:
+        raw.close()
