@@ -73,10 +73,12 @@ class SqliteEntities:
             (message.instance_id, name, now, now),
         )
         source = source_of(event)
+        request = event.entity_lock_requested
+        lock_for = (request.parent_instance_id or None) if request is not None else None
         cur = conn.execute(
-            "INSERT INTO entity_inbox (instance_id, source, event, visible_at) "
-            "VALUES (?, ?, ?, ?)",
-            (message.instance_id, source, message.event, message.visible_at),
+            "INSERT INTO entity_inbox (instance_id, source, event, visible_at, lock_for) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (message.instance_id, source, message.event, message.visible_at, lock_for),
         )
         # Negative keys: the decoded-event cache is shared with the orchestration inbox's ids.
         self._op_decoded.append((-cur.lastrowid, event))
@@ -108,13 +110,21 @@ class SqliteEntities:
     def _release_entity_locks(
         self, conn: sqlite3.Connection, orchestration_id: str, now: int
     ) -> int:
-        """Unlock every entity an orchestration holds (it finished, or is gone)."""
+        """Unlock every entity an orchestration holds (it finished, or is gone), and take back
+        its lock requests still on their way: granted later, they would lock an entity for an
+        execution that is over, or for a new instance under the same ID."""
         held = [r[0] for r in conn.execute(
             "SELECT instance_id FROM entities WHERE locked_by = ?", (orchestration_id,))]
         for entity_id in held:
             conn.execute(
                 "UPDATE entities SET locked_by = NULL, lock_section = NULL, last_modified = ? "
                 "WHERE instance_id = ?", (now, entity_id))
+        waiting = [r[0] for r in conn.execute(
+            "SELECT DISTINCT instance_id FROM entity_inbox WHERE lock_for = ?",
+            (orchestration_id,))]
+        if waiting:
+            conn.execute("DELETE FROM entity_inbox WHERE lock_for = ?", (orchestration_id,))
+        for entity_id in dict.fromkeys(held + waiting):
             self._refresh_entity(conn, entity_id, now)
             self._drop_if_empty(conn, entity_id)
         return len(held)

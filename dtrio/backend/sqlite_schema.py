@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dtrio.backend")
 
 APPLICATION = "dtrio"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -136,7 +136,16 @@ def _v4(db: sqlite_utils.Database) -> None:
     db["entity_inbox"].create_index(["instance_id", "id"], index_name="entity_inbox_instance")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database) -> None:
+    # `lock_for`: the orchestration a lock request travelling between entities is for, so that
+    # the requests of one that ended, or was replaced or purged, can be taken back.
+    db.execute("ALTER TABLE entity_inbox ADD COLUMN lock_for TEXT")
+    db.execute(
+        "CREATE INDEX entity_inbox_lock_for ON entity_inbox (lock_for) WHERE lock_for IS NOT NULL"
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

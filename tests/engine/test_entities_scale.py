@@ -10,6 +10,7 @@ import trio
 
 import dtrio
 from dtrio import EntityId
+from dtrio.backend.sqlite_schema import SCHEMA_VERSION
 from dtrio.testing import open_test_engine
 
 S = dtrio.OrchestrationStatus
@@ -135,4 +136,27 @@ async def test_a_store_from_before_entities_is_upgraded_with_its_data(tmp_path):
         assert await result(engine, {"entity": "@blob@new", "op": "fill", "input": 2}) == 2
     version = sqlite3.connect(db).execute(
         "SELECT value FROM dtrio_meta WHERE key = 'schema_version'").fetchone()[0]
-    assert version == "4"
+    assert version == str(SCHEMA_VERSION)
+
+
+async def test_a_store_from_version_4_keeps_its_queued_entity_messages(tmp_path):
+    db = tmp_path / "v4.sqlite3"
+    async with dtrio.open_engine(registry, db=db, max_poll_interval=None) as engine:
+        assert await result(engine, {"entity": "@blob@kept", "op": "fill", "input": 3}) == 3
+    conn = sqlite3.connect(db)
+    conn.execute("DROP INDEX entity_inbox_lock_for")
+    conn.execute("ALTER TABLE entity_inbox DROP COLUMN lock_for")
+    # A signal queued while the store was at version 4, never processed.
+    event = dtrio.wire.encode(dtrio.history.event(
+        dtrio.state.from_us(0), entity_operation_signaled=dtrio._pb.EntityOperationSignaledEvent(
+            request_id="r1", operation="fill", input="5", target_instance_id="@blob@kept")))
+    conn.execute("INSERT INTO entity_inbox (instance_id, source, event, visible_at) "
+                 "VALUES ('@blob@kept', NULL, ?, 0)", (event,))
+    conn.execute("UPDATE entities SET ready_at = 0 WHERE instance_id = '@blob@kept'")
+    conn.execute("UPDATE dtrio_meta SET value = '4' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    async with dtrio.open_engine(registry, db=db, max_poll_interval=0.05) as engine:
+        with trio.fail_after(10):
+            while (await engine.client.get_entity("@blob@kept")).state != "x" * 5:
+                await trio.sleep(0.05)

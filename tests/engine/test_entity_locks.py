@@ -253,3 +253,36 @@ async def test_rewind_is_refused_for_a_failure_inside_a_section(autojump_clock):
             await client.rewind_orchestration(iid, "again")
             state = await client.wait_for_orchestration_completion(iid, timeout=60)
             assert (state.runtime_status, state.output) == (S.COMPLETED, "ok")
+
+
+@registry.orchestrator
+async def holds(ctx, keys):
+    async with ctx.lock_entities([EntityId("account", k) for k in keys]):
+        await ctx.wait_for_external_event("never")
+
+
+@registry.orchestrator
+async def other_work(ctx, _):
+    await ctx.create_timer(timedelta(days=30))
+
+
+async def test_lock_requests_on_their_way_go_with_their_orchestration(autojump_clock):
+    # A waits for b, which another orchestration holds; A is replaced by an instance under the
+    # same ID that never touches entities. Its request must not lock b once b is free.
+    async with open_test_engine(registry) as engine:
+        client = engine.client
+        holder = await client.schedule_new_orchestration(holds, input=["way-b"])
+        await trio.sleep(10)
+        await client.schedule_new_orchestration(holds, input=["way-a", "way-b"], instance_id="A")
+        await trio.sleep(10)
+        assert (await client.get_entity("@account@way-a")).locked_by == "A"
+        await client.schedule_new_orchestration(
+            other_work, instance_id="A",
+            reuse_policy=dtrio.ReusePolicy(replace=frozenset({S.RUNNING})))
+        await client.terminate_orchestration(holder)
+        await trio.sleep(60)
+        assert await client.get_entity("@account@way-a") is None
+        assert await client.get_entity("@account@way-b") is None  # no state, no lock
+        await client.signal_entity("@account@way-b", "set", 7)
+        await trio.sleep(60)
+        assert (await client.get_entity("@account@way-b")).state == 7
