@@ -45,6 +45,8 @@ class EntityDispatcher:
         self._lease_us = int(options.orchestration_lease * 1_000_000)
         self._batch_size = options.entity_batch_size
         self._failures: dict[str, int] = {}
+        # By lease token: a batch whose lease ran out may be leased again here while the first
+        # one still runs, and each keeps its own entry.
         self._running: dict[str, EntityWorkItem] = {}
         self._started = Wakeup()
         self.dispatcher: Dispatcher[EntityWorkItem] = Dispatcher(
@@ -77,7 +79,7 @@ class EntityDispatcher:
 
     async def _execute(self, item: EntityWorkItem) -> None:
         settled = False
-        self._running[item.instance_id] = item
+        self._running[item.lock_token] = item
         self._started.set()
         try:
             now = self._clock.now_dt()
@@ -99,7 +101,7 @@ class EntityDispatcher:
             log.warning("entity %s: %s", item.instance_id, exc,
                         extra=work_item("entity", item.instance_id))
         finally:
-            self._running.pop(item.instance_id, None)
+            self._running.pop(item.lock_token, None)
             if not settled:
                 await self._abandon(item)
 
