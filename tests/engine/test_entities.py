@@ -242,25 +242,6 @@ async def test_a_sub_orchestration_may_not_take_an_entity_id(autojump_clock):
         assert await engine.client.get_entity("@sub@1") is None
 
 
-@pytest.mark.parametrize("child_id, problem", [
-    ("@sub@1", "reserves for entities"),
-    ("c" * 101, "101 characters long"),
-    ("ctl\x01", "control characters"),
-])
-def test_an_sdk_sub_orchestration_no_client_could_reach_fails_its_parent(child_id, problem):
-    from datetime import UTC, datetime
-
-    from dtrio import _pb as pb
-    from dtrio.state import apply_step
-
-    action = pb.OrchestratorAction(id=0, create_sub_orchestration=pb.CreateSubOrchestrationAction(
-        instance_id=child_id, name="child"))
-    step = apply_step("p", "x1", None, [], [action], datetime(2026, 1, 1, tzinfo=UTC))
-    assert step.status == int(S.FAILED) and not step.new_instances
-    failure = dtrio.wire.decode(pb.TaskFailureDetails, step.failure)
-    assert failure.error_type == "InvalidInstanceId" and problem in failure.error_message
-
-
 async def test_client_signals_take_a_delay_and_queries_any_name_case(autojump_clock):
     async with open_test_engine(registry) as engine:
         client = engine.client
@@ -274,21 +255,6 @@ async def test_client_signals_take_a_delay_and_queries_any_name_case(autojump_cl
             assert [str(e.id) for e in page.entities] == ["@counter@later"], prefix
         with pytest.raises(dtrio.InvalidInput, match="signal_time must be a datetime"):
             await client.signal_entity("@counter@later", "add", 1, signal_time=300)
-
-
-def test_an_sdk_event_sent_to_an_entity_fails_the_sender():
-    # The entity's inbox would take it as a message it does not know, and drop it.
-    from datetime import UTC, datetime
-
-    from dtrio import _pb as pb
-    from dtrio.state import apply_step
-
-    action = pb.OrchestratorAction(id=0, send_event=pb.SendEventAction(
-        instance=pb.OrchestrationInstance(instance_id="@counter@x"), name="go"))
-    step = apply_step("p", "x1", None, [], [action], datetime(2026, 1, 1, tzinfo=UTC))
-    assert step.status == int(S.FAILED) and not step.messages
-    failure = dtrio.wire.decode(pb.TaskFailureDetails, step.failure)
-    assert "is an entity" in failure.error_message
 
 
 @registry.orchestrator

@@ -187,31 +187,6 @@ async def test_releasing_a_section_before_its_grant_is_refused(autojump_clock):
         assert entity.locked_by is None and entity.state == 1
 
 
-def lock_request_step(lock_set):
-    """What an SDK worker's lock request becomes."""
-    from datetime import UTC, datetime
-
-    from dtrio import _pb as pb
-    from dtrio.state import apply_step
-
-    action = pb.OrchestratorAction(id=0, send_entity_message=pb.SendEntityMessageAction(
-        entity_lock_requested=pb.EntityLockRequestedEvent(
-            critical_section_id="cs", lock_set=lock_set, position=0, parent_instance_id="o")))
-    return apply_step("o", "x1", None, [], [action], datetime(2026, 1, 1, tzinfo=UTC))
-
-
-@pytest.mark.parametrize("lock_set, problem", [
-    (["@account@a", "not-an-entity"], "'not-an-entity' is not an entity ID"),
-    (["@account@d", "@Account@d"], "names @account@d twice"),
-])
-def test_a_lock_set_that_cannot_be_forwarded_fails_the_orchestration(lock_set, problem):
-    # Accepted, it would stop the first entity for good, or make it wait for its own lock.
-    step = lock_request_step(lock_set)
-    assert step.status == int(S.FAILED) and not step.messages
-    failure = dtrio.wire.decode(dtrio._pb.TaskFailureDetails, step.failure)
-    assert failure.error_type == "InvalidEntityMessage" and problem in failure.error_message
-
-
 attempts: list[int] = []
 
 

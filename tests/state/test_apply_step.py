@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 import betterproto2
+import pytest
 
 from dtrio import _pb as pb
 from dtrio import history as h
@@ -149,3 +150,28 @@ def test_inbox_bytes_are_kept_not_re_encoded():
     marker = b"kept-bytes"
     step = apply_step("i1", "e1", started(), [*NEW, (raw, marker)], [], T0)
     assert step.history[1] is marker
+
+
+@pytest.mark.parametrize("child_id, problem", [
+    ("@sub@1", "reserves for entities"),
+    ("c" * 101, "101 characters long"),
+    ("ctl\x01", "control characters"),
+])
+def test_a_sub_orchestration_no_client_could_reach_fails_its_parent(child_id, problem):
+    step = apply_step("p", "x1", None, [], [
+        action(0, create_sub_orchestration=pb.CreateSubOrchestrationAction(
+            instance_id=child_id, name="child")),
+    ], T0)
+    assert step.status == int(S.FAILED) and not step.new_instances
+    failure = pb.TaskFailureDetails.parse(step.failure)
+    assert failure.error_type == "InvalidInstanceId" and problem in failure.error_message
+
+
+def test_an_event_sent_to_an_entity_fails_the_sender():
+    # The entity's inbox would take it as a message it does not know, and drop it.
+    step = apply_step("p", "x1", None, [], [
+        action(0, send_event=pb.SendEventAction(
+            instance=pb.OrchestrationInstance(instance_id="@counter@x"), name="go")),
+    ], T0)
+    assert step.status == int(S.FAILED) and not step.messages
+    assert "is an entity" in pb.TaskFailureDetails.parse(step.failure).error_message

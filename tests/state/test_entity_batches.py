@@ -3,6 +3,8 @@ become replies and actions; orchestrations' entity messages become history and d
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from dtrio import _pb as pb
 from dtrio import history as h
 from dtrio.entities.batch import finish_batch, plan_batch
@@ -127,6 +129,21 @@ def test_an_undeliverable_entity_message_fails_the_orchestration():
     failure = pb.TaskFailureDetails.parse(step.failure)
     assert failure.error_type == "InvalidEntityMessage"
     assert "'counter' is not an entity ID" in failure.error_message
+
+
+@pytest.mark.parametrize("lock_set, problem", [
+    (["@counter@a", "not-an-entity"], "'not-an-entity' is not an entity ID"),
+    (["@counter@d", "@Counter@d"], "names @counter@d twice"),
+])
+def test_a_lock_set_that_cannot_be_forwarded_fails_the_orchestration(lock_set, problem):
+    # Accepted, it would stop the first entity for good, or make it wait for its own lock.
+    step = apply_step("o", "x1", None, [], [
+        entity_action(0, entity_lock_requested=pb.EntityLockRequestedEvent(
+            critical_section_id="cs", lock_set=lock_set, position=0, parent_instance_id="o")),
+    ], T0)
+    assert step.status == int(pb.OrchestrationStatus.FAILED) and not step.messages
+    failure = pb.TaskFailureDetails.parse(step.failure)
+    assert failure.error_type == "InvalidEntityMessage" and problem in failure.error_message
 
 
 def test_a_batch_leased_while_locked_stops_at_the_unlock():
