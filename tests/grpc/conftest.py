@@ -41,13 +41,13 @@ class Sidecar:
 
 @asynccontextmanager
 async def running_sidecar(
-    *, engine_options: dict[str, Any] | None = None, **options: Any
+    *, db: Any = None, engine_options: dict[str, Any] | None = None, **options: Any
 ) -> AsyncIterator[Sidecar]:
-    """An engine on an in-memory store with the sidecar in front of it, on a free port.
-    `engine_options` are EngineOptions fields, `options` serve_sidecar's."""
+    """An engine on a store (in memory unless `db` names a file) with the sidecar in front of
+    it, on a free port. `engine_options` are EngineOptions fields, `options` serve_sidecar's."""
     engine_options = {"max_poll_interval": None, **(engine_options or {})}
     async with dtrio.open_engine(
-        dtrio.Registry(), db=None, local_workers=False, **engine_options
+        dtrio.Registry(), db=db, local_workers=False, **engine_options
     ) as engine:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(partial(serve_sidecar, engine, "127.0.0.1", 0, **options))
@@ -69,10 +69,13 @@ async def sdk_worker_running(
     activities: Iterable[Any] = app.ACTIVITIES,
     *,
     max_activities: int | None = None,
+    entities: Iterable[tuple[Any, str | None]] = (),
+    scheduled_tasks: bool = False,
     filters: bool = False,
 ) -> AsyncIterator[sdk_worker.TaskHubGrpcWorker]:
     """An SDK worker connected to `address`; `max_activities` is its concurrency hint.
-    With `filters` it asks for only the work it has registered."""
+    `entities` are (entity, name or None) pairs; `scheduled_tasks` turns on the SDK's
+    scheduled tasks. With `filters` it asks for only the work it has registered."""
     worker = sdk_worker.TaskHubGrpcWorker(
         host_address=address,
         concurrency_options=sdk_worker.ConcurrencyOptions(
@@ -83,6 +86,10 @@ async def sdk_worker_running(
         worker.add_orchestrator(orchestrator)
     for activity in activities:
         worker.add_activity(activity)
+    for entity, name in entities:
+        worker.add_entity(entity, name=name)
+    if scheduled_tasks:
+        worker.configure_scheduled_tasks()
     if filters:
         worker.use_work_item_filters()
     await trio.to_thread.run_sync(worker.start)

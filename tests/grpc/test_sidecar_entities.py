@@ -5,16 +5,15 @@ cleans them, and the SDK's scheduled tasks (built on entities) run."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 import grpc
 import pytest
 import trio
-from conftest import Sidecar, running_sidecar
+from conftest import Sidecar, running_sidecar, sdk_worker_running
 from durabletask import client as sdk_client
 from durabletask import entities, task
 from durabletask import worker as sdk_worker
@@ -108,30 +107,18 @@ def lock_and_wait(ctx: task.OrchestrationContext, key: str) -> Any:
 ORCHESTRATORS = [echo, call, signal_then_call, transfer, lock_and_fail, lock_and_wait]
 
 
-@asynccontextmanager
-async def entity_worker(
+def entity_worker(
     address: str,
     *,
     scheduled_tasks: bool = False,
     extra: Iterable[Any] = (),
     filters: bool = False,
-) -> AsyncIterator[sdk_worker.TaskHubGrpcWorker]:
-    worker = sdk_worker.TaskHubGrpcWorker(host_address=address)
-    for orchestrator in [*ORCHESTRATORS, *extra]:
-        worker.add_orchestrator(orchestrator)
-    worker.add_entity(counter)
-    worker.add_entity(Account, name="Acct")
-    worker.add_entity(text)
-    if scheduled_tasks:
-        worker.configure_scheduled_tasks()
-    if filters:
-        worker.use_work_item_filters()
-    await trio.to_thread.run_sync(worker.start)
-    try:
-        yield worker
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(worker.stop)
+) -> AbstractAsyncContextManager[sdk_worker.TaskHubGrpcWorker]:
+    return sdk_worker_running(
+        address, [*ORCHESTRATORS, *extra], (),
+        entities=[(counter, None), (Account, "Acct"), (text, None)],
+        scheduled_tasks=scheduled_tasks, filters=filters,
+    )
 
 
 async def run(sidecar: Sidecar, orchestrator: Any, input: Any = None) -> Any:
@@ -356,18 +343,9 @@ async def test_a_batch_result_over_the_size_limit_fails_its_operations() -> None
         assert await run(sidecar, call, {"entity": "@text@t", "op": "get"}) == len("small")
 
 
-@asynccontextmanager
-async def sidecar_on(db: Any) -> AsyncIterator[Sidecar]:
-    import dtrio
-    from dtrio.grpc import serve_sidecar
-
-    async with dtrio.open_engine(dtrio.Registry(), db=db, local_workers=False,
-                                 max_poll_interval=0.05, shutdown_grace=0) as engine:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(partial(serve_sidecar, engine, "127.0.0.1", 0))
-            address = f"127.0.0.1:{port}"
-            yield Sidecar(engine, address, sdk_client.TaskHubGrpcClient(host_address=address))
-            nursery.cancel_scope.cancel()
+def sidecar_on(db: Any) -> AbstractAsyncContextManager[Sidecar]:
+    return running_sidecar(
+        db=db, engine_options={"max_poll_interval": 0.05, "shutdown_grace": 0})
 
 
 async def test_entities_survive_a_sidecar_restart(tmp_path: Any) -> None:
