@@ -27,6 +27,7 @@ from ..wire import encode
 from .base import ActivityWorkItem, InstanceRecord, NameFilter, OrchestrationWorkItem
 from .sqlite_admin import SqliteAdmin, record, record_columns
 from .sqlite_entities import SqliteEntities
+from .sqlite_leases import give_back, renew_lease
 from .sqlite_schema import check_and_migrate
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
@@ -366,12 +367,8 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
         """Keep a step's lease while its worker (a remote one) still works on it."""
 
         def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(
-                "UPDATE instances SET lock_expires = ? WHERE instance_id = ? AND lock_token = ?",
-                (self._clock.now_us() + lease_us, item.instance_id, item.lock_token),
-            )
-            if cur.rowcount != 1:
-                raise LeaseLost(f"lease on orchestration {item.instance_id!r} was lost")
+            renew_lease(conn, "instances", item.instance_id, item.lock_token,
+                        self._clock.now_us() + lease_us, "orchestration")
 
         await self._write(op)
 
@@ -478,11 +475,7 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
     async def abandon_orchestration(self, item: OrchestrationWorkItem, delay_us: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
             retry_at = self._clock.now_us() + delay_us
-            conn.execute(
-                "UPDATE instances SET lock_owner = NULL, lock_token = NULL, lock_expires = ? "
-                "WHERE instance_id = ? AND lock_token = ?",
-                (retry_at, item.instance_id, item.lock_token),
-            )
+            give_back(conn, "instances", item.instance_id, item.lock_token, retry_at)
             self._note_visible(retry_at, retry_at - delay_us)
 
         await self._write(op)

@@ -20,6 +20,7 @@ from ..errors import InvalidInput, LeaseLost
 from ..state import TERMINAL, Message, NewInstance
 from ..wire import decode
 from .base import EntityPage, EntityQuery, EntityRecord, EntityWorkItem
+from .sqlite_leases import give_back, renew_lease
 
 if TYPE_CHECKING:
     from ..clock import Clock
@@ -188,12 +189,8 @@ class SqliteEntities:
 
     async def renew_entity(self, item: EntityWorkItem, lease_us: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(
-                "UPDATE entities SET lock_expires = ? WHERE instance_id = ? AND lock_token = ?",
-                (self._clock.now_us() + lease_us, item.instance_id, item.lock_token),
-            )
-            if cur.rowcount != 1:
-                raise LeaseLost(f"lease on entity {item.instance_id!r} was lost")
+            renew_lease(conn, "entities", item.instance_id, item.lock_token,
+                        self._clock.now_us() + lease_us, "entity")
 
         await self._write(op)
 
@@ -239,11 +236,7 @@ class SqliteEntities:
     async def abandon_entity(self, item: EntityWorkItem, delay_us: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
             retry_at = self._clock.now_us() + delay_us
-            conn.execute(
-                "UPDATE entities SET lock_owner = NULL, lock_token = NULL, lock_expires = ? "
-                "WHERE instance_id = ? AND lock_token = ?",
-                (retry_at, item.instance_id, item.lock_token),
-            )
+            give_back(conn, "entities", item.instance_id, item.lock_token, retry_at)
             self._note_entity_visible(retry_at, retry_at - delay_us)
 
         await self._write(op)
