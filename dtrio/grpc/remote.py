@@ -420,8 +420,7 @@ class RemoteWork:
             if lease is not None and not matches(lease.item):
                 # The SDKs never retry a refused completion: kept, the item would stay with
                 # this worker for as long as it stays connected. It goes back, with backoff.
-                self._drop(lease)
-                await self._abandon(queue, lease.item, self._backoff(lease.item))
+                await self._give_back(queue, token)
                 raise InvalidInput(f"completion token {token!r} does not belong to {what}")
         else:
             lease = next((lease for lease in queue.leases.values() if matches(lease.item)), None)
@@ -513,10 +512,7 @@ class RemoteWork:
         ))
 
     async def abandon_entity(self, token: str) -> None:
-        lease = self._entities.leases.get(token)
-        if lease is not None:
-            self._drop(lease)
-            await self._abandon(self._entities, lease.item, self._backoff(lease.item))
+        await self._give_back(self._entities, token)
 
     async def _settle(
         self, queue: _Queue, item: Any, commit: Callable[[], Awaitable[None]]
@@ -532,17 +528,17 @@ class RemoteWork:
             raise
 
     async def abandon_orchestration(self, token: str) -> None:
-        """Give a step back, with backoff; an unknown token is a no-op (already released)."""
-        lease = self._orchestrations.leases.get(token)
-        if lease is not None:
-            self._drop(lease)
-            await self._abandon(self._orchestrations, lease.item, self._backoff(lease.item))
+        await self._give_back(self._orchestrations, token)
 
     async def abandon_activity(self, token: str) -> None:
-        lease = self._activities.leases.get(token)
+        await self._give_back(self._activities, token)
+
+    async def _give_back(self, queue: _Queue, token: str) -> None:
+        """Give an item back, with backoff; an unknown token is a no-op (already released)."""
+        lease = queue.leases.get(token)
         if lease is not None:
             self._drop(lease)
-            await self._abandon(self._activities, lease.item, self._backoff(lease.item))
+            await self._abandon(queue, lease.item, self._backoff(lease.item))
 
     # -- releasing -------------------------------------------------------------------------
 
