@@ -113,7 +113,7 @@ async def _count(n: int, concurrent: bool, counts: collections.Counter[str]) -> 
 
     with tempfile.TemporaryDirectory() as tmp:
         async with dtrio.open_engine(b.registry, db=os.path.join(tmp, "s.sqlite3")) as engine:
-            engine.backend._conn.set_trace_callback(trace)  # type: ignore[attr-defined]
+            engine.backend._store.conn.set_trace_callback(trace)  # type: ignore[attr-defined]
 
             async def one(i: int) -> None:
                 iid = await engine.client.schedule_new_orchestration(b.three_steps, input=i)
@@ -126,7 +126,7 @@ async def _count(n: int, concurrent: bool, counts: collections.Counter[str]) -> 
             else:
                 for i in range(n):
                     await one(i)
-            engine.backend._conn.set_trace_callback(None)  # type: ignore[attr-defined]
+            engine.backend._store.conn.set_trace_callback(None)  # type: ignore[attr-defined]
 
 
 def statements(n: int = 1000) -> None:

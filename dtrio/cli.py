@@ -7,9 +7,11 @@ import logging
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
 from functools import partial
 
 import trio
+from trio_util import wait_any
 
 from .errors import DtrioError
 from .logs import configure_logging
@@ -48,17 +50,30 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
                 limits = {name: getattr(args, name)
                           for name in ("max_message_size", "max_work_item_size")
                           if getattr(args, name) is not None}
-                port = await nursery.start(partial(
-                    serve_sidecar, engine, args.host, args.port,
-                    entity_request_version=args.entity_request_version, **limits
-                ))
+                drained = trio.Event()
+
+                async def sidecar(*, task_status: trio.TaskStatus[int]) -> None:
+                    await serve_sidecar(
+                        engine, args.host, args.port, task_status=task_status,
+                        entity_request_version=args.entity_request_version, **limits)
+                    drained.set()
+
+                port = await nursery.start(sidecar)
                 where = getattr(engine.backend, "where", args.db)
                 print(f"dtrio sidecar listening on {args.host}:{port} (store: {where})", flush=True)
-                async for signum in signals:
-                    log.info("%s: shutting down", signal.Signals(signum).name)
-                    break
-                # Cancelling the sidecar releases what remote workers hold, before the store closes.
+                await _next_signal(signals, "shutting down")
+                # Workers finish what they hold (within the grace), the rest is given back and
+                # their streams end; a second signal gives everything back at once.
+                engine.shutdown()
+                await wait_any(drained.wait, partial(
+                    _next_signal, signals, "giving back what workers still hold"))
                 nursery.cancel_scope.cancel()
+
+
+async def _next_signal(signals: AsyncIterator[int], what: str) -> None:
+    async for signum in signals:
+        log.info("%s: %s", signal.Signals(signum).name, what)
+        return
 
 
 def _size(text: str) -> int:

@@ -5,24 +5,22 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-
-import trio
 
 from . import _pb as pb
 from . import history as h
 from . import payloads, tracing
 from .backend import Backend, EntityQuery, EntityRecord, InstanceQuery, InstanceRecord
 from .clock import Clock
+from .commands import Commands
 from .entities.ids import EntityId, id_prefix
-from .errors import FailureDetails, InstanceNotFound, InvalidInput, InvalidOperation
+from .errors import FailureDetails, InvalidInput
 from .instance_ids import validate_instance_id
 from .registry import name_of
-from .state import TERMINAL, Message, NewInstance, from_us, new_execution_id, to_us
-from .trace_context import start_traced
-from .wire import encode
+from .state import TERMINAL, from_us, to_us
 
 OrchestrationStatus = pb.OrchestrationStatus
 
@@ -156,10 +154,8 @@ def _us(when: datetime | None, what: str) -> int | None:
 
 class Client:
     def __init__(self, backend: Backend, clock: Clock, *, poll_interval: float | None) -> None:
-        self._backend = backend
         self._clock = clock
-        # Waits are woken by this process's commits; this covers commits by other processes.
-        self._poll = math.inf if poll_interval is None else poll_interval
+        self.commands = Commands(backend, clock, poll_interval=poll_interval)
 
     async def schedule_new_orchestration(
         self,
@@ -179,27 +175,25 @@ class Client:
         data = payloads.encode(input, f"input of orchestrator {name!r}")
         if start_at is not None and start_at.tzinfo is None:
             raise InvalidInput("start_at must be timezone-aware (use UTC)")
-        now = self._clock.now_dt()
-        execution_id = new_execution_id()
-        visible_at = max(to_us(start_at), to_us(now)) if start_at is not None else to_us(now)
         policy = reuse_policy or ReusePolicy()
-        with tracing.create_orchestration(name, iid, version, now, self._clock) as trace:
-            started = start_traced(h.execution_started(
-                now, name, iid, execution_id, data, version=version, scheduled_start=start_at,
-                tags=tags,
-            ), trace)
-            await self._backend.create_instance(
-                NewInstance(iid, execution_id, name, version, data, encode(started), visible_at,
-                            tags=tags, started_event=started),
+        with self._traced(name, iid, version) as trace:
+            await self.commands.start(
+                name, iid, data, version=version, start_at=start_at, tags=tags, trace=trace,
                 replace=frozenset(int(s) for s in policy.replace),
                 ignore=frozenset(int(s) for s in policy.ignore),
             )
         return iid
 
+    def _traced(
+        self, name: str, instance_id: str, version: str | None
+    ) -> AbstractContextManager[pb.TraceContext | None]:
+        return tracing.create_orchestration(
+            name, instance_id, version, self._clock.now_dt(), self._clock)
+
     async def get_orchestration_state(
         self, instance_id: str, *, fetch_payloads: bool = True
     ) -> OrchestrationState | None:
-        record = await self._backend.get_instance(instance_id, payloads=fetch_payloads)
+        record = await self.commands.record(instance_id, payloads=fetch_payloads)
         return OrchestrationState.from_record(record) if record is not None else None
 
     async def wait_for_orchestration_start(
@@ -234,16 +228,15 @@ class Client:
         if not name:
             raise InvalidInput("event name must not be empty")
         encoded = payloads.encode(data, f"data of event {name!r}")
-        event = h.event_raised(self._clock.now_dt(), name, encoded)
-        await self._backend.add_event(instance_id, encode(event), decoded=event)
+        await self.commands.raise_event(instance_id, name, encoded)
 
     async def suspend_orchestration(self, instance_id: str, reason: str | None = None) -> None:
         """Stop processing events until resumed (they are kept). No-op for finished instances."""
-        await self._send(instance_id, h.execution_suspended(self._clock.now_dt(), reason))
+        await self.commands.suspend(instance_id, reason)
 
     async def resume_orchestration(self, instance_id: str, reason: str | None = None) -> None:
         """Process the events held while suspended. No-op unless suspended."""
-        await self._send(instance_id, h.execution_resumed(self._clock.now_dt(), reason))
+        await self.commands.resume(instance_id, reason)
 
     async def terminate_orchestration(
         self, instance_id: str, *, output: Any = None, recursive: bool = True
@@ -251,13 +244,12 @@ class Client:
         """End an instance as TERMINATED with `output`; with `recursive`, its live
         sub-orchestrations too. No-op for finished instances."""
         data = payloads.encode(output, "output of terminate")
-        event = h.execution_terminated(self._clock.now_dt(), data, recursive)
-        await self._backend.add_event(instance_id, encode(event), decoded=event, wake_pending=True)
+        await self.commands.terminate(instance_id, data, recursive)
 
     async def purge_orchestration(self, instance_id: str, *, recursive: bool = True) -> int:
         """Delete a finished instance's state and history (with `recursive`, its finished
         sub-orchestrations' too). Returns the number deleted: 0 if unknown or not finished."""
-        return await self._backend.purge_instance(instance_id, recursive=recursive)
+        return await self.commands.purge(instance_id, recursive=recursive)
 
     async def purge_orchestrations(
         self,
@@ -268,7 +260,7 @@ class Client:
     ) -> int:
         """Delete every finished instance created in [created_from, created_to) with one of
         `statuses` (any finished status when None). Returns the number deleted."""
-        return await self._backend.purge_instances(
+        return await self.commands.purge_many(
             _us(created_from, "created_from"), _us(created_to, "created_to"),
             frozenset(int(s) for s in statuses) if statuses else None,
         )
@@ -285,7 +277,7 @@ class Client:
         fetch_inputs_and_outputs: bool = False,
     ) -> QueryResult:
         """One page of instances, oldest first; stable while instances are added."""
-        page = await self._backend.query_instances(InstanceQuery(
+        page = await self.commands.query(InstanceQuery(
             _us(created_from, "created_from"), _us(created_to, "created_to"),
             frozenset(int(s) for s in statuses) if statuses else None,
             instance_id_prefix, page_size, continuation_token, fetch_inputs_and_outputs,
@@ -298,34 +290,13 @@ class Client:
         self, instance_id: str, *, restart_with_new_instance_id: bool = False
     ) -> str:
         """Run a finished instance again with its original input; returns the instance ID."""
-        record = await self._backend.get_instance(instance_id, payloads=True)
-        if record is None:
-            raise InstanceNotFound(instance_id)
-        if record.status not in TERMINAL:
-            raise InvalidOperation(
-                f"cannot restart orchestration {instance_id!r}: it is "
-                f"{pb.OrchestrationStatus(record.status).name}; only finished instances restart"
-            )
-        now = self._clock.now_dt()
-        new_id = uuid.uuid4().hex if restart_with_new_instance_id else instance_id
-        execution_id = new_execution_id()
-        name, version = record.name, record.version
-        with tracing.create_orchestration(name, new_id, version, now, self._clock) as trace:
-            started = start_traced(h.execution_started(
-                now, record.name, new_id, execution_id, record.input, version=record.version,
-                tags=record.tags,
-            ), trace)
-            await self._backend.create_instance(
-                NewInstance(new_id, execution_id, record.name, record.version, record.input,
-                            encode(started), to_us(now), tags=record.tags, started_event=started),
-                replace=TERMINAL,
-            )
-        return new_id
+        return await self.commands.restart(
+            instance_id, new_instance_id=restart_with_new_instance_id, traced=self._traced)
 
     async def rewind_orchestration(self, instance_id: str, reason: str | None = None) -> None:
         """Resume a FAILED instance from its failed activities and sub-orchestrations;
         what succeeded is not run again. Other statuses raise `InvalidOperation`."""
-        await self._backend.rewind_instance(instance_id, reason)
+        await self.commands.rewind(instance_id, reason)
 
     # -- entities ----------------------------------------------------------------------------
 
@@ -346,22 +317,15 @@ class Client:
         elif signal_time is not None and not isinstance(signal_time, datetime):
             raise InvalidInput(f"signal_time must be a datetime or a timedelta, not "
                                f"{type(signal_time).__name__}")
-        visible = to_us(now)
-        if signal_time is not None:
-            visible = max(_us(signal_time, "signal_time") or 0, visible)
-        event = h.event(now, entity_operation_signaled=pb.EntityOperationSignaledEvent(
-            request_id=uuid.uuid4().hex, operation=operation, input=data,
-            scheduled_time=signal_time, target_instance_id=str(target),
-        ))
-        message = Message(str(target), encode(event), visible, None, event)
-        await self._backend.send_entity_message(message)
+        _us(signal_time, "signal_time")
+        await self.commands.signal(str(target), operation, data, at=signal_time)
 
     async def get_entity(
         self, entity: EntityId | str, *, include_state: bool = True
     ) -> EntityMetadata | None:
         """The entity, or None if it has no state and no lock (never had, or deleted)."""
         target = EntityId.of(entity)
-        record = await self._backend.get_entity(str(target), include_state=include_state)
+        record = await self.commands.entity(str(target), include_state=include_state)
         return EntityMetadata.from_record(record, include_state) if record is not None else None
 
     async def query_entities(
@@ -383,7 +347,7 @@ class Client:
         prefix = id_prefix(instance_id_prefix) if instance_id_prefix is not None else None
         if name is not None:
             prefix = f"@{EntityId(name, '-').name}@"
-        page = await self._backend.query_entities(EntityQuery(
+        page = await self.commands.query_entities(EntityQuery(
             prefix, _us(last_modified_from, "last_modified_from"),
             _us(last_modified_to, "last_modified_to"), include_state, include_transient,
             page_size, continuation_token,
@@ -398,12 +362,9 @@ class Client:
     ) -> CleanEntityStorageResult:
         """Release locks held by orchestrations that no longer run, and delete entities that
         have no state, lock or pending messages."""
-        removed, released = await self._backend.clean_entity_storage(
+        removed, released = await self.commands.clean_entities(
             remove_empty_entities, release_orphaned_locks)
         return CleanEntityStorageResult(removed, released)
-
-    async def _send(self, instance_id: str, event: pb.HistoryEvent) -> None:
-        await self._backend.add_event(instance_id, encode(event), decoded=event)
 
     async def _wait(
         self,
@@ -413,17 +374,6 @@ class Client:
         fetch_payloads: bool,
         what: str,
     ) -> OrchestrationState:
-        seconds = _seconds(timeout)
-        with trio.move_on_after(seconds):
-            while True:
-                changed = self._backend.instance_changes.event_for(instance_id)
-                record = await self._backend.get_instance(instance_id, payloads=fetch_payloads)
-                if record is None:
-                    raise InstanceNotFound(instance_id)
-                if done(record):
-                    return OrchestrationState.from_record(record)
-                with trio.move_on_after(self._poll):
-                    await changed.wait()
-        raise TimeoutError(
-            f"orchestration {instance_id!r} did not {what} within {seconds:g} seconds"
-        )
+        record = await self.commands.wait(
+            instance_id, done, _seconds(timeout), payloads=fetch_payloads, what=what)
+        return OrchestrationState.from_record(record)

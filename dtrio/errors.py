@@ -75,6 +75,14 @@ class LeaseLost(DtrioError):
     """A work item's lease expired or was taken by another worker; its completion was refused."""
 
 
+class WorkItemTooLarge(DtrioError):
+    """A work item is larger than a worker accepts: sent, it would break the worker's stream."""
+
+
+class StreamStalled(DtrioError):
+    """A worker's stream stopped reading or stopped finishing work: it counts as gone."""
+
+
 class EngineClosed(DtrioError):
     """The engine is shutting down or has shut down."""
 

@@ -1,34 +1,17 @@
-"""Small Trio synchronisation helpers shared by the backend and the services."""
+"""Per-key change notifications for tasks that wait on one instance."""
 
 from __future__ import annotations
 
 import trio
 
 
-class Wakeup:
-    """A level-triggered "there may be work" flag that one or more tasks wait on."""
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._flag = True
-        self._event.set()
-
-    def clear(self) -> None:
-        self._flag = False
-        if self._event.is_set():
-            self._event = trio.Event()
-
-    async def wait(self) -> None:
-        if not self._flag:
-            await self._event.wait()
-        self.clear()
-
-
 class ChangeBoard:
-    """Lets tasks wait for "instance X changed" notifications from this process's commits."""
+    """Lets tasks wait for "instance X changed" notifications from this process's commits.
+
+    trio-util's AsyncValue and RepeatedEvent wake every waiter on any change; with thousands
+    of clients waiting on different instances, each commit would wake them all. Here a commit
+    wakes only the waiters of the instances it changed, and a key nobody waits on costs nothing.
+    """
 
     def __init__(self) -> None:
         self._waiting: dict[str, trio.Event] = {}

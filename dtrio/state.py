@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from . import _pb as pb
@@ -18,26 +18,17 @@ from . import history as h
 from .entities.ids import EntityId, is_entity_id
 from .errors import FailureDetails, InvalidInput
 from .instance_ids import validate_instance_id
+from .times import from_us as from_us
+from .times import to_us
 from .trace_context import new_span_id, orchestration_context, start_traced
 from .wire import encode, history_marker, one_of
 
 _S = pb.OrchestrationStatus
 TERMINAL = frozenset({int(_S.COMPLETED), int(_S.FAILED), int(_S.TERMINATED), int(_S.CANCELED)})
 _STATUSES = frozenset(int(s) for s in _S)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ORCHESTRATOR_COMPLETED = (
     pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_completed"].number
 )
-
-
-def to_us(when: datetime) -> int:
-    """Microseconds since the epoch: how the store keeps every time."""
-    delta = when - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
 
 
 def new_execution_id() -> str:

@@ -3,6 +3,7 @@
 from .base import (
     ActivityWorkItem,
     Backend,
+    Committed,
     EntityPage,
     EntityQuery,
     EntityRecord,
@@ -10,6 +11,7 @@ from .base import (
     InstancePage,
     InstanceQuery,
     InstanceRecord,
+    Listener,
     NameFilter,
     OrchestrationWorkItem,
 )
@@ -18,6 +20,7 @@ from .sqlite import SqliteBackend, open_sqlite_backend
 __all__ = [
     "ActivityWorkItem",
     "Backend",
+    "Committed",
     "EntityPage",
     "EntityQuery",
     "EntityRecord",
@@ -25,6 +28,7 @@ __all__ = [
     "InstancePage",
     "InstanceQuery",
     "InstanceRecord",
+    "Listener",
     "NameFilter",
     "OrchestrationWorkItem",
     "SqliteBackend",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .. import _pb as pb
 from ..entities.batch import EntityStep
-from ..signals import ChangeBoard, Wakeup
 from ..state import Message, NewInstance, OrchestrationStep
 
 # The names of the orchestrations or activities a worker takes, each with the versions it takes
@@ -124,20 +124,31 @@ class InstancePage:
     continuation_token: str | None  # None on the last page
 
 
+@dataclass(slots=True)
+class Committed:
+    """What one committed transaction made due, reported to the backend's listeners (the
+    services that schedule work) right after it commits."""
+
+    orchestration: bool = False  # an orchestration work item is due now
+    activity: bool = False
+    entity: bool = False
+    next_due: int | None = None  # the earliest later time at which something written is due
+    instances: set[str] = field(default_factory=set)  # whose status or execution changed
+
+
+Listener = Callable[[Committed], None]
+
+
 class Backend(Protocol):
     """Durable storage for instances, history, inboxes, the activity queue and entities.
 
     Every method is a short transaction. Completions check the lease and either apply in
-    full or raise `LeaseLost` having changed nothing.
+    full or raise `LeaseLost` having changed nothing. A store that cannot be read or written
+    raises `StorageError` and changes nothing. After every write that commits, each listener
+    is told what it made due.
     """
 
-    orchestrations_ready: Wakeup
-    activities_ready: Wakeup
-    entities_ready: Wakeup
-    schedule_changed: Wakeup
-    instance_changes: ChangeBoard
-    poller_due: int | None  # set by the poller: work due before this must wake it
-    commits: int  # transactions committed by this process, for the poller's backoff
+    def listen(self, listener: Listener) -> None: ...
 
     async def create_instance(
         self, new: NewInstance, *, replace: frozenset[int] = frozenset(),

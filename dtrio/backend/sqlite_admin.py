@@ -1,73 +1,33 @@
-"""Management operations of the SQLite backend: rewind, recursive terminate, purge, query."""
+"""Management operations of the SQLite backend: rewind, purge, query."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from .. import _pb as pb
-from .. import history as h
 from ..errors import InstanceNotFound, InvalidInput, InvalidOperation
 from ..replay.rewind import sections_open_at_failure
-from ..state import TERMINAL, ChildRewind, from_us
-from ..wire import decode, encode
+from ..state import TERMINAL
+from ..wire import decode
 from .base import InstancePage, InstanceQuery, InstanceRecord
-
-if TYPE_CHECKING:
-    from ..clock import Clock
-    from ..signals import ChangeBoard
+from .sqlite_rows import TERMINAL_SQL, delete_instances, prepare_rewind
+from .sqlite_store import SqliteStore
 
 _FAILED = int(pb.OrchestrationStatus.FAILED)
-_RUNNING = int(pb.OrchestrationStatus.RUNNING)
-_TERMINAL_SQL = ",".join(str(s) for s in sorted(TERMINAL))
 PURGE_CHUNK = 500
 
 
 class SqliteAdmin:
-    # Provided by SqliteBackend.
-    _conn: sqlite3.Connection
-    _clock: Clock
-    _changed: set[str]
-    instance_changes: ChangeBoard
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        raise NotImplementedError
-
-    def _enqueue(self, conn: sqlite3.Connection, instance_id: str, execution_id: str | None,
-                 event: bytes, visible_at: int, now: int,
-                 decoded: pb.HistoryEvent | None = None) -> None:
-        raise NotImplementedError
-
-    def _insert_instance(self, conn: sqlite3.Connection, new: Any, now: int) -> bool:
-        raise NotImplementedError
-
-    def _delete_instances(self, conn: sqlite3.Connection, instance_ids: list[str]) -> None:
-        raise NotImplementedError
-
-    def _check_open(self) -> None:
-        raise NotImplementedError
-
-    # -- rewind ----------------------------------------------------------------------------
-
-    def _prepare_rewind(self, conn: sqlite3.Connection, instance_id: str, reason: str | None,
-                        parent_execution_id: str | None, now: int) -> None:
-        """Mark a failed instance running again and ask its orchestrator for a clean history."""
-        conn.execute(
-            "UPDATE instances SET status = ?, output = NULL, failure = NULL, completed_at = NULL, "
-            "updated_at = ? WHERE instance_id = ?",
-            (_RUNNING, now, instance_id),
-        )
-        self._changed.add(instance_id)
-        event = h.event(from_us(now), execution_rewound=pb.ExecutionRewoundEvent(
-            reason=reason, parent_execution_id=parent_execution_id,
-        ))
-        self._enqueue(conn, instance_id, None, encode(event), now, now, event)
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
 
     async def rewind_instance(self, instance_id: str, reason: str | None) -> None:
+        store = self._store
+
         def op(conn: sqlite3.Connection) -> None:
             row = conn.execute(
                 "SELECT status FROM instances WHERE instance_id = ?", (instance_id,)
@@ -88,44 +48,16 @@ class SqliteAdmin:
                     "critical section, whose locks were released when it failed; start it again "
                     "instead"
                 )
-            self._prepare_rewind(conn, instance_id, reason, None, self._clock.now_us())
+            prepare_rewind(store, instance_id, reason, None, store.clock.now_us())
 
-        await self._write(op)
-
-    def _rewind_child(self, conn: sqlite3.Connection, child: ChildRewind, now: int) -> None:
-        row = conn.execute(
-            "SELECT status FROM instances WHERE instance_id = ?", (child.instance_id,)
-        ).fetchone()
-        if row is None:
-            self._insert_instance(conn, child.recreate, now)
-        elif row[0] == _FAILED:
-            self._prepare_rewind(
-                conn, child.instance_id, child.reason, child.parent_execution_id, now
-            )
-
-    # -- recursive terminate ---------------------------------------------------------------
-
-    def _terminate_children(self, conn: sqlite3.Connection, instance_id: str, output: str | None,
-                            now: int) -> None:
-        children = conn.execute(
-            f"SELECT instance_id, status FROM instances WHERE parent_instance_id = ? "
-            f"AND status NOT IN ({_TERMINAL_SQL})",
-            (instance_id,),
-        ).fetchall()
-        for child_id, status in children:
-            event = h.execution_terminated(from_us(now), output, recurse=True)
-            self._enqueue(conn, child_id, None, encode(event), now, now, event)
-            if status == int(pb.OrchestrationStatus.PENDING):
-                conn.execute(
-                    "UPDATE instances SET ready_at = min(ready_at, ?) WHERE instance_id = ?",
-                    (now, child_id),
-                )
+        await store.write(op)
 
     # -- purge -----------------------------------------------------------------------------
 
     async def purge_instance(self, instance_id: str, *, recursive: bool = True) -> int:
         """Delete a finished instance (and, with `recursive`, its finished sub-orchestrations).
         Returns how many were deleted: 0 for unknown or unfinished instances."""
+        store = self._store
 
         def op(conn: sqlite3.Connection) -> int:
             row = conn.execute(
@@ -138,12 +70,12 @@ class SqliteAdmin:
                 marks = ",".join("?" * len(frontier))
                 frontier = [r[0] for r in conn.execute(
                     f"SELECT instance_id FROM instances WHERE parent_instance_id IN ({marks}) "
-                    f"AND status IN ({_TERMINAL_SQL})", frontier)]
+                    f"AND status IN ({TERMINAL_SQL})", frontier)]
                 doomed += frontier
-            self._delete_instances(conn, doomed)
+            delete_instances(store, doomed, store.clock.now_us())
             return len(doomed)
 
-        return await self._write(op)
+        return await store.write(op)
 
     async def purge_instances(
         self, created_from: int | None, created_to: int | None, statuses: frozenset[int] | None
@@ -160,13 +92,14 @@ class SqliteAdmin:
             f"{where} LIMIT {PURGE_CHUNK}"
         )
         total = 0
+        store = self._store
         while True:
             def op(conn: sqlite3.Connection) -> int:
                 ids = [r[0] for r in conn.execute(sql, args)]
-                self._delete_instances(conn, ids)
+                delete_instances(store, ids, store.clock.now_us())
                 return len(ids)
 
-            deleted = await self._write(op)
+            deleted = await store.write(op)
             total += deleted
             if deleted < PURGE_CHUNK:
                 return total
@@ -176,7 +109,6 @@ class SqliteAdmin:
 
     async def query_instances(self, query: InstanceQuery) -> InstancePage:
         """A page of instances ordered by (created_at, instance_id): stable under inserts."""
-        self._check_open()
         if query.page_size < 1:
             raise InvalidInput("page_size must be at least 1")
         where, args = _created_range(query.created_from, query.created_to)
@@ -190,17 +122,15 @@ class SqliteAdmin:
             where += " AND (created_at, instance_id) > (?, ?)"
             args += [created, key]
         columns = record_columns(query.fetch_payloads)
-        rows = self._conn.execute(
+        rows = await self._store.read(lambda conn: conn.execute(
             f"SELECT {columns} FROM instances WHERE 1 = 1{where} "
             f"ORDER BY created_at, instance_id LIMIT ?",
             [*args, query.page_size + 1],
-        ).fetchall()
-        await trio.lowlevel.checkpoint()
+        ).fetchall())
         more = len(rows) > query.page_size
         records = [record(r, query.fetch_payloads) for r in rows[: query.page_size]]
         token = f"{records[-1].created_at}:{records[-1].instance_id}" if more else None
         return InstancePage(records, token)
-
 
     async def list_instance_ids(
         self,
@@ -212,7 +142,6 @@ class SqliteAdmin:
     ) -> tuple[list[str], str | None]:
         """IDs of finished instances, ordered by completion time, a page at a time; the key is
         None on the last page."""
-        self._check_open()
         wanted = TERMINAL if not statuses else frozenset(statuses) & TERMINAL
         if not wanted:
             return [], None
@@ -228,12 +157,11 @@ class SqliteAdmin:
             completed, key = _parse_token(last_key)
             where += " AND (completed_at, instance_id) > (?, ?)"
             args += [completed, key]
-        rows = self._conn.execute(
+        rows = await self._store.read(lambda conn: conn.execute(
             f"SELECT instance_id, completed_at FROM instances WHERE {where} "
             f"ORDER BY completed_at, instance_id LIMIT ?",
             [*args, page_size + 1],
-        ).fetchall()
-        await trio.lowlevel.checkpoint()
+        ).fetchall())
         page = rows[:page_size]
         more = len(rows) > page_size
         return [r[0] for r in page], f"{page[-1][1]}:{page[-1][0]}" if more else None

@@ -1,5 +1,7 @@
-"""TaskHubSidecarService in Trio: the client RPCs over the engine's store, the worker RPCs over
-`RemoteWork`. `bridge` serves it; an RPC not defined here answers UNIMPLEMENTED."""
+"""TaskHubSidecarService in Trio: the client RPCs over the engine's commands, the worker RPCs
+over the remote runner of the work-item lifecycle. `bridge` serves it; an RPC not defined here
+answers UNIMPLEMENTED. Requests are validated and translated here; nothing here writes to the
+store or plans a step itself."""
 
 from __future__ import annotations
 
@@ -8,17 +10,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import _pb as pb
-from .. import history as h
 from .._pb.google import protobuf as google_protobuf
 from ..backend import EntityQuery, EntityRecord, InstanceQuery
 from ..entities.ids import EntityId, id_prefix
-from ..errors import InstanceNotFound, InvalidInput, MessageTooLarge
+from ..errors import FailureDetails, InstanceNotFound, InvalidInput, MessageTooLarge
 from ..instance_ids import validate_instance_id
 from ..services import Engine
-from ..state import Message, NewInstance, from_us, new_execution_id, to_us
-from ..trace_context import start_traced
-from ..wire import encode, one_of, varint
-from .remote import RemoteWork, Send
+from ..services.kinds import ActivityResult, StepResult
+from ..services.remote import RemoteWork, Send
+from ..times import from_us, to_us
+from ..wire import one_of, varint
+from .filters import work_item_filters
 from .states import orchestration_state
 
 DEFAULT_PAGE_SIZE = 100
@@ -52,10 +54,13 @@ def _too_large(size: int, limit: int) -> str:
             "per message (--max-message-size)")
 
 
+def _too_large_failure(size: int, limit: int) -> FailureDetails:
+    return FailureDetails("MessageTooLarge", _too_large(size, limit), is_non_retriable=True)
+
+
 class Servicer:
     def __init__(self, engine: Engine, remote: RemoteWork) -> None:
-        self._backend = engine.backend
-        self._clock = engine.clock
+        self._commands = engine.client.commands
         self._client = engine.client
         self._remote = remote
 
@@ -67,30 +72,23 @@ class Servicer:
     async def start_instance(self, request: pb.CreateInstanceRequest) -> pb.CreateInstanceResponse:
         name = _required(request.name, "orchestration name")
         iid = validate_instance_id(request.instance_id) if request.instance_id else uuid.uuid4().hex
-        now = self._clock.now_dt()
         start_at = request.scheduled_start_timestamp
         if start_at is not None and to_us(start_at) <= 0:
             start_at = None  # JavaScript clients send epoch 0 when nothing is scheduled
-        tags = dict(request.tags) or None
-        execution_id = new_execution_id()
-        # The input arrives serialized already: it is stored as sent, not encoded again.
-        started = start_traced(h.execution_started(
-            now, name, iid, execution_id, request.input,
-            version=request.version, scheduled_start=start_at, tags=tags,
-        ), request.parent_trace_context)
-        visible_at = max(to_us(start_at), to_us(now)) if start_at is not None else to_us(now)
         policy = request.orchestration_id_reuse_policy
         replace = _statuses(policy.replaceable_status, "replaceableStatus") if policy else None
-        await self._backend.create_instance(NewInstance(
-            iid, execution_id, name, request.version, request.input, encode(started), visible_at,
-            tags=tags, started_event=started,
-        ), replace=replace or frozenset())
+        # The input arrives serialized already: it is stored as sent, not encoded again.
+        await self._commands.start(
+            name, iid, request.input, version=request.version, start_at=start_at,
+            tags=dict(request.tags) or None, trace=request.parent_trace_context,
+            replace=replace or frozenset(),
+        )
         return pb.CreateInstanceResponse(instance_id=iid)
 
     async def get_instance(self, request: pb.GetInstanceRequest) -> pb.GetInstanceResponse:
         iid = validate_instance_id(request.instance_id)
         payloads = request.get_inputs_and_outputs
-        record = await self._backend.get_instance(iid, payloads=payloads)
+        record = await self._commands.record(iid, payloads=payloads)
         if record is None:
             return pb.GetInstanceResponse(exists=False)
         state = orchestration_state(record, payloads=payloads)
@@ -121,15 +119,13 @@ class Servicer:
     async def raise_event(self, request: pb.RaiseEventRequest) -> pb.RaiseEventResponse:
         iid = validate_instance_id(request.instance_id)
         name = _required(request.name, "event name")
-        event = h.event_raised(self._clock.now_dt(), name, request.input)
-        await self._backend.add_event(iid, encode(event), decoded=event)
+        await self._commands.raise_event(iid, name, request.input)
         return pb.RaiseEventResponse()
 
     async def terminate_instance(self, request: pb.TerminateRequest) -> pb.TerminateResponse:
         iid = validate_instance_id(request.instance_id)
-        event = h.execution_terminated(self._clock.now_dt(), request.output, request.recursive)
         try:
-            await self._backend.add_event(iid, encode(event), decoded=event, wake_pending=True)
+            await self._commands.terminate(iid, request.output, request.recursive)
         except InstanceNotFound:
             pass  # the protocol treats terminating an unknown instance as done
         return pb.TerminateResponse()
@@ -184,7 +180,7 @@ class Servicer:
     async def query_instances(self, request: pb.QueryInstancesRequest) -> pb.QueryInstancesResponse:
         q = request.query or pb.InstanceQuery()
         fetch = q.fetch_inputs_and_outputs
-        page = await self._backend.query_instances(InstanceQuery(
+        page = await self._commands.query(InstanceQuery(
             to_us(q.created_time_from) if q.created_time_from else None,
             to_us(q.created_time_to) if q.created_time_to else None,
             _statuses(q.runtime_status, "query runtimeStatus"),
@@ -201,7 +197,7 @@ class Servicer:
     async def list_instance_ids(
         self, request: pb.ListInstanceIdsRequest
     ) -> pb.ListInstanceIdsResponse:
-        ids, last_key = await self._backend.list_instance_ids(
+        ids, last_key = await self._commands.list_ids(
             _statuses(request.runtime_status, "runtimeStatus"),
             to_us(request.completed_time_from) if request.completed_time_from else None,
             to_us(request.completed_time_to) if request.completed_time_to else None,
@@ -214,12 +210,7 @@ class Servicer:
         self, request: pb.StreamInstanceHistoryRequest, send: Send
     ) -> None:
         iid = validate_instance_id(request.instance_id)
-        record = await self._backend.get_instance(iid, payloads=False)
-        if record is None:
-            raise InstanceNotFound(iid)
-        if request.execution_id and request.execution_id != record.execution_id:
-            raise InstanceNotFound(f"{iid} (execution {request.execution_id})")
-        events = await self._backend.load_history(iid)
+        events = await self._commands.history(iid, request.execution_id)
         # Stored event bytes go out as they are, in chunks of bounded size.
         chunk = bytearray()
         for data in events:
@@ -236,29 +227,20 @@ class Servicer:
     async def signal_entity(self, request: pb.SignalEntityRequest) -> pb.SignalEntityResponse:
         target = str(EntityId.parse(request.instance_id))
         name = _required(request.name, "entity operation name")
-        now = self._clock.now_dt()
-        visible = to_us(now)
-        if request.scheduled_time is not None:
-            visible = max(to_us(request.scheduled_time), visible)
-        event = h.event(now, entity_operation_signaled=pb.EntityOperationSignaledEvent(
-            request_id=request.request_id or uuid.uuid4().hex, operation=name,
-            input=request.input, scheduled_time=request.scheduled_time,
-            target_instance_id=target,
-        ))
-        message = Message(target, encode(event), visible, None, event)
-        await self._backend.send_entity_message(message)
+        await self._commands.signal(target, name, request.input,
+                                    request_id=request.request_id, at=request.scheduled_time)
         return pb.SignalEntityResponse()
 
     async def get_entity(self, request: pb.GetEntityRequest) -> pb.GetEntityResponse:
         target = str(EntityId.parse(request.instance_id))
-        record = await self._backend.get_entity(target, include_state=request.include_state)
+        record = await self._commands.entity(target, include_state=request.include_state)
         if record is None:
             return pb.GetEntityResponse(exists=False)
         return pb.GetEntityResponse(exists=True, entity=_entity_metadata(record))
 
     async def query_entities(self, request: pb.QueryEntitiesRequest) -> pb.QueryEntitiesResponse:
         q = request.query or pb.EntityQuery()
-        page = await self._backend.query_entities(EntityQuery(
+        page = await self._commands.query_entities(EntityQuery(
             id_prefix(q.instance_id_starts_with) if q.instance_id_starts_with else None,
             to_us(q.last_modified_from) if q.last_modified_from else None,
             to_us(q.last_modified_to) if q.last_modified_to else None,
@@ -275,7 +257,7 @@ class Servicer:
         self, request: pb.CleanEntityStorageRequest
     ) -> pb.CleanEntityStorageResponse:
         # One pass does everything, so no continuation token is ever returned.
-        removed, released = await self._backend.clean_entity_storage(
+        removed, released = await self._commands.clean_entities(
             request.remove_empty_entities, request.release_orphaned_locks)
         return pb.CleanEntityStorageResponse(
             empty_entities_removed=removed, orphaned_locks_released=released)
@@ -283,12 +265,19 @@ class Servicer:
     # -- worker RPCs -----------------------------------------------------------------------
 
     async def get_work_items(self, request: pb.GetWorkItemsRequest, send: Send) -> None:
-        await self._remote.serve_stream(request, send)
+        hints = {
+            "orchestration": request.max_concurrent_orchestration_work_items,
+            "activity": request.max_concurrent_activity_work_items,
+            "entity": request.max_concurrent_entity_work_items,
+        }
+        await self._remote.serve_stream(hints, work_item_filters(request), send)
 
     async def complete_orchestrator_task(
         self, request: pb.OrchestratorResponse
     ) -> pb.CompleteTaskResponse:
-        await self._remote.complete_orchestration(request)
+        await self._remote.complete(
+            "orchestration", request.completion_token,
+            StepResult(request.actions, request.custom_status), **_orchestration(request))
         return pb.CompleteTaskResponse()
 
     async def complete_orchestrator_task_too_large(
@@ -296,24 +285,16 @@ class Servicer:
     ) -> pb.CompleteTaskResponse:
         """A step whose result is too large fails its orchestration: its worker could only give
         it back, to run into the same limit again."""
-        why = _too_large(size, limit)
-        await self._remote.complete_orchestration(pb.OrchestratorResponse(
-            instance_id=request.instance_id, completion_token=request.completion_token,
-            actions=[pb.OrchestratorAction(
-                id=-1, complete_orchestration=pb.CompleteOrchestrationAction(
-                    orchestration_status=pb.OrchestrationStatus.FAILED,
-                    failure_details=pb.TaskFailureDetails(
-                        error_type="MessageTooLarge", error_message=why, is_non_retriable=True,
-                    ),
-                ),
-            )],
-        ))
-        raise MessageTooLarge(
-            f"CompleteOrchestratorTask: {why}; orchestration {request.instance_id!r} failed"
-        )
+        await self._remote.fail("orchestration", request.completion_token,
+                                _too_large_failure(size, limit), **_orchestration(request))
+        raise MessageTooLarge(f"CompleteOrchestratorTask: {_too_large(size, limit)}; "
+                              f"orchestration {request.instance_id!r} failed")
 
     async def complete_activity_task(self, request: pb.ActivityResponse) -> pb.CompleteTaskResponse:
-        await self._remote.complete_activity(request)
+        # Failure details pass through as the worker sent them: the SDK reads its own back.
+        result = ActivityResult(request.result, request.failure_details)
+        await self._remote.complete(
+            "activity", request.completion_token, result, **_activity(request))
         return pb.CompleteTaskResponse()
 
     async def complete_activity_task_too_large(
@@ -321,23 +302,27 @@ class Servicer:
     ) -> pb.CompleteTaskResponse:
         """An activity whose result is too large fails, as if it had raised: its orchestration
         decides what follows."""
-        why = _too_large(size, limit)
-        await self._remote.complete_activity(pb.ActivityResponse(
-            instance_id=request.instance_id, task_id=request.task_id,
-            completion_token=request.completion_token,
-            failure_details=pb.TaskFailureDetails(
-                error_type="MessageTooLarge", error_message=why, is_non_retriable=True,
-            ),
-        ))
+        await self._remote.fail("activity", request.completion_token,
+                                _too_large_failure(size, limit), **_activity(request))
         raise MessageTooLarge(
-            f"CompleteActivityTask: {why}; activity #{request.task_id} of orchestration "
-            f"{request.instance_id!r} failed"
+            f"CompleteActivityTask: {_too_large(size, limit)}; activity #{request.task_id} of "
+            f"orchestration {request.instance_id!r} failed"
         )
 
     async def complete_entity_task(
         self, request: pb.EntityBatchResult
     ) -> pb.CompleteTaskResponse:
-        await self._remote.complete_entity(request)
+        token = request.completion_token
+        if not token:
+            raise InvalidInput(
+                "an entity batch result needs the completion token of its work item")
+        if request.failure_details is not None and not request.results:
+            # The worker could not run the batch at all: it runs again, later.
+            details = request.failure_details
+            self._remote.give_back("entity", token, f"its worker could not run it: "
+                                   f"{details.error_type}: {details.error_message}")
+            return pb.CompleteTaskResponse()
+        await self._remote.complete("entity", token, request, what="an entity batch")
         return pb.CompleteTaskResponse()
 
     async def complete_entity_task_too_large(
@@ -345,42 +330,58 @@ class Servicer:
     ) -> pb.CompleteTaskResponse:
         """A batch whose result is too large fails each of its operations (its state stays as
         it was): run again, it would only run into the same limit."""
-        why = _too_large(size, limit)
-        failure = pb.OperationResult(failure=pb.OperationResultFailure(
-            failure_details=pb.TaskFailureDetails(
-                error_type="MessageTooLarge", error_message=why, is_non_retriable=True)))
-        await self._remote.fail_entity(request.completion_token, failure)
-        raise MessageTooLarge(f"CompleteEntityTask: {why}; the batch's operations failed")
+        await self._remote.fail("entity", request.completion_token,
+                                _too_large_failure(size, limit), what="an entity batch")
+        raise MessageTooLarge(
+            f"CompleteEntityTask: {_too_large(size, limit)}; the batch's operations failed")
 
     # A completion that is not a well-formed message is refused; the work item it names goes
     # back (with backoff) rather than staying with a worker that will not send it again.
 
     async def complete_orchestrator_task_malformed(self, request: pb.OrchestratorResponse) -> None:
-        await self._remote.abandon_orchestration(request.completion_token)
+        self._remote.give_back("orchestration", request.completion_token, _MALFORMED)
 
     async def complete_activity_task_malformed(self, request: pb.ActivityResponse) -> None:
-        await self._remote.abandon_activity(request.completion_token)
+        self._remote.give_back("activity", request.completion_token, _MALFORMED)
 
     async def complete_entity_task_malformed(self, request: pb.EntityBatchResult) -> None:
-        await self._remote.abandon_entity(request.completion_token)
+        self._remote.give_back("entity", request.completion_token, _MALFORMED)
 
     async def abandon_task_entity_work_item(
         self, request: pb.AbandonEntityTaskRequest
     ) -> pb.AbandonEntityTaskResponse:
-        await self._remote.abandon_entity(request.completion_token)
+        self._remote.give_back("entity", request.completion_token, _ABANDONED)
         return pb.AbandonEntityTaskResponse()
 
     async def abandon_task_orchestrator_work_item(
         self, request: pb.AbandonOrchestrationTaskRequest
     ) -> pb.AbandonOrchestrationTaskResponse:
-        await self._remote.abandon_orchestration(request.completion_token)
+        self._remote.give_back("orchestration", request.completion_token, _ABANDONED)
         return pb.AbandonOrchestrationTaskResponse()
 
     async def abandon_task_activity_work_item(
         self, request: pb.AbandonActivityTaskRequest
     ) -> pb.AbandonActivityTaskResponse:
-        await self._remote.abandon_activity(request.completion_token)
+        self._remote.give_back("activity", request.completion_token, _ABANDONED)
         return pb.AbandonActivityTaskResponse()
+
+
+_MALFORMED = "its worker sent a malformed completion"
+_ABANDONED = "its worker abandoned it"
+
+
+def _orchestration(request: pb.OrchestratorResponse) -> dict[str, Any]:
+    """How a completion is matched to the step it names."""
+    iid = request.instance_id
+    return {"matches": lambda item: item.instance_id == iid, "what": f"orchestration {iid!r}"}
+
+
+def _activity(request: pb.ActivityResponse) -> dict[str, Any]:
+    key = (request.instance_id, request.task_id)
+    return {
+        "matches": lambda item: (item.instance_id, item.task_id) == key,
+        "what": f"activity #{request.task_id} of orchestration {request.instance_id!r}",
+    }
 
 
 def _entity_metadata(record: EntityRecord) -> pb.EntityMetadata:

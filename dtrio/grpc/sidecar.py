@@ -1,4 +1,5 @@
-"""The sidecar service: remote work dispatch and the gRPC server, over a running engine."""
+"""The sidecar service: the gRPC server, and the work-item lifecycles whose runner is the
+connected SDK workers, over a running engine."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import trio
 
 from ..errors import InvalidInput
 from ..services import Engine
+from ..services.remote import RemoteWork
 from .bridge import serve_grpc
 from .inbound import DEFAULT_MAX_MESSAGE_SIZE
-from .remote import DEFAULT_MAX_WORK_ITEM_SIZE, RemoteWork
 from .servicer import Servicer
+from .workitems import DEFAULT_MAX_WORK_ITEM_SIZE, HEALTH_PING, WorkItemEncoder
 
 log = logging.getLogger("dtrio.grpc")
 
 # The Python SDK worker takes 120 s without a message for a dead stream.
 HEALTH_PING_INTERVAL = 30.0
+# How long the streams of workers may take to end once the sidecar has drained.
+STREAMS_END_TIMEOUT = 5.0
 
 
 async def serve_sidecar(
@@ -29,36 +33,58 @@ async def serve_sidecar(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     max_work_item_size: int = DEFAULT_MAX_WORK_ITEM_SIZE,
     entity_request_version: int = 2,
+    stall_timeout: float | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve TaskHubSidecarService for `engine` until cancelled; `started()` gives the bound port.
+    """Serve TaskHubSidecarService for `engine`; `started()` gives the bound port.
 
     Run the engine with `local_workers=False`: its work is for the SDK workers that connect.
-    Cancelling releases every work item those workers hold, for the next start to pick up.
+    `engine.shutdown()` drains it: no new work is handed out, work items that workers hold get
+    the engine's `shutdown_grace` to complete, the rest are given back, the workers' streams
+    end (the SDKs reconnect from that) and this returns. Cancelling gives back at once every
+    work item the workers hold, for the next start to pick up.
+
     A request over `max_message_size` bytes fails alone: a client's with RESOURCE_EXHAUSTED, a
     worker's result by failing its activity, orchestration or entity operations. A work item
     over `max_work_item_size` bytes is not sent: its activity, orchestration or entity
     operations fail instead. Entity work goes to workers as `entityRequestV2` work items, or
     with `entity_request_version=1` as `entityRequest` (for workers that take only that form).
+    A worker whose stream stops reading, or that finishes nothing for `stall_timeout` seconds
+    (default: the orchestration lease) while it holds orchestration steps or entity batches,
+    counts as gone: its stream is ended and its work items go to other workers.
     """
     for name, size in (("max_message_size", max_message_size),
                        ("max_work_item_size", max_work_item_size)):
         if size < 1:
             raise InvalidInput(f"{name} must be at least 1 byte")
     if engine.options.local_workers:
-        # Both would lease the same work, and wait on the same backend wake-ups.
+        # Both would lease the same work, and wait on the same wake-ups.
         raise InvalidInput(
             "the sidecar serves an engine without in-process workers: "
             "start it with local_workers=False"
         )
+    stall = engine.options.orchestration_lease if stall_timeout is None else stall_timeout
+    if stall <= 0:
+        raise InvalidInput("stall_timeout must be positive (seconds)")
     remote = RemoteWork(
-        engine, health_ping_interval=health_ping_interval, max_work_item_size=max_work_item_size,
-        entity_request_version=entity_request_version,
+        WorkItemEncoder(max_work_item_size, entity_request_version),
+        ping=HEALTH_PING, ping_interval=health_ping_interval, stall_timeout=stall,
     )
+    runners = {name: remote.runner(kind) for name, kind in engine.kinds.items()}
     async with trio.open_nursery() as nursery:
-        await nursery.start(remote.serve)
+        workers = await nursery.start(engine.serve_workers, runners)
+        remote.bind(workers.lifecycles)
         bound = await nursery.start(partial(
             serve_grpc, Servicer(engine, remote), host, port, max_message_size=max_message_size
         ))
         log.info("sidecar listening on %s:%d", host, bound)
         task_status.started(bound)
+        await engine.stopping.wait()
+        # The engine drains these workers with the rest; their streams stay open meanwhile, so
+        # that the work items they hold can be completed.
+        await workers.finished.wait()
+        remote.close()
+        with trio.move_on_after(STREAMS_END_TIMEOUT):
+            await remote.connected_streams.wait_value(0)
+        log.info("sidecar drained; closing the server")
+        nursery.cancel_scope.cancel()

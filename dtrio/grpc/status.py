@@ -16,6 +16,7 @@ from ..errors import (
     NotRegistered,
     SerializationError,
     StorageError,
+    StreamStalled,
 )
 
 # Checked in order: the first class the error is an instance of decides.
@@ -32,6 +33,8 @@ _STATUSES: tuple[tuple[type[Exception], Status], ...] = (
     (MessageTooLarge, Status.RESOURCE_EXHAUSTED),
     (EngineClosed, Status.UNAVAILABLE),
     (StorageError, Status.UNAVAILABLE),
+    # A worker that stopped reading or finishing work: it may reconnect.
+    (StreamStalled, Status.UNAVAILABLE),
 )
 
 

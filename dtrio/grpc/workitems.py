@@ -7,9 +7,13 @@ event and encoding it again.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _pb as pb
 from ..backend import ActivityWorkItem
 from ..entities.batch import EntityBatch
+from ..errors import InvalidInput, WorkItemTooLarge
+from ..services.kinds import EntityWork, StepWork
 from ..wire import encode, varint
 
 # Keys (field number << 3 | length-delimited) of the fields spliced in by hand.
@@ -18,6 +22,44 @@ _PAST_EVENT = varint(3 << 3 | 2)  # OrchestratorRequest.pastEvents
 _NEW_EVENT = varint(4 << 3 | 2)  # OrchestratorRequest.newEvents
 
 HEALTH_PING = encode(pb.WorkItem(health_ping=pb.HealthPing()))
+
+# gRPC clients refuse larger messages unless configured otherwise: the official SDK workers do.
+DEFAULT_MAX_WORK_ITEM_SIZE = 4 << 20
+
+
+class WorkItemEncoder:
+    """What the remote runner sends a worker for each kind of work item, no larger than
+    `max_size` bytes (`WorkItemTooLarge` otherwise)."""
+
+    def __init__(self, max_size: int, entity_request_version: int) -> None:
+        if entity_request_version not in (1, 2):
+            raise InvalidInput(
+                f"entity_request_version must be 1 or 2, not {entity_request_version}")
+        self._max_size = max_size
+        self._entity_version = entity_request_version
+
+    async def __call__(self, kind: str, item: Any, work: Any) -> bytes:
+        if kind == "orchestration":
+            assert isinstance(work, StepWork)
+            message = orchestrator_work_item(
+                item.lock_token, item.instance_id, item.execution_id, await work.past(),
+                [data for _, data in work.new],
+                orchestration_trace_context(await work.started_event()),
+            )
+            what = f"orchestration {item.instance_id!r} with its history"
+        elif kind == "activity":
+            message = activity_work_item(item.lock_token, item)
+            what = f"activity {item.name!r} (#{item.task_id}) with its input"
+        else:
+            assert isinstance(work, EntityWork)
+            message = entity_work_item(item.lock_token, work.batch, version=self._entity_version)
+            what = f"entity {item.instance_id} with its state"
+        if len(message) > self._max_size:
+            raise WorkItemTooLarge(
+                f"the work item for {what} is {len(message)} bytes, over the {self._max_size} "
+                "bytes a worker is sent at most (--max-work-item-size; gRPC clients accept 4 MiB "
+                "unless configured for more)")
+        return message
 
 
 def orchestrator_work_item(

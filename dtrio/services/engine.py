@@ -1,4 +1,5 @@
-"""The engine root: one nursery holding the poller and both dispatchers over one backend."""
+"""The engine root: one nursery holding the poller and the work-item lifecycles over one
+backend, and their graceful drain."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import partial
@@ -18,15 +19,46 @@ from ..backend import Backend, open_sqlite_backend
 from ..client import Client
 from ..clock import Clock
 from ..registry import Registry
-from .activities import ActivityDispatcher
-from .entities import EntityDispatcher
+from .kinds import Activities, Entities, Orchestrations
+from .lifecycle import Kind, Lifecycle, Runner
+from .local import LocalActivities, LocalEntities, LocalOrchestrations
 from .options import EngineOptions
-from .orchestrations import OrchestrationDispatcher
 from .poller import serve_poller
+from .wakeups import Wakeups
 
 log = logging.getLogger("dtrio.engine")
 
 DEFAULT_DB = "dtrio.sqlite3"
+
+
+class Workers:
+    """One lifecycle per kind of work item, each with its runner, started and drained
+    together."""
+
+    def __init__(self, engine: Engine, runners: Mapping[str, Runner[Any, Any, Any]]) -> None:
+        opts = engine.options
+        limits = {"orchestration": opts.max_concurrent_orchestrations,
+                  "activity": opts.max_concurrent_activities,
+                  "entity": opts.max_concurrent_entities}
+        self.lifecycles = {
+            name: Lifecycle(engine.kinds[name], runner, engine.wakeups.ready[name],
+                            owner=engine.owner, limit=limits[name])
+            for name, runner in runners.items()
+        }
+        self.finished = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for lifecycle in self.lifecycles.values():
+                    await nursery.start(lifecycle.serve)
+                task_status.started()
+        finally:
+            self.finished.set()
+
+    def drain(self, grace: float) -> None:
+        for lifecycle in self.lifecycles.values():
+            lifecycle.drain(grace)
 
 
 class Engine:
@@ -40,15 +72,52 @@ class Engine:
         self.clock = clock
         self.options = options
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.wakeups = Wakeups()
+        backend.listen(self.wakeups.committed)
         self.client = Client(backend, clock, poll_interval=options.max_poll_interval)
-        self.orchestrations = OrchestrationDispatcher(backend, clock, registry, options, self.owner)
-        self.activities = ActivityDispatcher(backend, clock, registry, options, self.owner)
-        self.entities = EntityDispatcher(backend, clock, registry, options, self.owner)
-        self._stop = trio.Event()
+        self.kinds: dict[str, Kind[Any, Any, Any]] = {
+            "orchestration": Orchestrations(backend, clock, options.orchestration_lease),
+            "activity": Activities(backend, clock, options.activity_lease),
+            "entity": Entities(backend, clock, options.orchestration_lease,
+                               options.entity_batch_size),
+        }
+        # The runners of work done in this process (none when remote workers do it).
+        self.local: dict[str, Any] = {}
+        if options.local_workers:
+            self.local = {
+                "orchestration": LocalOrchestrations(registry, clock, options.cache_size),
+                "activity": LocalActivities(registry, clock),
+                "entity": LocalEntities(registry),
+            }
+        self._workers: list[Workers] = []
+        self.stopping = trio.Event()
 
     def shutdown(self) -> None:
         """Stop taking work; in-flight items get `shutdown_grace` seconds to finish."""
-        self._stop.set()
+        self.stopping.set()
+
+    async def serve_workers(
+        self, runners: Mapping[str, Runner[Any, Any, Any]], *,
+        task_status: trio.TaskStatus[Workers] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the lifecycles of `runners` until cancelled, or drained by `shutdown()`; the
+        store stays open until they have given back what they hold."""
+        workers = Workers(self, runners)
+        self._workers.append(workers)
+        if self.stopping.is_set():
+            workers.drain(self.options.shutdown_grace)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(workers.serve)
+                task_status.started(workers)
+        finally:
+            self._workers.remove(workers)
+
+    async def _drain(self) -> None:
+        for workers in list(self._workers):
+            workers.drain(self.options.shutdown_grace)
+        for workers in list(self._workers):
+            await workers.finished.wait()
 
 
 def _options(options: EngineOptions | None, overrides: dict[str, Any]) -> EngineOptions:
@@ -71,22 +140,14 @@ async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -
     backend, opts = engine.backend, engine.options
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_poller, backend, engine.clock, opts.max_poll_interval)
-            dispatchers = []
-            if opts.local_workers:
-                await nursery.start(engine.orchestrations.dispatcher.serve)
-                await nursery.start(engine.activities.serve)
-                await nursery.start(engine.entities.serve)
-                dispatchers = [engine.orchestrations.dispatcher, engine.activities.dispatcher,
-                               engine.entities.dispatcher]
+            await nursery.start(
+                serve_poller, backend, engine.clock, engine.wakeups, opts.max_poll_interval)
+            if engine.local:
+                await nursery.start(engine.serve_workers, engine.local)
             log.info("engine %s started on %s", engine.owner, getattr(backend, "where", backend))
             task_status.started(engine)
-            await engine._stop.wait()
-            for dispatcher in dispatchers:
-                dispatcher.drain()
-            with trio.move_on_after(opts.shutdown_grace):
-                for dispatcher in dispatchers:
-                    await dispatcher.finished.wait()
+            await engine.stopping.wait()
+            await engine._drain()
             nursery.cancel_scope.cancel()
     finally:
         await backend.aclose()

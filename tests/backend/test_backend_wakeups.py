@@ -1,123 +1,103 @@
-"""In-process wake-ups the dispatchers and clients wait on."""
+"""What each commit reports to the backend's listeners: the work it made due, the earliest
+later time something is due, and the instances whose status changed."""
 
 from __future__ import annotations
 
 import pytest
 import trio
-import trio.testing
 from backend_contract import LEASE, SECOND
 
 from dtrio import history as h
+from dtrio.backend import Committed
 from dtrio.errors import LeaseLost
 from dtrio.state import Message
 
 
-async def wait_returns_at_once(wakeup) -> bool:
-    with trio.move_on_after(0.01) as scope:
-        await wakeup.wait()
-    return not scope.cancelled_caught
+@pytest.fixture
+def reports(kit) -> list[Committed]:
+    seen: list[Committed] = []
+    kit.backend.listen(seen.append)
+    return seen
 
 
-async def test_create_instance_sets_orchestrations_ready(kit):
-    backend = kit.backend
-    assert not await wait_returns_at_once(backend.orchestrations_ready)
+def due(reports: list[Committed], kind: str) -> bool:
+    return any(getattr(r, kind) for r in reports)
+
+
+async def test_create_instance_reports_an_orchestration_due_and_a_change(kit, reports):
     await kit.start("i1")
-    assert await wait_returns_at_once(backend.orchestrations_ready)
-    assert not await wait_returns_at_once(backend.orchestrations_ready)  # consumed
+    assert len(reports) == 1
+    assert reports[0].orchestration and not reports[0].activity and not reports[0].entity
+    assert reports[0].instances == {"i1"}
+    assert reports[0].next_due is None
 
 
-async def test_future_instance_sets_schedule_changed_not_ready(kit):
-    backend = kit.backend
-    await kit.start("i1", visible_at=kit.now() + 60 * SECOND)
-    assert not await wait_returns_at_once(backend.orchestrations_ready)
-    assert await wait_returns_at_once(backend.schedule_changed)
+async def test_future_instance_reports_when_it_is_due(kit, reports):
+    at = kit.now() + 60 * SECOND
+    await kit.start("i1", visible_at=at)
+    assert not due(reports, "orchestration")
+    assert reports[-1].next_due == at
 
 
-async def test_add_event_sets_orchestrations_ready(kit):
+async def test_add_event_reports_an_orchestration_due(kit, reports):
     await kit.start("i1")
-    await kit.backend.orchestrations_ready.wait()
+    reports.clear()
     await kit.backend.add_event("i1", kit.event_raised())
-    assert await wait_returns_at_once(kit.backend.orchestrations_ready)
+    assert due(reports, "orchestration")
+    assert reports[-1].instances == set()  # its status did not change
 
 
-async def test_scheduling_an_activity_sets_activities_ready(kit):
-    backend = kit.backend
+async def test_scheduling_an_activity_reports_an_activity_due(kit, reports):
     _, item = await kit.started_and_leased("i1")
-    assert not await wait_returns_at_once(backend.activities_ready)
-    await backend.complete_orchestration(item, kit.step(
+    reports.clear()
+    await kit.backend.complete_orchestration(item, kit.step(
         item, h.task_scheduled(kit.clock.now_dt(), 1, "act"), activities=[kit.activity(item, 1)]))
-    assert await wait_returns_at_once(backend.activities_ready)
+    assert due(reports, "activity")
 
 
-async def test_waiter_is_woken_by_a_commit(kit):
-    woke = trio.Event()
-
-    async def waiter():
-        await kit.backend.orchestrations_ready.wait()
-        woke.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiter)
-        await trio.testing.wait_all_tasks_blocked()
-        assert not woke.is_set()
-        await kit.start("i1")
-        with trio.fail_after(1):
-            await woke.wait()
-
-
-async def test_instance_changes_after_create_and_complete(kit):
-    changes = kit.backend.instance_changes
-    created = changes.event_for("i1")
-    other = changes.event_for("other")
+async def test_every_listener_hears_every_commit(kit, reports):
+    others: list[Committed] = []
+    kit.backend.listen(others.append)
     await kit.start("i1")
-    assert created.is_set()
-    assert not other.is_set()
+    await kit.start("i2")
+    assert len(reports) == len(others) == 2
 
+
+async def test_instance_changes_after_create_and_complete(kit, reports):
+    await kit.start("i1")
     item = await kit.lease_one("i1")
-    completed = changes.event_for("i1")
-    assert not completed.is_set()
+    reports.clear()
     await kit.backend.complete_orchestration(item, kit.step(item))
-    assert completed.is_set()
-    assert not other.is_set()
+    assert reports[-1].instances == {"i1"}  # PENDING -> RUNNING
 
 
-async def test_instance_changes_for_a_child_created_by_a_step(kit):
+async def test_instance_changes_for_a_child_created_by_a_step(kit, reports):
     _, item = await kit.started_and_leased("parent")
-    child_changed = kit.backend.instance_changes.event_for("child")
     child = kit.new_instance("child", parent_instance_id="parent")
+    reports.clear()
     await kit.backend.complete_orchestration(item, kit.step(item, new_instances=[child]))
-    assert child_changed.is_set()
+    assert "child" in reports[-1].instances
 
 
-async def test_failed_completion_announces_nothing(kit, autojump_clock):
+async def test_failed_completion_reports_nothing(kit, reports, autojump_clock):
     await kit.start("i1")
     old = await kit.lease_one("i1", lease_us=SECOND)
     await trio.sleep(2)
     await kit.lease_one("i1", owner="w2")
-    changed = kit.backend.instance_changes.event_for("i1")
+    reports.clear()
     with pytest.raises(LeaseLost):
         await kit.backend.complete_orchestration(old, kit.step(
             old, activities=[kit.activity(old, 1)],
             messages=[Message("i1", kit.event_raised(), kit.now())]))
-    assert not changed.is_set()
-    assert not await wait_returns_at_once(kit.backend.activities_ready)
+    assert not any(r.instances or r.activity or r.orchestration for r in reports)
     assert await kit.backend.lease_activities("a", 10, LEASE) == []
 
 
-async def test_schedule_changed_only_for_work_due_before_the_poller_wakes(kit, autojump_clock):
-    backend = kit.backend
-    now = kit.now()
-    backend.poller_due = now + 100 * SECOND
-    backend.schedule_changed.clear()
-    await kit.start("late", visible_at=now + 200 * SECOND)
-    assert not await wait_returns_at_once(backend.schedule_changed)
-    await kit.start("early", visible_at=now + 50 * SECOND)
-    assert await wait_returns_at_once(backend.schedule_changed)
-
-
-async def test_abandon_with_delay_wakes_the_poller(kit):
-    backend = kit.backend
+async def test_abandon_with_delay_reports_when_it_is_due_again(kit, reports):
     _, item = await kit.started_and_leased("i1")
-    backend.schedule_changed.clear()
-    await backend.abandon_orchestration(item, 10 * SECOND)
-    assert await wait_returns_at_once(backend.schedule_changed)
+    reports.clear()
+    before = kit.now()
+    await kit.backend.abandon_orchestration(item, 10 * SECOND)
+    assert not due(reports, "orchestration")
+    assert reports[-1].next_due is not None
+    assert before + 10 * SECOND <= reports[-1].next_due <= kit.now() + 10 * SECOND

@@ -61,7 +61,7 @@ async def test_ten_thousand_signals_in_order_in_bounded_batches(autojump_clock):
             await engine.client.signal_entity("@sequence@s", "next", n)
         assert await result(engine, {"entity": "@sequence@s", "op": "get"}) == {
             "last": 10_000, "count": 10_000, "out_of_order": 0}
-        conn = engine.backend._conn
+        conn = engine.backend._store.conn
         # Entities keep a state, not a history: nothing grew but the state itself.
         assert conn.execute("SELECT count(*) FROM entity_inbox").fetchone()[0] == 0
         entity_history = "SELECT count(*) FROM history WHERE instance_id LIKE '@%'"

@@ -140,7 +140,7 @@ async def test_orphaned_locks_are_released_by_clean_storage(autojump_clock):
         while (await client.get_entity("@account@o")) is None:
             await trio.sleep(1)
         # The holder vanishes without finishing (its row deleted, as by a foreign tool).
-        engine.backend._conn.execute("DELETE FROM instances WHERE instance_id = ?", (holder,))
+        engine.backend._store.conn.execute("DELETE FROM instances WHERE instance_id = ?", (holder,))
         cleaned = await client.clean_entity_storage()
         assert (cleaned.orphaned_locks_released, cleaned.empty_entities_removed) == (1, 0)
         assert await client.get_entity("@account@o") is None

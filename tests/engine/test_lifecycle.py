@@ -197,10 +197,10 @@ async def test_continue_as_new_without_save_events_drops_them(autojump_clock):
 async def test_ten_thousand_continues_as_new_keep_storage_flat(autojump_clock):
     async with open_test_engine(registry) as engine:
         state = await run(engine, counter, {"n": 0, "stop": 10_000}, instance_id="monitor")
-        conn = engine.backend._conn
+        conn = engine.backend._store.conn
         rows = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("history", "inbox", "activities", "instances")}
-        cached = len(engine.orchestrations.cache)
+        cached = len(engine.local["orchestration"].cache)
     assert state.output["n"] == 10_000
     assert rows["history"] < 10 and rows["inbox"] == 0 and rows["activities"] == 0
     assert rows["instances"] == 1

@@ -1,0 +1,227 @@
+"""Row-level steps shared by every SQLite operation, run inside a transaction of the store:
+inboxes (of instances and of entities), instance rows, readiness and entity locks.
+
+An instance is ready when its inbox holds a visible event (`ready_at`). An entity is ready when
+its inbox holds a message it may process now: any message while it is unlocked, only the lock
+holder's calls and unlock while it is locked (the rest wait).
+"""
+
+from __future__ import annotations
+
+import json
+
+from .. import _pb as pb
+from .. import history as h
+from ..entities.batch import source_of
+from ..entities.ids import is_entity_id
+from ..state import TERMINAL, ChildRewind, Message, NewInstance, from_us
+from ..wire import decode, encode
+from .sqlite_store import SqliteStore
+
+_PENDING = int(pb.OrchestrationStatus.PENDING)
+_RUNNING = int(pb.OrchestrationStatus.RUNNING)
+_FAILED = int(pb.OrchestrationStatus.FAILED)
+TERMINAL_SQL = ",".join(str(s) for s in sorted(TERMINAL))
+# Messages an entity may process now, given its lock (`e` is its row, `i` the inbox).
+ELIGIBLE = "(e.locked_by IS NULL OR i.source = e.locked_by)"
+
+
+# -- instances and their inboxes -----------------------------------------------------------
+
+
+def enqueue(store: SqliteStore, instance_id: str, execution_id: str | None, event: bytes,
+            visible_at: int, now: int, decoded: pb.HistoryEvent | None = None) -> None:
+    conn = store.conn
+    cur = conn.execute(
+        "INSERT INTO inbox (instance_id, execution_id, event, visible_at) VALUES (?, ?, ?, ?)",
+        (instance_id, execution_id, event, visible_at),
+    )
+    if decoded is not None:
+        store.keep_decoded(cur.lastrowid or 0, decoded)
+    # A pending instance becomes ready when its start comes due, not when an early event
+    # arrives: the event waits in the inbox for the orchestration to begin.
+    conn.execute(
+        "UPDATE instances SET ready_at = min(coalesce(ready_at, ?1), ?1) "
+        "WHERE instance_id = ?2 AND (status != ?3 OR ready_at IS NULL)",
+        (visible_at, instance_id, _PENDING),
+    )
+    store.due("orchestration", visible_at, now)
+
+
+def deliver(store: SqliteStore, message: Message, now: int) -> None:
+    """Put a message in a live instance's inbox; messages to finished ones are dropped.
+    Messages to entities go to the entity's inbox."""
+    if is_entity_id(message.instance_id):
+        deliver_entity(store, message, now)
+        return
+    row = store.conn.execute(
+        "SELECT execution_id, status FROM instances WHERE instance_id = ?",
+        (message.instance_id,),
+    ).fetchone()
+    if row is None or row[1] in TERMINAL:
+        return
+    if message.execution_id is not None and row[0] != message.execution_id:
+        return
+    enqueue(store, message.instance_id, message.execution_id, message.event,
+            message.visible_at, now, message.decoded)
+
+
+def insert_instance(store: SqliteStore, new: NewInstance, now: int) -> bool:
+    cur = store.conn.execute(
+        "INSERT OR IGNORE INTO instances (instance_id, execution_id, name, version, status, "
+        "input, tags, created_at, updated_at, scheduled_start, parent_instance_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (new.instance_id, new.execution_id, new.name, new.version, _PENDING, new.input,
+         json.dumps(new.tags) if new.tags else None, now, now,
+         new.visible_at if new.visible_at > now else None, new.parent_instance_id),
+    )
+    if cur.rowcount != 1:
+        return False
+    enqueue(store, new.instance_id, new.execution_id, new.started, new.visible_at, now,
+            new.started_event)
+    store.changed(new.instance_id)
+    return True
+
+
+def status_of(store: SqliteStore, instance_id: str) -> int | None:
+    row = store.conn.execute(
+        "SELECT status FROM instances WHERE instance_id = ?", (instance_id,)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def delete_instances(store: SqliteStore, instance_ids: list[str], now: int) -> None:
+    rows = [(i,) for i in instance_ids]
+    for table in ("history", "inbox", "activities", "instances"):
+        store.conn.executemany(f"DELETE FROM {table} WHERE instance_id = ?", rows)
+    for instance_id in instance_ids:
+        store.changed(instance_id)
+        # A running instance replaced by a new start held its locks to the end.
+        release_entity_locks(store, instance_id, now)
+
+
+def refresh_ready(store: SqliteStore, instance_id: str, now: int) -> None:
+    conn = store.conn
+    ready = conn.execute(
+        "SELECT min(visible_at) FROM inbox WHERE instance_id = ?", (instance_id,)
+    ).fetchone()[0]
+    conn.execute("UPDATE instances SET ready_at = ? WHERE instance_id = ?", (ready, instance_id))
+    if ready is not None:
+        store.due("orchestration", ready, now)
+
+
+def terminate_children(store: SqliteStore, instance_id: str, output: str | None,
+                       now: int) -> None:
+    conn = store.conn
+    children = conn.execute(
+        f"SELECT instance_id, status FROM instances WHERE parent_instance_id = ? "
+        f"AND status NOT IN ({TERMINAL_SQL})",
+        (instance_id,),
+    ).fetchall()
+    for child_id, status in children:
+        event = h.execution_terminated(from_us(now), output, recurse=True)
+        enqueue(store, child_id, None, encode(event), now, now, event)
+        if status == _PENDING:
+            conn.execute(
+                "UPDATE instances SET ready_at = min(ready_at, ?) WHERE instance_id = ?",
+                (now, child_id),
+            )
+
+
+def prepare_rewind(store: SqliteStore, instance_id: str, reason: str | None,
+                   parent_execution_id: str | None, now: int) -> None:
+    """Mark a failed instance running again and ask its orchestrator for a clean history."""
+    store.conn.execute(
+        "UPDATE instances SET status = ?, output = NULL, failure = NULL, completed_at = NULL, "
+        "updated_at = ? WHERE instance_id = ?",
+        (_RUNNING, now, instance_id),
+    )
+    store.changed(instance_id)
+    event = h.event(from_us(now), execution_rewound=pb.ExecutionRewoundEvent(
+        reason=reason, parent_execution_id=parent_execution_id,
+    ))
+    enqueue(store, instance_id, None, encode(event), now, now, event)
+
+
+def rewind_child(store: SqliteStore, child: ChildRewind, now: int) -> None:
+    status = status_of(store, child.instance_id)
+    if status is None:
+        insert_instance(store, child.recreate, now)
+    elif status == _FAILED:
+        prepare_rewind(store, child.instance_id, child.reason, child.parent_execution_id, now)
+
+
+# -- entities ----------------------------------------------------------------------------
+
+
+def deliver_entity(store: SqliteStore, message: Message, now: int) -> None:
+    """Put a message in an entity's inbox, creating the entity when it is new."""
+    conn = store.conn
+    event = message.decoded or decode(pb.HistoryEvent, message.event)
+    name = message.instance_id.split("@", 2)[1]
+    conn.execute(
+        "INSERT OR IGNORE INTO entities (instance_id, name, created_at, last_modified) "
+        "VALUES (?, ?, ?, ?)",
+        (message.instance_id, name, now, now),
+    )
+    source = source_of(event)
+    request = event.entity_lock_requested
+    lock_for = (request.parent_instance_id or None) if request is not None else None
+    cur = conn.execute(
+        "INSERT INTO entity_inbox (instance_id, source, event, visible_at, lock_for) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (message.instance_id, source, message.event, message.visible_at, lock_for),
+    )
+    # Negative keys: the decoded-event cache is shared with the orchestration inbox's ids.
+    store.keep_decoded(-(cur.lastrowid or 0), event)
+    updated = conn.execute(
+        "UPDATE entities SET ready_at = min(coalesce(ready_at, ?1), ?1) "
+        "WHERE instance_id = ?2 AND (locked_by IS NULL OR locked_by = ?3)",
+        (message.visible_at, message.instance_id, source),
+    )
+    if updated.rowcount:
+        store.due("entity", message.visible_at, now)
+
+
+def refresh_entity(store: SqliteStore, instance_id: str, now: int) -> None:
+    conn = store.conn
+    ready = conn.execute(
+        f"SELECT min(i.visible_at) FROM entity_inbox i JOIN entities e USING (instance_id) "
+        f"WHERE i.instance_id = ? AND {ELIGIBLE}",
+        (instance_id,),
+    ).fetchone()[0]
+    conn.execute("UPDATE entities SET ready_at = ? WHERE instance_id = ?", (ready, instance_id))
+    if ready is not None:
+        store.due("entity", ready, now)
+
+
+def release_entity_locks(store: SqliteStore, orchestration_id: str, now: int) -> int:
+    """Unlock every entity an orchestration holds (it finished, or is gone), and take back
+    its lock requests still on their way: granted later, they would lock an entity for an
+    execution that is over, or for a new instance under the same ID."""
+    conn = store.conn
+    held = [r[0] for r in conn.execute(
+        "SELECT instance_id FROM entities WHERE locked_by = ?", (orchestration_id,))]
+    for entity_id in held:
+        conn.execute(
+            "UPDATE entities SET locked_by = NULL, lock_section = NULL, last_modified = ? "
+            "WHERE instance_id = ?", (now, entity_id))
+    waiting = [r[0] for r in conn.execute(
+        "SELECT DISTINCT instance_id FROM entity_inbox WHERE lock_for = ?",
+        (orchestration_id,))]
+    if waiting:
+        conn.execute("DELETE FROM entity_inbox WHERE lock_for = ?", (orchestration_id,))
+    for entity_id in dict.fromkeys(held + waiting):
+        refresh_entity(store, entity_id, now)
+        drop_if_empty(store, entity_id)
+    return len(held)
+
+
+def drop_if_empty(store: SqliteStore, entity_id: str) -> None:
+    """An entity without state, lock or messages no longer exists."""
+    store.conn.execute(
+        "DELETE FROM entities WHERE instance_id = ?1 AND state IS NULL "
+        "AND locked_by IS NULL AND lock_token IS NULL "
+        "AND NOT EXISTS (SELECT 1 FROM entity_inbox WHERE instance_id = ?1)",
+        (entity_id,),
+    )

@@ -1,0 +1,321 @@
+"""The three kinds of work item, each over the storage contract: how it is leased, what a
+runner is given, and how a runner's result is settled. Settling is the same whoever ran the item:
+the step is planned by the pure core (`apply_step`, `finish_batch`) and committed with a check
+of the lease."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from .. import _pb as pb
+from .. import history as h
+from ..backend import ActivityWorkItem, Backend, EntityWorkItem, OrchestrationWorkItem
+from ..clock import Clock
+from ..entities.batch import EntityBatch, EntityStep, finish_batch, plan_batch
+from ..errors import FailureDetails
+from ..logs import work_item
+from ..replay import describe_action
+from ..state import TERMINAL, OrchestrationStep, apply_step
+from ..wire import decode, encode
+
+log = logging.getLogger("dtrio.engine")
+_S = pb.OrchestrationStatus
+_SUSPENDED = int(_S.SUSPENDED)
+
+
+# -- orchestration steps --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StepWork:
+    """An orchestration step to run: the events it consumes, opened by orchestratorStarted."""
+
+    item: OrchestrationWorkItem
+    now: datetime
+    new: list[tuple[pb.HistoryEvent, bytes]]
+    suspended: bool  # after the new events
+    _load: Callable[[str], Awaitable[list[bytes]]]
+    # The execution's start, when a runner knows it (else it is read from the history).
+    started: pb.ExecutionStartedEvent | None = None
+    _past: list[bytes] | None = None
+
+    @property
+    def events(self) -> list[pb.HistoryEvent]:
+        return [event for event, _ in self.new]
+
+    async def past(self) -> list[bytes]:
+        """The history so far, as stored."""
+        if self._past is None:
+            self._past = await self._load(self.item.instance_id)
+        return self._past
+
+    async def started_event(self) -> pb.HistoryEvent | None:
+        """The executionStarted event of this execution (the second event of a history, so
+        this parses two events, not all)."""
+        for event, _ in self.new:
+            if event.execution_started is not None:
+                return event
+        for data in await self.past():
+            event = decode(pb.HistoryEvent, data)
+            if event.execution_started is not None:
+                return event
+        return None
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What an orchestrator did in one step."""
+
+    actions: Sequence[pb.OrchestratorAction]
+    custom_status: str | None = None
+
+
+def _fail_action(details: FailureDetails) -> pb.OrchestratorAction:
+    return pb.OrchestratorAction(id=-1, complete_orchestration=pb.CompleteOrchestrationAction(
+        orchestration_status=_S.FAILED, failure_details=h.failure_to_pb(details),
+    ))
+
+
+class Orchestrations:
+    name = "orchestration"
+
+    def __init__(self, backend: Backend, clock: Clock, lease_s: float) -> None:
+        self._backend = backend
+        self._clock = clock
+        self.lease_s = lease_s
+
+    def token(self, item: OrchestrationWorkItem) -> str:
+        return item.lock_token
+
+    def key(self, item: OrchestrationWorkItem) -> str:
+        return item.instance_id
+
+    def describe(self, item: OrchestrationWorkItem) -> str:
+        return f"orchestration {item.instance_id!r}"
+
+    async def lease(
+        self, owner: str, limit: int, lease_us: int, names: object
+    ) -> list[OrchestrationWorkItem]:
+        return await self._backend.lease_orchestrations(
+            owner, limit, lease_us, names)  # type: ignore[arg-type]
+
+    async def open(self, item: OrchestrationWorkItem) -> StepWork | None:
+        if not item.events or item.status in TERMINAL:
+            await self._backend.release_orchestration(item)
+            return None
+        now = self._clock.now_dt()
+        new: list[tuple[pb.HistoryEvent, bytes]] = [h.step_opener(now)]
+        suspended = item.status == _SUSPENDED
+        for inbox_id, data in item.events:
+            event = item.decoded.get(inbox_id) or decode(pb.HistoryEvent, data)
+            new.append((event, data))
+            if event.execution_suspended is not None:
+                suspended = True
+            elif event.execution_resumed is not None:
+                suspended = False
+        return StepWork(item, now, new, suspended, self._backend.load_history)
+
+    def failure(
+        self, item: OrchestrationWorkItem, work: StepWork, details: FailureDetails
+    ) -> StepResult:
+        return StepResult([_fail_action(details)])
+
+    async def settle(
+        self, item: OrchestrationWorkItem, work: StepWork, result: StepResult
+    ) -> OrchestrationStep:
+        started = work.started
+        if started is None:
+            event = await work.started_event()
+            started = event.execution_started if event is not None else None
+        step = apply_step(
+            item.instance_id, item.execution_id, started, work.new, result.actions, work.now,
+            custom_status=result.custom_status, suspended=work.suspended,
+        )
+        await self._backend.complete_orchestration(item, step)
+        _log_step(item, work.events, result.actions, step)
+        return step
+
+    async def renew(self, item: OrchestrationWorkItem, lease_us: int) -> None:
+        await self._backend.renew_orchestration(item, lease_us)
+
+    async def give_back(self, item: OrchestrationWorkItem, delay_us: int) -> None:
+        await self._backend.abandon_orchestration(item, delay_us)
+
+
+def _log_step(
+    item: OrchestrationWorkItem, events: list[pb.HistoryEvent],
+    actions: Sequence[pb.OrchestratorAction], step: OrchestrationStep,
+) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    iid, name = item.instance_id, item.name
+    extra = work_item("orchestration", iid)
+    if item.step == 0:
+        log.info("orchestration %s (%s) started", iid, name, extra=extra)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "orchestration %s (%s) step %d: events [%s] -> actions [%s]", iid, name, item.step,
+            ", ".join(h.kind(e) for e in events), ", ".join(describe_action(a) for a in actions),
+            extra=extra,
+        )
+    if step.continued_as_new:
+        log.info("orchestration %s (%s) continued as new", iid, name, extra=extra)
+    elif step.completed:
+        status = _S(step.status).name
+        failure = pb.TaskFailureDetails.parse(step.failure) if step.failure else None
+        if failure is not None:
+            log.info("orchestration %s (%s) finished: %s: %s: %s", iid, name, status,
+                     failure.error_type, failure.error_message, extra=extra)
+        else:
+            log.info("orchestration %s (%s) finished: %s", iid, name, status, extra=extra)
+
+
+# -- activities -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ActivityResult:
+    """An activity's output, or how it failed (details kept exactly as given)."""
+
+    output: str | None = None
+    failure: pb.TaskFailureDetails | None = None
+
+
+class Activities:
+    name = "activity"
+
+    def __init__(self, backend: Backend, clock: Clock, lease_s: float) -> None:
+        self._backend = backend
+        self._clock = clock
+        self.lease_s = lease_s
+
+    def token(self, item: ActivityWorkItem) -> str:
+        return item.lock_token
+
+    def key(self, item: ActivityWorkItem) -> str:
+        return f"{item.instance_id}#{item.task_id}"
+
+    def describe(self, item: ActivityWorkItem) -> str:
+        return f"activity {item.name!r} (#{item.task_id}) of {item.instance_id!r}"
+
+    async def lease(
+        self, owner: str, limit: int, lease_us: int, names: object
+    ) -> list[ActivityWorkItem]:
+        return await self._backend.lease_activities(
+            owner, limit, lease_us, names)  # type: ignore[arg-type]
+
+    async def open(self, item: ActivityWorkItem) -> ActivityWorkItem:
+        return item
+
+    def failure(
+        self, item: ActivityWorkItem, work: ActivityWorkItem, details: FailureDetails
+    ) -> ActivityResult:
+        return ActivityResult(failure=h.failure_to_pb(details))
+
+    async def settle(
+        self, item: ActivityWorkItem, work: ActivityWorkItem, result: ActivityResult
+    ) -> None:
+        now = self._clock.now_dt()
+        if result.failure is not None:
+            event = h.event(now, task_failed=pb.TaskFailedEvent(
+                task_scheduled_id=item.task_id, failure_details=result.failure))
+        else:
+            event = h.task_completed(now, item.task_id, result.output)
+        await self._backend.complete_activity(item, encode(event), decoded=event)
+        if log.isEnabledFor(logging.DEBUG):
+            failed = result.failure
+            outcome = (f"failed: {failed.error_type}: {failed.error_message}"
+                       if failed is not None else "completed")
+            log.debug("activity %s#%d of %s (attempt %d) %s", item.name, item.task_id,
+                      item.instance_id, item.attempt, outcome,
+                      extra=work_item("activity", item.instance_id, task_id=item.task_id))
+
+    async def renew(self, item: ActivityWorkItem, lease_us: int) -> None:
+        await self._backend.renew_activity(item, lease_us)
+
+    async def give_back(self, item: ActivityWorkItem, delay_us: int) -> None:
+        await self._backend.abandon_activity(item, delay_us)
+
+
+# -- entity batches -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class EntityWork:
+    batch: EntityBatch
+    now: datetime
+
+
+class Entities:
+    name = "entity"
+
+    def __init__(self, backend: Backend, clock: Clock, lease_s: float, batch_size: int) -> None:
+        self._backend = backend
+        self._clock = clock
+        self.lease_s = lease_s
+        self._batch_size = batch_size
+
+    def token(self, item: EntityWorkItem) -> str:
+        return item.lock_token
+
+    def key(self, item: EntityWorkItem) -> str:
+        return item.instance_id
+
+    def describe(self, item: EntityWorkItem) -> str:
+        return f"entity {item.instance_id}"
+
+    async def lease(
+        self, owner: str, limit: int, lease_us: int, names: object
+    ) -> list[EntityWorkItem]:
+        return await self._backend.lease_entities(
+            owner, limit, lease_us, self._batch_size, names)  # type: ignore[arg-type]
+
+    async def open(self, item: EntityWorkItem) -> EntityWork | None:
+        now = self._clock.now_dt()
+        messages = [
+            (inbox_id, item.decoded.get(inbox_id) or decode(pb.HistoryEvent, data))
+            for inbox_id, data in item.messages
+        ]
+        batch = plan_batch(
+            item.instance_id, item.state, item.locked_by, item.lock_section, messages, now)
+        if batch.operations:
+            return EntityWork(batch, now)
+        # Only lock messages (or nothing): no entity code to run, so no runner is needed.
+        await self._commit(item, finish_batch(
+            batch, pb.EntityBatchResult(entity_state=batch.state), now))
+        return None
+
+    def failure(
+        self, item: EntityWorkItem, work: EntityWork, details: FailureDetails
+    ) -> pb.EntityBatchResult:
+        """Every operation fails with `details`; the state stays as it was."""
+        failure = pb.OperationResult(failure=pb.OperationResultFailure(
+            failure_details=h.failure_to_pb(details)))
+        return pb.EntityBatchResult(
+            results=[failure] * len(work.batch.operations), entity_state=work.batch.state)
+
+    async def settle(
+        self, item: EntityWorkItem, work: EntityWork, result: pb.EntityBatchResult
+    ) -> EntityStep:
+        step = finish_batch(work.batch, result, self._clock.now_dt())
+        await self._commit(item, step)
+        if log.isEnabledFor(logging.DEBUG):
+            failed = sum(r.failure is not None for r in result.results)
+            log.debug("entity %s ran %d operations (%d failed) of %d messages",
+                      item.instance_id, len(work.batch.operations), failed, len(item.messages),
+                      extra=work_item("entity", item.instance_id))
+        return step
+
+    async def _commit(self, item: EntityWorkItem, step: EntityStep) -> None:
+        for why in step.rejected:
+            log.warning("dropped %s", why, extra=work_item("entity", item.instance_id))
+        await self._backend.complete_entity(item, step)
+
+    async def renew(self, item: EntityWorkItem, lease_us: int) -> None:
+        await self._backend.renew_entity(item, lease_us)
+
+    async def give_back(self, item: EntityWorkItem, delay_us: int) -> None:
+        await self._backend.abandon_entity(item, delay_us)

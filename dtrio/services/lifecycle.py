@@ -1,0 +1,302 @@
+"""The one lifecycle of a work item, for every kind and every runner:
+
+    lease (in batches, by name filter) -> run -> settle, or give back with backoff
+
+One loop leases up to the room its runner has, starts a task per item, and waits for more work
+or more room. Each item's task runs it and settles it (a commit that checks the lease), or gives
+it back in a `finally`, shielded and bounded. While an item is held its lease is renewed. The
+kind (`kinds.py`) knows the storage of its items; the runner (`local.py`, `remote.py`) knows
+how to run them. Storage errors back off and retry: the loop never dies of a full disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any, Generic, Protocol, TypeVar
+
+import trio
+from trio_util import AsyncBool, AsyncValue, compose_values, periodic
+
+from ..errors import LeaseLost, StorageError
+
+log = logging.getLogger("dtrio.engine")
+
+Item = TypeVar("Item")
+Work = TypeVar("Work")
+Result = TypeVar("Result")
+Names = Hashable | None  # a worker's name filter for one kind (None: every name)
+
+# How long giving an item back may take when its task is being cancelled.
+RELEASE_TIMEOUT = 5.0
+# Failure counts kept for backoff, for this many items at most (the oldest are forgotten).
+_FAILURES_KEPT = 10_000
+
+
+def backoff(attempt: int, *, first: float = 0.1, cap: float = 60.0) -> float:
+    return min(cap, first * 2 ** max(0, attempt - 1))
+
+
+class GiveBack(Exception):
+    """Raised by a runner: the item goes back to the store unsettled, to be leased again at once
+    (its worker went away) or after its backoff (its worker gave it back)."""
+
+    def __init__(self, why: str, *, with_backoff: bool) -> None:
+        super().__init__(why)
+        self.with_backoff = with_backoff
+
+
+class Kind(Protocol[Item, Work, Result]):
+    """The storage side of one kind of work item."""
+
+    name: str  # "orchestration", "activity" or "entity"
+    lease_s: float
+
+    def token(self, item: Item) -> str: ...
+
+    def key(self, item: Item) -> str:
+        """What failures are counted by, for backoff."""
+        ...
+
+    def describe(self, item: Item) -> str: ...
+
+    async def lease(self, owner: str, limit: int, lease_us: int, names: Any) -> list[Item]: ...
+
+    async def open(self, item: Item) -> Work | None:
+        """What a runner runs, or None when the item turned out to need no runner (it has been
+        settled already)."""
+        ...
+
+    async def settle(self, item: Item, work: Work, result: Result) -> Any:
+        """Commit `result`, checking the lease (`LeaseLost` if it was lost, changing nothing);
+        returns what was committed."""
+        ...
+
+    async def renew(self, item: Item, lease_us: int) -> None: ...
+
+    async def give_back(self, item: Item, delay_us: int) -> None: ...
+
+
+class Runner(Protocol[Item, Work, Result]):
+    """How items of one kind are run: in this process, or by a connected worker."""
+
+    def rooms(self) -> list[tuple[Any, float]]:
+        """Room for more items, per name filter that items are leased by (None: every name)."""
+        ...
+
+    async def run(self, item: Item, work: Work, names: Any) -> Result: ...
+
+    def settled(self, item: Item, work: Work, result: Result, outcome: Any) -> None:
+        """Told after `result` was committed."""
+        ...
+
+    def failed(self, item: Item, error: BaseException) -> None:
+        """Told when a result the runner gave could not be committed."""
+        ...
+
+
+class Lifecycle(Generic[Item, Work, Result]):
+    def __init__(
+        self, kind: Kind[Item, Work, Result], runner: Runner[Item, Work, Result],
+        ready: AsyncBool, *, owner: str, limit: int,
+    ) -> None:
+        self.kind = kind
+        self.runner = runner
+        self.limit = limit
+        self._ready = ready  # the store may hold work of this kind
+        self._owner = owner
+        self._lease_us = int(kind.lease_s * 1_000_000)
+        self.in_flight = AsyncValue(0)
+        self._held: dict[str, Item] = {}  # by lease token, while leased here
+        self._holding = AsyncBool()
+        self._room = AsyncBool()  # the runner's room changed
+        self._new_room = AsyncBool()  # room for a name filter that had none at the last lease
+        self._leased_for: set[Any] = set()
+        # When each name filter was last given work, in rounds that gave any.
+        self._served: dict[Any, int] = {}
+        self._rounds = 0
+        self._failures: OrderedDict[str, int] = OrderedDict()
+        self._draining = AsyncBool()
+        self._grace = 0.0
+        self.finished = trio.Event()
+
+    def room_changed(self, names: Any) -> None:
+        """Called by the runner when its room for `names` grew (a slot freed, a worker came)."""
+        self._room.value = True
+        if names not in self._leased_for:
+            # Work may be waiting that only these workers take, while the loop, having served
+            # the others, waits for new work.
+            self._new_room.value = True
+
+    def drain(self, grace: float) -> None:
+        """Stop leasing; items in flight get `grace` seconds, then are given back."""
+        self._grace = grace
+        self._draining.value = True
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._renew)
+                async with trio.open_nursery() as items:
+                    task_status.started()
+                    await self._lease_loop(items)
+                    with trio.move_on_after(self._grace):
+                        await self.in_flight.wait_value(0)
+                    items.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.finished.set()
+
+    # -- leasing ---------------------------------------------------------------------------
+
+    async def _lease_loop(self, items: trio.Nursery) -> None:
+        with compose_values(
+            ready=self._ready, new_room=self._new_room, draining=self._draining, _transform_=any,
+        ) as more_work, compose_values(
+            room=self._room, draining=self._draining, _transform_=any,
+        ) as more_room:
+            failures = 0
+            while not self._draining.value:
+                free = self.limit - self.in_flight.value
+                rooms = [(n, r) for n, r in self.runner.rooms() if r > 0] if free > 0 else []
+                if not rooms:
+                    self._room.value = False
+                    await more_room.wait_value(True)
+                    continue
+                self._ready.value = self._new_room.value = False
+                try:
+                    drained = await self._lease_round(items, rooms, free)
+                    failures = 0
+                except StorageError as exc:
+                    failures += 1
+                    delay = backoff(failures, first=0.5, cap=30.0)
+                    log.warning("%s work could not be leased (retrying in %.1f s): %s",
+                                self.kind.name, delay, exc)
+                    with trio.move_on_after(delay):
+                        await self._draining.wait_value(True)
+                    continue
+                if drained:
+                    # That was everything available to the runner's room. Newer work, or room
+                    # for workers that had none, wakes this.
+                    self._leased_for = {names for names, _ in rooms}
+                    await more_work.wait_value(True)
+
+    async def _lease_round(
+        self, items: trio.Nursery, rooms: list[tuple[Any, float]], free: int
+    ) -> bool:
+        if sum(room for _, room in rooms) > free:
+            # The limit is what is short, not the runner's room: the name filter served
+            # longest ago goes first, or the first would take every freed slot while work that
+            # only the others take waits, however long it has waited.
+            rooms.sort(key=lambda room: self._served.get(room[0], 0))
+        drained = True
+        for names, room in rooms:
+            take = min(room, self.limit - self.in_flight.value)
+            if take <= 0:
+                return False
+            batch = await self.kind.lease(self._owner, int(take), self._lease_us, names)
+            if batch:
+                self._rounds += 1
+                self._served[names] = self._rounds
+            for item in batch:
+                self.in_flight.value += 1
+                items.start_soon(self._run_one, item, names)
+            drained = drained and len(batch) < take
+        return drained
+
+    # -- one item --------------------------------------------------------------------------
+
+    async def _run_one(self, item: Item, names: Any) -> None:
+        kind, runner = self.kind, self.runner
+        token = kind.token(item)
+        self._held[token] = item
+        self._holding.value = True
+        delay: float | None = None  # seconds before it may be leased again; None: settled
+        try:
+            work = await kind.open(item)
+            if work is not None:
+                result = await runner.run(item, work, names)
+                try:
+                    outcome = await kind.settle(item, work, result)
+                except BaseException as exc:
+                    runner.failed(item, exc)
+                    raise
+                runner.settled(item, work, result, outcome)
+            self._failures.pop(kind.key(item), None)
+        except LeaseLost as exc:
+            log.warning("%s: %s", kind.describe(item), exc)
+        except GiveBack as back:
+            delay = self._backoff(item) if back.with_backoff else 0.0
+            log.debug("%s given back: %s", kind.describe(item), back)
+        except StorageError as exc:
+            delay = self._backoff(item)
+            log.warning("%s could not be settled (given back for %.1f s): %s",
+                        kind.describe(item), delay, exc)
+        except Exception:
+            delay = self._backoff(item)
+            log.exception("%s failed unexpectedly (given back for %.1f s)",
+                          kind.describe(item), delay)
+        except BaseException:
+            delay = 0.0  # cancelled: released for whoever runs it next
+            raise
+        finally:
+            del self._held[token]
+            self._holding.value = bool(self._held)
+            if delay is not None:
+                await self._give_back(item, delay)
+            self.in_flight.value -= 1
+            self.room_changed(names)
+
+    def _backoff(self, item: Item) -> float:
+        key = self.kind.key(item)
+        attempt = self._failures.pop(key, 0) + 1
+        self._failures[key] = attempt
+        if len(self._failures) > _FAILURES_KEPT:
+            self._failures.popitem(last=False)
+        return backoff(attempt)
+
+    async def _give_back(self, item: Item, delay: float) -> None:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + RELEASE_TIMEOUT
+            try:
+                await self.kind.give_back(item, int(delay * 1_000_000))
+            except Exception as exc:
+                log.warning("%s could not be given back (its lease will lapse): %s",
+                            self.kind.describe(item), exc)
+
+    # -- renewal ---------------------------------------------------------------------------
+
+    async def _renew(self) -> None:
+        """Keep the leases of held items alive: an item may take longer than a lease (a slow
+        activity, a large orchestration), and only a process or worker that is gone should
+        lose its work."""
+        period = self.kind.lease_s / 3
+        while True:
+            # Waiting without a deadline while idle lets a MockClock jump straight to timers.
+            await self._holding.wait_value(True)
+            async for elapsed, _ in periodic(period):
+                if not self._held:
+                    break
+                if elapsed > 0:
+                    await self._renew_held()
+
+    async def _renew_held(self) -> None:
+        for token, item in list(self._held.items()):
+            if self._held.get(token) is not item:
+                continue  # settled while an earlier one was renewed
+            try:
+                await self.kind.renew(item, self._lease_us)
+            except LeaseLost as exc:
+                if self._held.get(token) is item:
+                    log.warning("%s: %s", self.kind.describe(item), exc)
+            except StorageError as exc:
+                log.warning("%s: its lease could not be renewed (trying again in %.1f s): %s",
+                            self.kind.describe(item), self.kind.lease_s / 3, exc)
+
+
+def unlimited(names: Any = None) -> list[tuple[Any, float]]:
+    """The room of a runner that runs whatever the lifecycle's limit lets in."""
+    return [(names, math.inf)]
+

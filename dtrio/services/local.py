@@ -1,0 +1,186 @@
+"""Runners for work done in this process: orchestrators replayed from the registry, activities
+called, entity batches run. The lifecycle leases, settles and gives back; these only run."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import OrderedDict
+from datetime import datetime
+from typing import Any
+
+import trio
+
+from .. import _pb as pb
+from .. import history as h
+from .. import payloads, tracing
+from ..activity import ActivityContext
+from ..backend import ActivityWorkItem, EntityWorkItem, OrchestrationWorkItem
+from ..clock import Clock
+from ..entities.context import run_batch
+from ..logs import work_item
+from ..registry import Registry
+from ..replay import OrchestrationRun
+from ..state import OrchestrationStep
+from ..wire import decode
+from .kinds import ActivityResult, EntityWork, StepResult, StepWork
+from .lifecycle import unlimited
+
+log = logging.getLogger("dtrio.engine")
+_S = pb.OrchestrationStatus
+
+
+class RunCache:
+    """Orchestration runs kept in memory between steps, so a step replays only its new events.
+
+    An entry is valid only for the instance's step counter it was saved at: a step committed
+    anywhere else (another process, a restart) makes the stored counter move past it.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._runs: OrderedDict[str, tuple[int, OrchestrationRun]] = OrderedDict()
+
+    def take(self, instance_id: str, step: int) -> OrchestrationRun | None:
+        entry = self._runs.pop(instance_id, None)
+        if entry is None or entry[0] != step:
+            return None
+        return entry[1]
+
+    def put(self, instance_id: str, step: int, run: OrchestrationRun) -> None:
+        if self._size == 0:
+            return
+        self._runs[instance_id] = (step, run)
+        if len(self._runs) > self._size:
+            self._runs.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
+class _Replayed:
+    __slots__ = ("execution", "run")
+
+    def __init__(self, run: OrchestrationRun, execution: list[pb.HistoryEvent] | None) -> None:
+        self.run = run
+        # The execution's whole history, when its spans are to be emitted once it ends.
+        self.execution = execution
+
+
+class LocalOrchestrations:
+    def __init__(self, registry: Registry, clock: Clock, cache_size: int) -> None:
+        self._registry = registry
+        self._clock = clock
+        self.cache = RunCache(cache_size)
+        self._running: dict[str, _Replayed] = {}
+
+    def rooms(self) -> list[tuple[Any, float]]:
+        return unlimited()
+
+    async def run(self, item: OrchestrationWorkItem, work: StepWork, names: Any) -> StepResult:
+        run = self.cache.take(item.instance_id, item.step)
+        past: list[pb.HistoryEvent] | None = None
+        if run is None:
+            run = OrchestrationRun(self._registry.orchestrators, item.instance_id)
+            past = [decode(pb.HistoryEvent, data) for data in await work.past()]
+        events = work.events
+        actions = run.feed(past or [], events)
+        work.started = run.started
+        execution = None
+        ends = any(action.complete_orchestration is not None for action in actions)
+        if ends and run.started is not None and run.started.orchestration_span_id:
+            # Read before committing: continuing as new replaces the history it is read from.
+            if past is None:
+                past = [decode(pb.HistoryEvent, data) for data in await work.past()]
+            execution = past + events
+        self._running[item.lock_token] = _Replayed(run, execution)
+        return StepResult(actions, run.custom_status)
+
+    def settled(
+        self, item: OrchestrationWorkItem, work: StepWork, result: StepResult,
+        step: OrchestrationStep,
+    ) -> None:
+        replayed = self._running.pop(item.lock_token)
+        if not step.completed and not step.reset_history:
+            self.cache.put(item.instance_id, item.step + 1, replayed.run)
+        if replayed.execution is not None:
+            self._emit_spans(item, replayed.execution, work.now, step)
+
+    def failed(self, item: OrchestrationWorkItem, error: BaseException) -> None:
+        self._running.pop(item.lock_token, None)
+
+    def _emit_spans(
+        self, item: OrchestrationWorkItem, execution: list[pb.HistoryEvent], now: datetime,
+        step: OrchestrationStep,
+    ) -> None:
+        status = int(_S.CONTINUED_AS_NEW) if step.continued_as_new else step.status
+        failure = pb.TaskFailureDetails.parse(step.failure) if step.failure else None
+        try:
+            tracing.emit_execution(item.instance_id, execution, now, status, failure)
+        except Exception:
+            # The step is committed; a failing exporter must not make the engine redo it.
+            log.exception("orchestration %s: could not emit its spans", item.instance_id,
+                          extra=work_item("orchestration", item.instance_id))
+
+
+class LocalActivities:
+    def __init__(self, registry: Registry, clock: Clock) -> None:
+        self._registry = registry
+        self._clock = clock
+
+    def rooms(self) -> list[tuple[Any, float]]:
+        return unlimited()
+
+    async def run(
+        self, item: ActivityWorkItem, work: ActivityWorkItem, names: Any
+    ) -> ActivityResult:
+        with tracing.activity(item, self._clock) as span:
+            result = await self._invoke(item)
+            if result.failure is not None:
+                tracing.fail(span, result.failure.error_message)
+        return result
+
+    async def _invoke(self, item: ActivityWorkItem) -> ActivityResult:
+        fn = self._registry.activities.get(item.name)
+        if fn is None:
+            return ActivityResult(failure=pb.TaskFailureDetails(
+                error_type="ActivityNotRegistered",
+                error_message=f"activity {item.name!r} is not registered with this worker",
+                is_non_retriable=True,
+            ))
+        ctx = ActivityContext(item.instance_id, item.task_id, item.name, item.attempt)
+        try:
+            value = payloads.decode(item.input, f"input of activity {item.name!r}")
+            if inspect.iscoroutinefunction(fn):
+                output = await fn(ctx, value)
+            else:
+                output = await trio.to_thread.run_sync(fn, ctx, value, abandon_on_cancel=True)
+            data = payloads.encode(output, f"output of activity {item.name!r}")
+        except Exception as exc:
+            return ActivityResult(failure=h.failure_to_pb(h.failure_from_exception(exc)))
+        return ActivityResult(data)
+
+    def settled(self, item: ActivityWorkItem, work: Any, result: Any, outcome: Any) -> None:
+        pass
+
+    def failed(self, item: ActivityWorkItem, error: BaseException) -> None:
+        pass
+
+
+class LocalEntities:
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def rooms(self) -> list[tuple[Any, float]]:
+        return unlimited()
+
+    async def run(
+        self, item: EntityWorkItem, work: EntityWork, names: Any
+    ) -> pb.EntityBatchResult:
+        return await run_batch(self._registry.entities, work.batch, work.now)
+
+    def settled(self, item: EntityWorkItem, work: Any, result: Any, outcome: Any) -> None:
+        pass
+
+    def failed(self, item: EntityWorkItem, error: BaseException) -> None:
+        pass
