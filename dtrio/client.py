@@ -18,9 +18,11 @@ from .backend import Backend, EntityQuery, EntityRecord, InstanceQuery, Instance
 from .clock import Clock
 from .entities.ids import EntityId, id_prefix
 from .errors import FailureDetails, InstanceNotFound, InvalidInput, InvalidOperation
-from .instance_ids import validate_instance_id
+from .inbox import Message, NewInstance
+from .instance_ids import new_execution_id, validate_instance_id
 from .registry import name_of
-from .state import TERMINAL, Message, NewInstance, from_us, new_execution_id, to_us
+from .state import TERMINAL
+from .times import from_us, to_us
 from .trace_context import start_traced
 from .wire import encode
 

@@ -19,8 +19,8 @@ import trio
 
 from .. import _pb as pb
 from ..clock import Clock
-from ..entities.ids import is_entity_id
 from ..errors import InstanceAlreadyExists, InstanceNotFound, LeaseLost, StorageError
+from ..instance_ids import is_entity_id
 from ..signals import ChangeBoard, Wakeup
 from ..state import TERMINAL, Message, NewInstance, OrchestrationStep
 from ..wire import encode

@@ -13,7 +13,8 @@ from .. import _pb as pb
 from .. import history as h
 from ..errors import InstanceNotFound, InvalidInput, InvalidOperation
 from ..replay.rewind import sections_open_at_failure
-from ..state import TERMINAL, ChildRewind, from_us
+from ..state import TERMINAL, ChildRewind
+from ..times import from_us
 from ..wire import decode, encode
 from .base import InstancePage, InstanceQuery, InstanceRecord
 

@@ -13,9 +13,10 @@ from .._pb.google import protobuf as google_protobuf
 from ..backend import EntityQuery, EntityRecord, InstanceQuery
 from ..entities.ids import EntityId, id_prefix
 from ..errors import InstanceNotFound, InvalidInput, MessageTooLarge
-from ..instance_ids import validate_instance_id
+from ..inbox import Message, NewInstance
+from ..instance_ids import new_execution_id, validate_instance_id
 from ..services import Engine
-from ..state import Message, NewInstance, from_us, new_execution_id, to_us
+from ..times import from_us, to_us
 from ..trace_context import start_traced
 from ..wire import encode, one_of, varint
 from .remote import RemoteWork, Send

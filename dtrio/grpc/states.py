@@ -6,7 +6,7 @@ from datetime import datetime
 
 from .. import _pb as pb
 from ..backend import InstanceRecord
-from ..state import from_us
+from ..times import from_us
 
 
 def orchestration_state(record: InstanceRecord, *, payloads: bool) -> pb.OrchestrationState:
