@@ -14,10 +14,10 @@ serve *args:
 demo *args:
     python -m dtrio demo {{args}}
 
-# regenerate the betterproto2 classes and grpclib stubs from proto/
+# regenerate from proto/ the betterproto2 messages (dtrio/_pb, no grpclib) and, apart from
+# them, the grpclib service stubs (dtrio/grpc/_stubs.py); never edit either by hand
 proto:
-    rm -rf dtrio/_pb && mkdir -p dtrio/_pb
-    python -m grpc_tools.protoc -I proto --python_betterproto2_out=dtrio/_pb --python_betterproto2_opt=client_generation=async,server_generation=async proto/orchestrator_service.proto
+    python proto/generate.py
 
 # benchmarks: print a table of medians
 bench *args:
@@ -29,4 +29,4 @@ bench-peers *args:
     python benchmarks/bench_peers.py {{args}}
 
 lint:
-    ruff check dtrio tests examples benchmarks
+    ruff check dtrio tests examples benchmarks proto

@@ -20,7 +20,8 @@ from .entities.ids import EntityId, id_prefix
 from .errors import FailureDetails, InvalidInput
 from .instance_ids import validate_instance_id
 from .registry import name_of
-from .state import TERMINAL, from_us, to_us
+from .state import TERMINAL
+from .times import from_us, to_us
 
 OrchestrationStatus = pb.OrchestrationStatus
 

@@ -26,8 +26,11 @@ from .backend import (
 )
 from .clock import Clock
 from .errors import InstanceNotFound, InvalidOperation
+from .inbox import Message, NewInstance
+from .instance_ids import new_execution_id
 from .signals import ChangeBoard
-from .state import TERMINAL, Message, NewInstance, new_execution_id, to_us
+from .state import TERMINAL
+from .times import to_us
 from .trace_context import start_traced
 from .wire import encode
 

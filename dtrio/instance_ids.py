@@ -1,11 +1,18 @@
-"""Orchestration instance IDs: what the protocol lets one be (pure)."""
+"""Instance and execution IDs: what the protocol lets an instance ID be, and new execution IDs
+(pure)."""
 
 from __future__ import annotations
 
-from .entities.ids import is_entity_id
+import uuid
+
 from .errors import InvalidInput
 
 MAX_INSTANCE_ID_LENGTH = 100
+
+
+def is_entity_id(instance_id: str) -> bool:
+    """Whether an instance ID names an entity: the protocol reserves IDs starting with '@'."""
+    return instance_id.startswith("@")
 
 
 def validate_instance_id(instance_id: str) -> str:
@@ -24,3 +31,7 @@ def validate_instance_id(instance_id: str) -> str:
             "entities; signal entities with signal_entity"
         )
     return instance_id
+
+
+def new_execution_id() -> str:
+    return uuid.uuid4().hex

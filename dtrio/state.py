@@ -7,7 +7,6 @@ SDK worker.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,9 +14,10 @@ from typing import Any
 
 from . import _pb as pb
 from . import history as h
-from .entities.ids import EntityId, is_entity_id
+from .entities.ids import EntityId
 from .errors import FailureDetails, InvalidInput
-from .instance_ids import validate_instance_id
+from .inbox import Message, NewInstance
+from .instance_ids import is_entity_id, new_execution_id, validate_instance_id
 from .times import from_us as from_us
 from .times import to_us
 from .trace_context import new_span_id, orchestration_context, start_traced
@@ -29,42 +29,6 @@ _STATUSES = frozenset(int(s) for s in _S)
 _ORCHESTRATOR_COMPLETED = (
     pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_completed"].number
 )
-
-
-def new_execution_id() -> str:
-    return uuid.uuid4().hex
-
-
-@dataclass(slots=True)
-class NewInstance:
-    """An instance to create with `started` (an executionStarted event) as its first message."""
-
-    instance_id: str
-    execution_id: str
-    name: str
-    version: str | None
-    input: str | None
-    started: bytes
-    visible_at: int
-    parent_instance_id: str | None = None
-    tags: dict[str, str] | None = None
-    started_event: pb.HistoryEvent | None = None
-    # Sent to the parent instead when the ID is taken by a live instance (sub-orchestrations).
-    conflict: Message | None = None
-    # Sub-orchestrations replace a finished instance of the same ID (a retry with an explicit ID).
-    replace_finished: bool = False
-
-
-@dataclass(slots=True)
-class Message:
-    """An event for an instance's inbox, delivered only while `execution_id` (if set) is current."""
-
-    instance_id: str
-    event: bytes
-    visible_at: int
-    execution_id: str | None = None
-    # The event itself, when the sender has it: spares the receiver a parse in this process.
-    decoded: pb.HistoryEvent | None = None
 
 
 @dataclass(slots=True)

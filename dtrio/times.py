@@ -1,4 +1,4 @@
-"""Times as the store keeps them: microseconds since the epoch."""
+"""Times as the store and the step records keep them: microseconds since the epoch (pure)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_us(when: datetime) -> int:
-    """Microseconds since the epoch."""
+    """Microseconds since the epoch: how the store keeps every time."""
     delta = when - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 

@@ -41,7 +41,7 @@ from opentelemetry.trace import (
 from . import _pb as pb
 from . import history as h
 from . import trace_context as tc
-from .state import to_us
+from .times import to_us
 from .wire import one_of
 
 if TYPE_CHECKING:

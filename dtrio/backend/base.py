@@ -8,7 +8,8 @@ from typing import Protocol
 
 from .. import _pb as pb
 from ..entities.batch import EntityStep
-from ..state import Message, NewInstance, OrchestrationStep
+from ..inbox import Message, NewInstance
+from ..state import OrchestrationStep
 
 # The names of the orchestrations or activities a worker takes, each with the versions it takes
 # (none: any version; an absent version counts as ""). A lease with None takes every name.

@@ -14,7 +14,8 @@ from .. import _pb as pb
 from ..clock import Clock
 from ..entities.batch import EntityStep
 from ..errors import InstanceAlreadyExists, InstanceNotFound, LeaseLost, StorageError
-from ..state import TERMINAL, Message, NewInstance, OrchestrationStep
+from ..inbox import Message, NewInstance
+from ..state import TERMINAL, OrchestrationStep
 from ..wire import encode
 from .base import (
     ActivityWorkItem,

@@ -10,7 +10,8 @@ from typing import Any
 from .. import _pb as pb
 from ..entities.batch import EntityStep
 from ..errors import InvalidInput, LeaseLost
-from ..state import TERMINAL, Message
+from ..inbox import Message
+from ..state import TERMINAL
 from ..wire import decode
 from .base import EntityPage, EntityQuery, EntityRecord, EntityWorkItem
 from .sqlite_leases import give_back, renew_lease

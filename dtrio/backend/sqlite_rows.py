@@ -13,8 +13,10 @@ import json
 from .. import _pb as pb
 from .. import history as h
 from ..entities.batch import source_of
-from ..entities.ids import is_entity_id
-from ..state import TERMINAL, ChildRewind, Message, NewInstance, from_us
+from ..inbox import Message, NewInstance
+from ..instance_ids import is_entity_id
+from ..state import TERMINAL, ChildRewind
+from ..times import from_us
 from ..wire import decode, encode
 from .sqlite_store import SqliteStore
 

@@ -18,8 +18,9 @@ from datetime import datetime
 from .. import _pb as pb
 from .. import history as h
 from ..errors import FailureDetails, InvalidInput
-from ..instance_ids import validate_instance_id
-from ..state import Message, NewInstance, new_execution_id, to_us
+from ..inbox import Message, NewInstance
+from ..instance_ids import new_execution_id, validate_instance_id
+from ..times import to_us
 from ..trace_context import start_traced
 from ..wire import encode, one_of
 from .ids import EntityId

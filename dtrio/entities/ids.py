@@ -52,11 +52,6 @@ class EntityId:
         return str(self) < str(other)
 
 
-def is_entity_id(instance_id: str) -> bool:
-    """Whether an instance ID names an entity: the protocol reserves IDs starting with '@'."""
-    return instance_id.startswith("@")
-
-
 def id_prefix(prefix: str) -> str:
     """An ID prefix as stored: the name part lowercased, as names are case-insensitive, and
     the key part as given."""

@@ -27,9 +27,9 @@ import trio_asyncio
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from .. import _pb as pb
 from ..errors import InvalidInput
 from ..wire import encode
+from ._stubs import TaskHubSidecarServiceBase
 from .inbound import DEFAULT_MAX_MESSAGE_SIZE, MalformedMessage, Skimmer, decode
 from .status import grpc_error
 
@@ -225,7 +225,7 @@ def handlers(
     servicer has one) got what could be read of those fields.
     """
     mapping = {}
-    for path, handler in pb.TaskHubSidecarServiceBase().__mapping__().items():
+    for path, handler in TaskHubSidecarServiceBase().__mapping__().items():
         rpc = path.rsplit("/", 1)[1]
         method = getattr(servicer, _snake(rpc), None)
         if method is None:

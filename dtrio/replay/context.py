@@ -249,7 +249,6 @@ class OrchestrationContext:
         data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
         request_id = self.new_uuid()
         task = DurableTask(f"operation {operation!r} of entity {target}")
-        self._run.entity_requests[request_id] = self._run.next_id
         self._run.emit(pb.OrchestratorAction(send_entity_message=pb.SendEntityMessageAction(
             entity_operation_called=pb.EntityOperationCalledEvent(
                 request_id=request_id, operation=operation, input=data,
@@ -290,7 +289,6 @@ class OrchestrationContext:
             raise InvalidInput("lock_entities needs at least one entity")
         section_id = self.new_uuid()
         task = DurableTask(f"locks on {', '.join(map(str, ids))}")
-        self._run.entity_locks[section_id] = self._run.next_id
         self._run.emit(pb.OrchestratorAction(send_entity_message=pb.SendEntityMessageAction(
             entity_lock_requested=pb.EntityLockRequestedEvent(
                 critical_section_id=section_id, lock_set=[str(e) for e in ids], position=0,

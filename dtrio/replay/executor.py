@@ -39,6 +39,24 @@ _SCHEDULING_EVENTS = {
     "entity_unlock_sent": "send_entity_message",
 }
 
+# Actions whose task a later history event completes, by the ID the action got.
+_AWAITED_ACTIONS = frozenset({"schedule_task", "create_timer", "create_sub_orchestration"})
+
+# What each completion answers: the kind of action, and the field of the event naming its ID.
+_COMPLETIONS = {
+    "task_completed": ("schedule_task", "task_scheduled_id"),
+    "task_failed": ("schedule_task", "task_scheduled_id"),
+    "timer_fired": ("create_timer", "timer_id"),
+    "sub_orchestration_instance_completed": ("create_sub_orchestration", "task_scheduled_id"),
+    "sub_orchestration_instance_failed": ("create_sub_orchestration", "task_scheduled_id"),
+}
+
+_ORPHAN_CAUSE = (
+    "Each completion answers an action scheduled earlier in the same execution, so this history "
+    "does not belong to this execution: the event was probably delivered to the wrong instance "
+    "or execution, or the history was changed outside the engine."
+)
+
 
 def describe_action(action: pb.OrchestratorAction | None) -> str:
     if action is None:
@@ -75,9 +93,13 @@ class OrchestrationRun:
         self._held: list[pb.HistoryEvent] = []
         self._carryover: list[pb.HistoryEvent] | None = None
         self._history_index = 0
-        # Entity replies name the request, not the action: request and section IDs -> action IDs.
-        self.entity_requests: dict[str, int] = {}
-        self.entity_locks: dict[str, int] = {}
+        # What this execution scheduled that a completion may answer (kept after it is answered:
+        # a task that is settled or no longer awaited may still get its completion). Actions by
+        # ID and kind; entity calls and lock requests by the request and section IDs the replies
+        # name, to action IDs. Noted when history replays the action or when `feed` hands it out.
+        self._scheduled: dict[int, str] = {}
+        self._entity_requests: dict[str, int] = {}
+        self._entity_sections: dict[str, int] = {}
 
     @property
     def is_suspended(self) -> bool:
@@ -103,6 +125,11 @@ class OrchestrationRun:
             self._process(event)
         actions = list(self._pending_actions.values())
         self._pending_actions.clear()
+        for action in actions:
+            kind, body = one_of(action, "orchestratorActionType")
+            if kind == "send_entity_message":
+                kind, body = one_of(body, "EntityMessageType")
+            self._note_scheduled(action.id, kind, body)
         return actions
 
     def _process(self, event: pb.HistoryEvent) -> None:
@@ -169,7 +196,10 @@ class OrchestrationRun:
             inner = one_of(one_of(action, "orchestratorActionType")[1], "EntityMessageType")[0]
             if inner != kind:
                 actual_kind = f"send_entity_message({inner})"
-        if actual_kind != expected or (recorded_name and actual_name != recorded_name):
+        if actual_kind == expected and (not recorded_name or actual_name == recorded_name):
+            self._note_scheduled(event.event_id, kind if kind.startswith("entity_") else expected,
+                                 one_of(event, "eventType")[1])
+        else:
             raise NonDeterminismError(
                 f"non-deterministic orchestrator {self.ctx.name!r}: history event "
                 f"#{self._history_index} {_describe_event(event)} expects the orchestrator to "
@@ -284,8 +314,47 @@ class OrchestrationRun:
         self.emit(pb.OrchestratorAction(complete_orchestration=action), None)
         self.is_done = True
 
-    def _resolve(self, task_id: int) -> Task[Any] | None:
-        return self._tasks.pop(task_id, None)
+    def _note_scheduled(self, action_id: int, kind: str, body: Any) -> None:
+        """History holds action `action_id`, or will once this step commits: completions may
+        now name it. `kind` is the action's kind, or an entity message's (`body` its event)."""
+        if kind in _AWAITED_ACTIONS:
+            self._scheduled[action_id] = kind
+        elif kind == "entity_operation_called":
+            self._entity_requests[body.request_id] = action_id
+        elif kind == "entity_lock_requested":
+            self._entity_sections[body.critical_section_id] = action_id
+
+    def _answered(self, event: pb.HistoryEvent) -> Task[Any] | None:
+        """The task a completion event settles: None if it is settled already or no longer
+        awaited (a timeout's timer after its event came, a loser of when_any). A completion of
+        something this execution never scheduled raises `NonDeterminismError`."""
+        kind, body = one_of(event, "eventType")
+        expected, field = _COMPLETIONS[kind]
+        action_id = getattr(body, field)
+        scheduled = self._scheduled.get(action_id)
+        if scheduled != expected:
+            found = (
+                f"action {action_id} of this execution is {scheduled}, not {expected}"
+                if scheduled else f"this execution scheduled no {expected} with ID {action_id}"
+            )
+            raise NonDeterminismError(
+                f"orchestrator {self.ctx.name!r} got a completion for nothing it scheduled: "
+                f"history event {kind}({field}={action_id}) answers {expected}, but {found}. "
+                f"{_ORPHAN_CAUSE}"
+            )
+        return self._tasks.pop(action_id, None)
+
+    def _answered_entity(self, event: pb.HistoryEvent) -> Task[Any] | None:
+        """Like `_answered`, for the reply to an entity call (named by its request ID)."""
+        kind, body = one_of(event, "eventType")
+        action_id = self._entity_requests.get(body.request_id)
+        if action_id is None:
+            raise NonDeterminismError(
+                f"orchestrator {self.ctx.name!r} got a completion for nothing it scheduled: "
+                f"history event {kind}(request_id={body.request_id!r}) answers an entity call, "
+                f"but this execution made no call with that request ID. {_ORPHAN_CAUSE}"
+            )
+        return self._tasks.pop(action_id, None)
 
 
 # -- history event handlers (dispatched on the event's oneof name) ---------------------------
@@ -309,15 +378,15 @@ def _on_scheduled(run: OrchestrationRun, event: pb.HistoryEvent, _body: Any) -> 
     run._match_scheduled(event, one_of(event, "eventType")[0])
 
 
-def _on_task_completed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
-    task = run._resolve(body.task_scheduled_id)
+def _on_task_completed(run: OrchestrationRun, event: pb.HistoryEvent, body: Any) -> None:
+    task = run._answered(event)
     if task is not None:
         what = task.description if isinstance(task, DurableTask) else "task"
         task._complete(payloads.decode(body.result, f"result of {what}"))
 
 
-def _on_task_failed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
-    task = run._resolve(body.task_scheduled_id)
+def _on_task_failed(run: OrchestrationRun, event: pb.HistoryEvent, body: Any) -> None:
+    task = run._answered(event)
     if task is not None:
         details = failure_from_pb(body.failure_details)
         what = task.description if isinstance(task, DurableTask) else "task"
@@ -326,10 +395,8 @@ def _on_task_failed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -
         )
 
 
-def _on_timer_fired(
-    run: OrchestrationRun, _event: pb.HistoryEvent, body: pb.TimerFiredEvent
-) -> None:
-    task = run._resolve(body.timer_id)
+def _on_timer_fired(run: OrchestrationRun, event: pb.HistoryEvent, _body: Any) -> None:
+    task = run._answered(event)
     if task is not None:
         task._complete(None)
 
@@ -347,17 +414,15 @@ def _on_event_raised(
     run.buffered_events.setdefault(key, deque()).append(body.input)
 
 
-def _on_entity_completed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
-    action_id = run.entity_requests.pop(body.request_id, None)
-    task = run._resolve(action_id) if action_id is not None else None
+def _on_entity_completed(run: OrchestrationRun, event: pb.HistoryEvent, body: Any) -> None:
+    task = run._answered_entity(event)
     if task is not None:
         what = task.description if isinstance(task, DurableTask) else "entity operation"
         task._complete(payloads.decode(body.output, f"result of {what}"))
 
 
-def _on_entity_failed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
-    action_id = run.entity_requests.pop(body.request_id, None)
-    task = run._resolve(action_id) if action_id is not None else None
+def _on_entity_failed(run: OrchestrationRun, event: pb.HistoryEvent, body: Any) -> None:
+    task = run._answered_entity(event)
     if task is not None:
         details = failure_from_pb(body.failure_details)
         what = task.description if isinstance(task, DurableTask) else "entity operation"
@@ -366,8 +431,11 @@ def _on_entity_failed(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any)
 
 
 def _on_entity_lock_granted(run: OrchestrationRun, _event: pb.HistoryEvent, body: Any) -> None:
-    action_id = run.entity_locks.pop(body.critical_section_id, None)
-    task = run._resolve(action_id) if action_id is not None else None
+    # A grant names no execution (the protocol's lock request carries none), so one for a section
+    # this execution never requested is not proof of a wrong history: a section requested before
+    # continue_as_new can be granted after it. It is ignored, as a stale grant.
+    action_id = run._entity_sections.get(body.critical_section_id)
+    task = run._tasks.pop(action_id, None) if action_id is not None else None
     if task is not None:
         task._complete(None)
 

@@ -9,7 +9,8 @@ from backend_contract import LEASE, SECOND, S, kinds, parse
 from dtrio import _pb as pb
 from dtrio import history as h
 from dtrio.errors import FailureDetails, LeaseLost
-from dtrio.state import Message, OrchestrationStep, from_us, new_execution_id
+from dtrio.state import Message, OrchestrationStep, new_execution_id
+from dtrio.times import from_us
 
 # -- leasing ----------------------------------------------------------------------------------
 

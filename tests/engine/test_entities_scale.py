@@ -148,7 +148,7 @@ async def test_a_store_from_version_4_keeps_its_queued_entity_messages(tmp_path)
     conn.execute("ALTER TABLE entity_inbox DROP COLUMN lock_for")
     # A signal queued while the store was at version 4, never processed.
     event = dtrio.wire.encode(dtrio.history.event(
-        dtrio.state.from_us(0), entity_operation_signaled=dtrio._pb.EntityOperationSignaledEvent(
+        dtrio.times.from_us(0), entity_operation_signaled=dtrio._pb.EntityOperationSignaledEvent(
             request_id="r1", operation="fill", input="5", target_instance_id="@blob@kept")))
     conn.execute("INSERT INTO entity_inbox (instance_id, source, event, visible_at) "
                  "VALUES ('@blob@kept', NULL, ?, 0)", (event,))

@@ -20,9 +20,9 @@ from dtrio import _pb as pb
 from dtrio import history as h
 from dtrio import logs
 from dtrio.replay import OrchestrationRun
-from dtrio.state import to_us
 from dtrio.testing import history as hb
 from dtrio.testing import open_test_engine
+from dtrio.times import to_us
 
 S = dtrio.OrchestrationStatus
 registry = dtrio.Registry()

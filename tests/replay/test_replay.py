@@ -3,7 +3,6 @@
 from datetime import UTC, datetime, timedelta
 
 import betterproto2
-import pytest
 
 import dtrio
 from dtrio import _pb as pb
@@ -319,24 +318,6 @@ def test_non_serializable_input_is_an_error_at_the_call_site():
 
     done = completion(OrchestrationRun(reg.orchestrators, "i1").feed([], start("bad")))
     assert "input of activity 'x' cannot be serialized to JSON" in done.result
-
-
-@pytest.mark.parametrize("module", [
-    "dtrio.replay", "dtrio.state", "dtrio.history", "dtrio.payloads", "dtrio.wire",
-    "dtrio.entities.ids", "dtrio.entities.batch", "dtrio.entities.context",
-])
-def test_pure_modules_import_no_trio_or_sqlite(module):
-    import subprocess
-    import sys
-
-    code = (
-        f"import sys, {module}; "
-        "bad = [m for m in ('trio', 'sqlite3', 'sqlite_utils', 'trio_asyncio') "
-        "if m in sys.modules]; "
-        "print(','.join(bad))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
 
 
 def test_retry_policy_delays_cap_and_timeout():

@@ -8,7 +8,8 @@ import pytest
 from dtrio import _pb as pb
 from dtrio import history as h
 from dtrio.entities.batch import finish_batch, plan_batch
-from dtrio.state import apply_step, to_us
+from dtrio.state import apply_step
+from dtrio.times import to_us
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 E = "@counter@a"
