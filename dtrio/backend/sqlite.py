@@ -428,8 +428,11 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
                 self._terminate_children(conn, iid, step.output, now)
             for child in step.rewind_children:
                 self._rewind_child(conn, child, now)
+            arrived = self._last_inbox_id(conn, iid) if step.continued_as_new else None
             for message in step.messages:
                 self._deliver(conn, message, now)
+            if arrived is not None:
+                self._queue_behind(conn, iid, arrived)
             if step.activities:
                 conn.executemany(
                     "INSERT INTO activities (instance_id, execution_id, task_id, name, version, "
@@ -448,6 +451,33 @@ class SqliteBackend(SqliteAdmin, SqliteEntities):
             self._refresh_ready(conn, iid, now)
 
         await self._write(op)
+
+    def _last_inbox_id(self, conn: sqlite3.Connection, instance_id: str) -> int | None:
+        return conn.execute(
+            "SELECT max(id) FROM inbox WHERE instance_id = ?", (instance_id,)
+        ).fetchone()[0]
+
+    def _queue_behind(self, conn: sqlite3.Connection, instance_id: str, last_id: int) -> None:
+        """Move an instance's inbox rows up to `last_id` (events that arrived while its
+        continue-as-new step was out) behind those queued since (the new execution's start and
+        the events it carries over), keeping their order. Workers expect a new execution to
+        open with executionStarted; the official SDK's worker would otherwise buffer the
+        early events and never wake the orchestrator's first wait."""
+        rows = conn.execute(
+            "SELECT id, execution_id, event, visible_at FROM inbox "
+            "WHERE instance_id = ? AND id <= ? ORDER BY id",
+            (instance_id, last_id),
+        ).fetchall()
+        conn.execute("DELETE FROM inbox WHERE instance_id = ? AND id <= ?", (instance_id, last_id))
+        for old_id, execution_id, event, visible_at in rows:
+            cur = conn.execute(
+                "INSERT INTO inbox (instance_id, execution_id, event, visible_at) "
+                "VALUES (?, ?, ?, ?)",
+                (instance_id, execution_id, event, visible_at),
+            )
+            parsed = self._decoded.pop(old_id, None)
+            if parsed is not None:
+                self._op_decoded.append((cur.lastrowid, parsed))
 
     def _refresh_ready(self, conn: sqlite3.Connection, instance_id: str, now: int) -> None:
         ready = conn.execute(

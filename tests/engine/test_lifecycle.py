@@ -7,6 +7,10 @@ import pytest
 import trio
 
 import dtrio
+from dtrio import _pb as pb
+from dtrio import history as h
+from dtrio.replay import OrchestrationRun
+from dtrio.state import apply_step
 from dtrio.testing import open_test_engine
 
 S = dtrio.OrchestrationStatus
@@ -178,6 +182,34 @@ async def test_continue_as_new_carries_unprocessed_events(autojump_clock):
             await engine.client.raise_orchestration_event(iid, "tick", i)
         state = await engine.client.wait_for_orchestration_completion(iid, timeout=60)
     assert state.output == {"n": 3, "carried": [0, 1, 2]}
+
+
+async def test_continue_as_new_reads_carried_events_before_ones_raised_meanwhile(autojump_clock):
+    """Steps taken by hand, as the dispatcher takes them, so that events can be raised while
+    a continue-as-new step is out: the next execution replays its start, then the events it
+    carried over, then those, in the order they were raised."""
+    async with dtrio.open_engine(
+        registry, db=None, local_workers=False, max_poll_interval=None
+    ) as engine:
+        iid = await engine.client.schedule_new_orchestration(
+            counter, input={"n": 0, "stop": 5, "wait": True, "save": True})
+        raise_during = {1: [0, 1], 2: [2, 3, 4]}
+        for number in range(1, 20):
+            [item] = await engine.backend.lease_orchestrations("by-hand", 1, 60_000_000)
+            run = OrchestrationRun(registry.orchestrators, iid)
+            past = [pb.HistoryEvent.parse(e) for e in await engine.backend.load_history(iid)]
+            now = engine.clock.now_dt()
+            new = [h.step_opener(now)] + [(pb.HistoryEvent.parse(e), e) for _, e in item.events]
+            actions = run.feed(past, [e for e, _ in new])
+            for tick in raise_during.get(number, []):
+                await engine.client.raise_orchestration_event(iid, "tick", tick)
+            step = apply_step(iid, item.execution_id, run.started, new, actions, now,
+                              custom_status=run.custom_status)
+            await engine.backend.complete_orchestration(item, step)
+            if step.completed:
+                break
+        state = await engine.client.get_orchestration_state(iid)
+    assert state.output == {"n": 5, "carried": [0, 1, 2, 3, 4]}
 
 
 async def test_continue_as_new_without_save_events_drops_them(autojump_clock):

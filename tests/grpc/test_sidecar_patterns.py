@@ -90,6 +90,19 @@ async def test_continue_as_new(sidecar: Sidecar, worker) -> None:
     assert (state.serialized_input, state.serialized_output) == ("3", "3")
 
 
+async def test_continue_as_new_while_events_keep_arriving(sidecar: Sidecar, worker) -> None:
+    """Events raised while a continue-as-new step is with the worker reach the next execution
+    after its start, so none is lost and the instance does not hang."""
+    client = sidecar.client
+    iid = await sidecar.call(client.schedule_new_orchestration, app.tick_counter, input=[])
+    await sidecar.call(client.wait_for_orchestration_start, iid, timeout=10)
+    for n in range(5):
+        await sidecar.call(client.raise_orchestration_event, iid, "tick", data=n)
+    state = await sidecar.call(client.wait_for_orchestration_completion, iid, timeout=20)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert json.loads(state.serialized_output) == [0, 1, 2, 3, 4]
+
+
 async def test_activity_failure_details_reach_the_orchestrator(sidecar: Sidecar, worker) -> None:
     state = await sidecar.run(app.catches_failure, input="kaboom")
     assert state.runtime_status == OrchestrationStatus.COMPLETED
