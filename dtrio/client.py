@@ -297,14 +297,17 @@ class Client:
     async def restart_orchestration(
         self, instance_id: str, *, restart_with_new_instance_id: bool = False
     ) -> str:
-        """Run a finished instance again with its original input; returns the instance ID."""
+        """Run an instance again with its original input; returns the instance ID. Under the
+        same ID only a finished instance restarts; with a new ID any instance does (a copy),
+        as the Durable Task Scheduler allows."""
         record = await self._backend.get_instance(instance_id, payloads=True)
         if record is None:
             raise InstanceNotFound(instance_id)
-        if record.status not in TERMINAL:
+        if record.status not in TERMINAL and not restart_with_new_instance_id:
             raise InvalidOperation(
-                f"cannot restart orchestration {instance_id!r}: it is "
-                f"{pb.OrchestrationStatus(record.status).name}; only finished instances restart"
+                f"cannot restart orchestration {instance_id!r} under the same ID: it is "
+                f"{pb.OrchestrationStatus(record.status).name}; only finished instances restart "
+                "(restart it with a new instance ID to run a copy)"
             )
         now = self._clock.now_dt()
         new_id = uuid.uuid4().hex if restart_with_new_instance_id else instance_id

@@ -561,6 +561,24 @@ async def test_restart_with_same_and_new_instance_id(autojump_clock):
     assert other != "rs" and copy.output == {"x": 1}
 
 
+async def test_restart_of_a_running_instance_with_a_new_id_runs_a_copy(autojump_clock):
+    async with open_test_engine(registry) as engine:
+        live = await engine.client.schedule_new_orchestration(
+            timer_then_value, input={"x": 2}, instance_id="live")
+        await engine.client.wait_for_orchestration_start(live)
+        with pytest.raises(dtrio.InvalidOperation, match="under the same ID"):
+            await engine.client.restart_orchestration(live)
+        copy = await engine.client.restart_orchestration(live, restart_with_new_instance_id=True)
+        assert copy != live
+        for iid in (live, copy):
+            await engine.client.raise_orchestration_event(iid, "value", iid)
+        done = [await engine.client.wait_for_orchestration_completion(i, timeout=7200)
+                for i in (live, copy)]
+        copied = await engine.client.get_orchestration_state(copy)
+    assert [d.output for d in done] == [live, copy]
+    assert copied.name == "timer_then_value" and copied.input == {"x": 2}
+
+
 async def test_rewind_reruns_only_what_failed(autojump_clock):
     calls.clear()
     async with open_test_engine(registry) as engine:
