@@ -130,7 +130,7 @@ class EntityMetadata:
 
     @classmethod
     def from_record(cls, r: EntityRecord, include_state: bool) -> EntityMetadata:
-        return cls(EntityId.parse(r.instance_id), from_us(r.last_modified), r.backlog,
+        return cls(EntityId.stored(r.instance_id), from_us(r.last_modified), r.backlog,
                    r.locked_by, include_state, r.state)
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .entities.ids import is_entity_id
+from .entities.ids import MAX_ID_LENGTH, has_control_characters, is_entity_id
 from .errors import InvalidInput
 
-MAX_INSTANCE_ID_LENGTH = 100
+MAX_INSTANCE_ID_LENGTH = MAX_ID_LENGTH
 
 
 def validate_instance_id(instance_id: str) -> str:
@@ -16,7 +16,7 @@ def validate_instance_id(instance_id: str) -> str:
             f"instance ID is {len(instance_id)} characters long; "
             f"the limit is {MAX_INSTANCE_ID_LENGTH}"
         )
-    if any(ord(c) < 32 or ord(c) == 127 for c in instance_id):
+    if has_control_characters(instance_id):
         raise InvalidInput(f"instance ID {instance_id!r} contains control characters")
     if is_entity_id(instance_id):
         raise InvalidInput(
