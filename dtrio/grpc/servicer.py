@@ -15,7 +15,7 @@ from ..entities.ids import EntityId, id_prefix
 from ..errors import InstanceNotFound, InvalidInput, MessageTooLarge
 from ..instance_ids import validate_instance_id
 from ..services import Engine
-from ..state import Message, NewInstance, from_us, new_execution_id, to_us
+from ..state import TERMINAL, Message, NewInstance, from_us, new_execution_id, to_us
 from ..trace_context import start_traced
 from ..wire import encode, one_of, varint
 from .remote import RemoteWork, Send
@@ -80,11 +80,17 @@ class Servicer:
         ), request.parent_trace_context)
         visible_at = max(to_us(start_at), to_us(now)) if start_at is not None else to_us(now)
         policy = request.orchestration_id_reuse_policy
-        replace = _statuses(policy.replaceable_status, "replaceableStatus") if policy else None
+        if policy is None:
+            # The Durable Task Framework's default: an instance that is not running may be
+            # overwritten (the Java SDK's restart under the same ID relies on it).
+            replace = TERMINAL
+        else:
+            # An explicit policy, even an empty one, is taken at its word.
+            replace = _statuses(policy.replaceable_status, "replaceableStatus") or frozenset()
         await self._backend.create_instance(NewInstance(
             iid, execution_id, name, request.version, request.input, encode(started), visible_at,
             tags=tags, started_event=started,
-        ), replace=replace or frozenset())
+        ), replace=replace)
         return pb.CreateInstanceResponse(instance_id=iid)
 
     async def get_instance(self, request: pb.GetInstanceRequest) -> pb.GetInstanceResponse:
