@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import sdk_app as app
 import trio
-from conftest import Sidecar
+from conftest import Sidecar, sdk_worker_running
+from durabletask import task
 from durabletask.client import OrchestrationStatus
 
 
@@ -120,3 +121,43 @@ async def test_failed_orchestration_reports_its_failure(sidecar: Sidecar, worker
     assert details.error_type == "durabletask.task.TaskFailedError"
     assert "kaboom" in details.message
     assert details.stack_trace
+
+
+class Refused(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"refused with code {code}")
+        self.code = code
+
+
+class FailureProperties:
+    """The SDK's ExceptionPropertiesProvider: custom properties for the failures it reports."""
+
+    def get_exception_properties(self, exc: Exception) -> dict | None:
+        if isinstance(exc, Refused):
+            return {"code": exc.code, "where": {"zone": "eu", "hosts": ["a", None]}}
+        return None
+
+
+def refuses(ctx: task.OrchestrationContext, code: int):
+    raise Refused(code)
+
+
+def catches_child_failure(ctx: task.OrchestrationContext, code: int):
+    try:
+        yield ctx.call_sub_orchestrator(refuses, input=code, instance_id=f"{ctx.instance_id}-c")
+    except task.TaskFailedError as failure:
+        return {"type": failure.details.error_type, "properties": failure.details.properties}
+    return "no failure"
+
+
+async def test_failure_properties_reach_the_parent_and_the_client(sidecar: Sidecar) -> None:
+    async with sdk_worker_running(sidecar.address, [refuses, catches_child_failure], [],
+                                  exception_properties_provider=FailureProperties()):
+        state = await sidecar.run(catches_child_failure, input=42, instance_id="props")
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    properties = {"code": 42, "where": {"zone": "eu", "hosts": ["a", None]}}
+    assert json.loads(state.serialized_output) == {
+        "type": "test_sidecar_patterns.Refused", "properties": properties,
+    }
+    child = await sidecar.call(sidecar.client.get_orchestration_state, "props-c")
+    assert child.failure_details.properties == properties
