@@ -129,7 +129,7 @@ class EntityMetadata:
 
     @classmethod
     def from_record(cls, r: EntityRecord, include_state: bool) -> EntityMetadata:
-        return cls(EntityId.parse(r.instance_id), from_us(r.last_modified), r.backlog,
+        return cls(EntityId.stored(r.instance_id), from_us(r.last_modified), r.backlog,
                    r.locked_by, include_state, r.state)
 
 
@@ -290,7 +290,9 @@ class Client:
     async def restart_orchestration(
         self, instance_id: str, *, restart_with_new_instance_id: bool = False
     ) -> str:
-        """Run a finished instance again with its original input; returns the instance ID."""
+        """Run an instance again with its original input; returns the instance ID. Under the
+        same ID only a finished instance restarts; with a new ID any instance does (a copy),
+        as the Durable Task Scheduler allows."""
         return await self.commands.restart(
             instance_id, new_instance_id=restart_with_new_instance_id, traced=self._traced)
 

@@ -42,6 +42,10 @@ def _untraced(name: str, instance_id: str, version: str | None) -> nullcontext[N
     return nullcontext()
 
 
+# The statuses of instances that have finished: what a start may replace by default.
+FINISHED = TERMINAL
+
+
 class Commands:
     def __init__(self, backend: Backend, clock: Clock, *, poll_interval: float | None) -> None:
         self._backend = backend
@@ -118,15 +122,17 @@ class Commands:
     async def restart(
         self, instance_id: str, *, new_instance_id: bool, traced: Traced | None = None,
     ) -> str:
-        """Run a finished instance again with its original input; returns the instance ID.
+        """Run an instance again with its original input; returns the instance ID. Under the
+        same ID only a finished instance restarts; with a new ID any instance does (a copy).
         `traced(name, instance_id, version)` gives the span its start is made under."""
         record = await self._backend.get_instance(instance_id, payloads=True)
         if record is None:
             raise InstanceNotFound(instance_id)
-        if record.status not in TERMINAL:
+        if record.status not in TERMINAL and not new_instance_id:
             raise InvalidOperation(
-                f"cannot restart orchestration {instance_id!r}: it is "
-                f"{pb.OrchestrationStatus(record.status).name}; only finished instances restart"
+                f"cannot restart orchestration {instance_id!r} under the same ID: it is "
+                f"{pb.OrchestrationStatus(record.status).name}; only finished instances restart "
+                "(restart it with a new instance ID to run a copy)"
             )
         new_id = uuid.uuid4().hex if new_instance_id else instance_id
         with (traced or _untraced)(record.name, new_id, record.version) as trace:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +16,9 @@ class FailureDetails:
     stack_trace: str | None = None
     inner: FailureDetails | None = None
     is_non_retriable: bool = False
+    # Custom properties an SDK worker attached (google.protobuf.Value messages by name), kept
+    # as they came so a parent or client sees what the failing side sent.
+    properties: Mapping[str, Any] | None = field(default=None, hash=False)
 
 
 class DtrioError(Exception):

@@ -24,6 +24,7 @@ def failure_to_pb(details: FailureDetails) -> pb.TaskFailureDetails:
         stack_trace=details.stack_trace,
         inner_failure=failure_to_pb(details.inner) if details.inner else None,
         is_non_retriable=details.is_non_retriable,
+        properties=dict(details.properties or {}),
     )
 
 
@@ -36,6 +37,7 @@ def failure_from_pb(details: pb.TaskFailureDetails | None) -> FailureDetails:
         stack_trace=details.stack_trace,
         inner=failure_from_pb(details.inner_failure) if details.inner_failure else None,
         is_non_retriable=details.is_non_retriable,
+        properties=dict(details.properties) or None,
     )
 
 

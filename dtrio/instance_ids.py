@@ -7,7 +7,13 @@ import uuid
 
 from .errors import InvalidInput
 
-MAX_INSTANCE_ID_LENGTH = 100
+# The protocol's limit on an instance ID; an entity's `@name@key` is one as well.
+MAX_ID_LENGTH = 100
+MAX_INSTANCE_ID_LENGTH = MAX_ID_LENGTH
+
+
+def has_control_characters(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
 def is_entity_id(instance_id: str) -> bool:
@@ -23,7 +29,7 @@ def validate_instance_id(instance_id: str) -> str:
             f"instance ID is {len(instance_id)} characters long; "
             f"the limit is {MAX_INSTANCE_ID_LENGTH}"
         )
-    if any(ord(c) < 32 or ord(c) == 127 for c in instance_id):
+    if has_control_characters(instance_id):
         raise InvalidInput(f"instance ID {instance_id!r} contains control characters")
     if is_entity_id(instance_id):
         raise InvalidInput(

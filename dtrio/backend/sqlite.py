@@ -38,6 +38,8 @@ from .sqlite_rows import (
     deliver,
     enqueue,
     insert_instance,
+    last_inbox_id,
+    queue_behind,
     refresh_ready,
     release_entity_locks,
     rewind_child,
@@ -272,8 +274,11 @@ class SqliteBackend:
                 terminate_children(store, iid, step.output, now)
             for child in step.rewind_children:
                 rewind_child(store, child, now)
+            arrived = last_inbox_id(store, iid) if step.continued_as_new else None
             for message in step.messages:
                 deliver(store, message, now)
+            if arrived is not None:
+                queue_behind(store, iid, arrived)
             if step.activities:
                 conn.executemany(
                     "INSERT INTO activities (instance_id, execution_id, task_id, name, version, "

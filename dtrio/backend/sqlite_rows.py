@@ -102,6 +102,36 @@ def delete_instances(store: SqliteStore, instance_ids: list[str], now: int) -> N
         release_entity_locks(store, instance_id, now)
 
 
+def last_inbox_id(store: SqliteStore, instance_id: str) -> int | None:
+    return store.conn.execute(
+        "SELECT max(id) FROM inbox WHERE instance_id = ?", (instance_id,)
+    ).fetchone()[0]
+
+
+def queue_behind(store: SqliteStore, instance_id: str, last_id: int) -> None:
+    """Move an instance's inbox rows up to `last_id` (events that arrived while its
+    continue-as-new step was out) behind those queued since (the new execution's start and
+    the events it carries over), keeping their order. Workers expect a new execution to
+    open with executionStarted; the official SDK's worker would otherwise buffer the
+    early events and never wake the orchestrator's first wait."""
+    conn = store.conn
+    rows = conn.execute(
+        "SELECT id, execution_id, event, visible_at FROM inbox "
+        "WHERE instance_id = ? AND id <= ? ORDER BY id",
+        (instance_id, last_id),
+    ).fetchall()
+    conn.execute("DELETE FROM inbox WHERE instance_id = ? AND id <= ?", (instance_id, last_id))
+    for old_id, execution_id, event, visible_at in rows:
+        cur = conn.execute(
+            "INSERT INTO inbox (instance_id, execution_id, event, visible_at) "
+            "VALUES (?, ?, ?, ?)",
+            (instance_id, execution_id, event, visible_at),
+        )
+        parsed = store.decoded.pop(old_id, None)
+        if parsed is not None:
+            store.keep_decoded(cur.lastrowid or 0, parsed)
+
+
 def refresh_ready(store: SqliteStore, instance_id: str, now: int) -> None:
     conn = store.conn
     ready = conn.execute(

@@ -137,7 +137,7 @@ async def run_batch(
     entities: Mapping[str, Any], batch: EntityBatch, now: datetime
 ) -> pb.EntityBatchResult:
     """Run `batch`'s operations with the registered entity of its name."""
-    entity_id = EntityId.parse(batch.entity_id)
+    entity_id = EntityId.stored(batch.entity_id)
     entity = entities.get(entity_id.name)
     committed = batch.state
     results: list[pb.OperationResult] = []

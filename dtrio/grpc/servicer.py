@@ -12,6 +12,7 @@ from typing import Any
 from .. import _pb as pb
 from .._pb.google import protobuf as google_protobuf
 from ..backend import EntityQuery, EntityRecord, InstanceQuery
+from ..commands import FINISHED
 from ..entities.ids import EntityId, id_prefix
 from ..errors import FailureDetails, InstanceNotFound, InvalidInput, MessageTooLarge
 from ..instance_ids import validate_instance_id
@@ -76,12 +77,18 @@ class Servicer:
         if start_at is not None and to_us(start_at) <= 0:
             start_at = None  # JavaScript clients send epoch 0 when nothing is scheduled
         policy = request.orchestration_id_reuse_policy
-        replace = _statuses(policy.replaceable_status, "replaceableStatus") if policy else None
+        if policy is None:
+            # The Durable Task Framework's default: an instance that is not running may be
+            # overwritten (the Java SDK's restart under the same ID relies on it).
+            replace = FINISHED
+        else:
+            # An explicit policy, even an empty one, is taken at its word.
+            replace = _statuses(policy.replaceable_status, "replaceableStatus") or frozenset()
         # The input arrives serialized already: it is stored as sent, not encoded again.
         await self._commands.start(
             name, iid, request.input, version=request.version, start_at=start_at,
             tags=dict(request.tags) or None, trace=request.parent_trace_context,
-            replace=replace or frozenset(),
+            replace=replace,
         )
         return pb.CreateInstanceResponse(instance_id=iid)
 

@@ -9,7 +9,7 @@ from backend_contract import LEASE, SECOND, S, kinds, parse
 from dtrio import _pb as pb
 from dtrio import history as h
 from dtrio.errors import FailureDetails, LeaseLost
-from dtrio.state import Message, OrchestrationStep, new_execution_id
+from dtrio.state import Message, OrchestrationStep, apply_step, new_execution_id
 from dtrio.times import from_us
 
 # -- leasing ----------------------------------------------------------------------------------
@@ -305,6 +305,35 @@ async def test_continue_as_new_replaces_history_and_keeps_only_new_execution(kit
     step3 = kit.step(item)
     await kit.backend.complete_orchestration(item, step3)
     assert await kit.backend.load_history("i1") == step3.history  # seq numbering restarted
+
+
+async def test_continue_as_new_opens_with_its_start_then_carried_then_newer_events(kit):
+    """Events raised while a continue-as-new step is out come after the new execution's
+    executionStarted and the events it carries over, as the SDKs' reference backend orders
+    them (a worker that sees them first waits for ever)."""
+    _, item = await kit.started_and_leased("i1")
+    started = parse(item.events[0][1]).execution_started
+    await kit.backend.complete_orchestration(item, kit.step(item))
+    for n in (1, 2):
+        await kit.backend.add_event("i1", kit.event_raised("tick", str(n)))
+    item = await kit.lease_one("i1")
+    for n in (3, 4):
+        await kit.backend.add_event("i1", kit.event_raised("tick", str(n)))
+    now = kit.clock.now_dt()
+    new_events = [(h.orchestrator_started(now), None)] + [(parse(e), e) for _, e in item.events]
+    step = apply_step("i1", item.execution_id, started, new_events, [pb.OrchestratorAction(
+        id=0, complete_orchestration=pb.CompleteOrchestrationAction(
+            orchestration_status=S.CONTINUED_AS_NEW, result='"gen2"',
+            carryover_events=[parse(item.events[1][1])],
+        ),
+    )], now)
+    await kit.backend.complete_orchestration(item, step)
+
+    item = await kit.lease_one("i1")
+    events = [parse(e) for _, e in item.events]
+    assert [h.kind(e) for e in events] == ["execution_started"] + ["event_raised"] * 3
+    assert events[0].execution_started.input == '"gen2"'
+    assert [e.event_raised.input for e in events[1:]] == ["2", "3", "4"]
 
 
 async def test_activity_result_for_stale_execution_is_dropped(kit):

@@ -9,6 +9,9 @@ import trio
 
 import dtrio
 from dtrio import EntityId
+from dtrio import _pb as pb
+from dtrio import history as h
+from dtrio.state import Message, to_us
 from dtrio.testing import open_test_engine
 
 S = dtrio.OrchestrationStatus
@@ -225,6 +228,49 @@ async def test_a_slow_operation_keeps_its_lease(autojump_clock, caplog):
         assert state.output == 1
         assert (await engine.client.get_entity("@slow@1")).state == 1
     assert not [r for r in caplog.records if "lost" in r.getMessage()]
+
+
+async def test_entity_ids_are_held_to_the_limits_of_instance_ids(autojump_clock):
+    long_key = "k" * 92  # "@counter@" and the key: 101 characters, one over the limit
+    async with open_test_engine(registry) as engine:
+        client = engine.client
+        with pytest.raises(dtrio.InvalidInput, match="101 characters long; the limit is 100"):
+            EntityId("counter", long_key)
+        for attempt in (client.signal_entity(f"@counter@{long_key}", "add", 1),
+                        client.get_entity(f"@counter@{long_key}"),
+                        client.query_entities(name="c" * 99)):
+            with pytest.raises(dtrio.InvalidInput, match="characters long; the limit is 100"):
+                await attempt
+        with pytest.raises(dtrio.InvalidInput, match="no entity ID is longer than 100"):
+            await client.query_entities(instance_id_prefix="@counter@" + long_key)
+        with pytest.raises(dtrio.InvalidInput, match="control characters"):
+            await client.query_entities(instance_id_prefix="@counter@\n")
+        iid = await client.schedule_new_orchestration(
+            call, input={"entity": f"@counter@{long_key}", "op": "get"})
+        state = await client.wait_for_orchestration_completion(iid, timeout=60)
+        assert state.runtime_status == S.FAILED
+        assert "101 characters long" in state.failure_details.message
+        # An entity's signal to such an ID fails its operation; what it did not send stands.
+        await client.signal_entity("@account@ann", "deposit", 5)
+        failed = await run(engine, call, {"entity": "@account@ann", "op": "notify",
+                                          "input": f"@counter@{long_key}"})
+        assert failed["failed"] == "InvalidInput" and "101 characters long" in failed["message"]
+        assert (await client.query_entities(instance_id_prefix="@counter@k")).entities == []
+
+
+async def test_an_entity_stored_before_the_length_limit_stays_usable(autojump_clock):
+    # Stores written before the limit may hold longer IDs: their entities still run and list.
+    old_id = "@counter@" + "k" * 92
+    async with open_test_engine(registry) as engine:
+        now = engine.clock.now_dt()
+        signal = h.event(now, entity_operation_signaled=pb.EntityOperationSignaledEvent(
+            request_id="r1", operation="add", input="3", target_instance_id=old_id))
+        await engine.backend.send_entity_message(
+            Message(old_id, bytes(signal), to_us(now), None, signal))
+        with trio.fail_after(3600):
+            while not (page := await engine.client.query_entities(include_state=True)).entities:
+                await trio.sleep(1)
+    assert [(str(e.id), e.state) for e in page.entities] == [(old_id, 3)]
 
 
 @registry.orchestrator

@@ -7,6 +7,10 @@ import pytest
 import trio
 
 import dtrio
+from dtrio import _pb as pb
+from dtrio import history as h
+from dtrio.replay import OrchestrationRun
+from dtrio.state import apply_step
 from dtrio.testing import open_test_engine
 
 S = dtrio.OrchestrationStatus
@@ -178,6 +182,34 @@ async def test_continue_as_new_carries_unprocessed_events(autojump_clock):
             await engine.client.raise_orchestration_event(iid, "tick", i)
         state = await engine.client.wait_for_orchestration_completion(iid, timeout=60)
     assert state.output == {"n": 3, "carried": [0, 1, 2]}
+
+
+async def test_continue_as_new_reads_carried_events_before_ones_raised_meanwhile(autojump_clock):
+    """Steps taken by hand, as the dispatcher takes them, so that events can be raised while
+    a continue-as-new step is out: the next execution replays its start, then the events it
+    carried over, then those, in the order they were raised."""
+    async with dtrio.open_engine(
+        registry, db=None, local_workers=False, max_poll_interval=None
+    ) as engine:
+        iid = await engine.client.schedule_new_orchestration(
+            counter, input={"n": 0, "stop": 5, "wait": True, "save": True})
+        raise_during = {1: [0, 1], 2: [2, 3, 4]}
+        for number in range(1, 20):
+            [item] = await engine.backend.lease_orchestrations("by-hand", 1, 60_000_000)
+            run = OrchestrationRun(registry.orchestrators, iid)
+            past = [pb.HistoryEvent.parse(e) for e in await engine.backend.load_history(iid)]
+            now = engine.clock.now_dt()
+            new = [h.step_opener(now)] + [(pb.HistoryEvent.parse(e), e) for _, e in item.events]
+            actions = run.feed(past, [e for e, _ in new])
+            for tick in raise_during.get(number, []):
+                await engine.client.raise_orchestration_event(iid, "tick", tick)
+            step = apply_step(iid, item.execution_id, run.started, new, actions, now,
+                              custom_status=run.custom_status)
+            await engine.backend.complete_orchestration(item, step)
+            if step.completed:
+                break
+        state = await engine.client.get_orchestration_state(iid)
+    assert state.output == {"n": 5, "carried": [0, 1, 2, 3, 4]}
 
 
 async def test_continue_as_new_without_save_events_drops_them(autojump_clock):
@@ -527,6 +559,24 @@ async def test_restart_with_same_and_new_instance_id(autojump_clock):
             await engine.client.restart_orchestration("nobody")
     assert same == "rs" and again.output == {"x": 1} and again.created_at >= first.created_at
     assert other != "rs" and copy.output == {"x": 1}
+
+
+async def test_restart_of_a_running_instance_with_a_new_id_runs_a_copy(autojump_clock):
+    async with open_test_engine(registry) as engine:
+        live = await engine.client.schedule_new_orchestration(
+            timer_then_value, input={"x": 2}, instance_id="live")
+        await engine.client.wait_for_orchestration_start(live)
+        with pytest.raises(dtrio.InvalidOperation, match="under the same ID"):
+            await engine.client.restart_orchestration(live)
+        copy = await engine.client.restart_orchestration(live, restart_with_new_instance_id=True)
+        assert copy != live
+        for iid in (live, copy):
+            await engine.client.raise_orchestration_event(iid, "value", iid)
+        done = [await engine.client.wait_for_orchestration_completion(i, timeout=7200)
+                for i in (live, copy)]
+        copied = await engine.client.get_orchestration_state(copy)
+    assert [d.output for d in done] == [live, copy]
+    assert copied.name == "timer_then_value" and copied.input == {"x": 2}
 
 
 async def test_rewind_reruns_only_what_failed(autojump_clock):

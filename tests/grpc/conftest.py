@@ -72,15 +72,18 @@ async def sdk_worker_running(
     entities: Iterable[tuple[Any, str | None]] = (),
     scheduled_tasks: bool = False,
     filters: bool = False,
+    exception_properties_provider: Any = None,
 ) -> AsyncIterator[sdk_worker.TaskHubGrpcWorker]:
     """An SDK worker connected to `address`; `max_activities` is its concurrency hint.
     `entities` are (entity, name or None) pairs; `scheduled_tasks` turns on the SDK's
-    scheduled tasks. With `filters` it asks for only the work it has registered."""
+    scheduled tasks. With `filters` it asks for only the work it has registered.
+    `exception_properties_provider` adds custom properties to the failures it reports."""
     worker = sdk_worker.TaskHubGrpcWorker(
         host_address=address,
         concurrency_options=sdk_worker.ConcurrencyOptions(
             maximum_concurrent_activity_work_items=max_activities
         ),
+        exception_properties_provider=exception_properties_provider,
     )
     for orchestrator in orchestrators:
         worker.add_orchestrator(orchestrator)

@@ -83,8 +83,18 @@ def counter(ctx: task.OrchestrationContext, n: int):
     return n
 
 
+def tick_counter(ctx: task.OrchestrationContext, ticks: list[int]):
+    """One event per execution: continues as new after each, keeping events not yet read."""
+    tick = yield ctx.wait_for_external_event("tick")
+    ticks = [*ticks, tick]
+    if len(ticks) < 5:
+        ctx.continue_as_new(ticks, save_events=True)
+        return None
+    return ticks
+
+
 ORCHESTRATORS = [
     sequence, fan_out_fan_in, first_of_event_or_timer, sleeper, approval, child, parent,
-    catches_failure, fails, counter,
+    catches_failure, fails, counter, tick_counter,
 ]
 ACTIVITIES = [hello, square, explode]

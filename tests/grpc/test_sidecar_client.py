@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import grpc
@@ -54,6 +55,69 @@ async def test_duplicate_start_replaces_an_instance_in_a_replaceable_status(
     await sidecar.call(client.wait_for_orchestration_start, "busy", timeout=10)
     error = await rpc_error(sidecar, start, app.approval, instance_id="busy")
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def start_raw(address: str, request: pb.CreateInstanceRequest) -> str:
+    """StartInstance as the request's bytes say, with no SDK deciding what to leave out."""
+    with grpc.insecure_channel(address) as channel:
+        start = channel.unary_unary(
+            "/TaskHubSidecarService/StartInstance",
+            request_serializer=pb.CreateInstanceRequest.SerializeToString,
+            response_deserializer=pb.CreateInstanceResponse.FromString)
+        return start(request, timeout=5).instanceId
+
+
+async def test_a_start_without_a_reuse_policy_replaces_only_a_finished_instance(
+    sidecar: Sidecar, worker
+) -> None:
+    client = sidecar.client
+    await sidecar.run(app.fan_out_fan_in, input=2, instance_id="done")
+    # As the Java SDK restarts an instance under the same ID: no policy at all.
+    request = pb.CreateInstanceRequest(instanceId="done", name="fan_out_fan_in")
+    request.input.value = "3"
+    assert not request.HasField("orchestrationIdReusePolicy")
+    assert await trio.to_thread.run_sync(start_raw, sidecar.address, request) == "done"
+    second = await sidecar.call(client.wait_for_orchestration_completion, "done", timeout=10)
+    assert (second.serialized_input, second.serialized_output) == ("3", "5")
+    # The Python SDK's client sends none either.
+    await sidecar.call(client.schedule_new_orchestration, app.fan_out_fan_in, input=4,
+                       instance_id="done")
+    third = await sidecar.call(client.wait_for_orchestration_completion, "done", timeout=10)
+    assert third.serialized_output == "14"
+
+    # An explicit policy, even an empty one, is honoured exactly.
+    request.orchestrationIdReusePolicy.SetInParent()
+    assert request.SerializeToString().endswith(b"\x32\x00")  # present, with no statuses
+    with pytest.raises(grpc.RpcError) as caught:
+        await trio.to_thread.run_sync(start_raw, sidecar.address, request)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    error = await rpc_error(sidecar, client.schedule_new_orchestration, app.fan_out_fan_in,
+                            instance_id="done", reuse_id_policy=pb.OrchestrationIdReusePolicy())
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert (await sidecar.call(client.get_orchestration_state, "done")).serialized_input == "4"
+
+    # Pending, running and suspended instances are never replaced without a policy.
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await sidecar.call(client.schedule_new_orchestration, app.approval, instance_id="pending",
+                       start_at=later)
+    await sidecar.call(client.schedule_new_orchestration, app.approval, instance_id="running")
+    await sidecar.call(client.schedule_new_orchestration, app.approval, instance_id="suspended")
+    for iid in ("running", "suspended"):
+        await sidecar.call(client.wait_for_orchestration_start, iid, timeout=10)
+    await sidecar.call(client.suspend_orchestration, "suspended")
+    with trio.fail_after(10):
+        while (await sidecar.call(client.get_orchestration_state, "suspended")).runtime_status \
+                != OrchestrationStatus.SUSPENDED:
+            await trio.sleep(0.05)
+    for iid, status in (("pending", OrchestrationStatus.PENDING),
+                        ("running", OrchestrationStatus.RUNNING),
+                        ("suspended", OrchestrationStatus.SUSPENDED)):
+        with pytest.raises(grpc.RpcError) as caught:
+            await trio.to_thread.run_sync(start_raw, sidecar.address, pb.CreateInstanceRequest(
+                instanceId=iid, name="fan_out_fan_in"))
+        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS, iid
+        state = await sidecar.call(client.get_orchestration_state, iid)
+        assert (state.name, state.runtime_status) == ("approval", status)
 
 
 @pytest.mark.parametrize("instance_id", ["x" * 101, "bad\nid"])

@@ -22,6 +22,7 @@ from durabletask.internal import orchestrator_service_pb2 as pb
 from google.protobuf import wrappers_pb2
 
 S = sdk_client.OrchestrationStatus
+LONG = "@counter@" + "k" * 92  # 101 characters: one over the limit of an instance ID
 
 
 def counter(ctx: entities.EntityContext, amount: Any) -> Any:
@@ -296,12 +297,39 @@ async def test_bad_entity_requests_are_refused_with_a_reason() -> None:
              grpc.StatusCode.INVALID_ARGUMENT, "needs the completion token"),
             ("StartInstance", pb.CreateInstanceRequest(name="echo", instanceId="@counter@a"),
              grpc.StatusCode.INVALID_ARGUMENT, "reserves for entities"),
+            ("SignalEntity", pb.SignalEntityRequest(instanceId=LONG, name="add"),
+             grpc.StatusCode.INVALID_ARGUMENT, "101 characters long; the limit is 100"),
+            ("SignalEntity", pb.SignalEntityRequest(instanceId="@counter@a\x1b", name="add"),
+             grpc.StatusCode.INVALID_ARGUMENT, "control characters"),
+            ("GetEntity", pb.GetEntityRequest(instanceId=LONG),
+             grpc.StatusCode.INVALID_ARGUMENT, "101 characters long; the limit is 100"),
+            ("QueryEntities", pb.QueryEntitiesRequest(query=pb.EntityQuery(
+                instanceIdStartsWith=wrappers_pb2.StringValue(value=LONG))),
+             grpc.StatusCode.INVALID_ARGUMENT, "no entity ID is longer than 100"),
+            ("QueryEntities", pb.QueryEntitiesRequest(query=pb.EntityQuery(
+                instanceIdStartsWith=wrappers_pb2.StringValue(value="@counter@\x00"))),
+             grpc.StatusCode.INVALID_ARGUMENT, "control characters"),
         ]:
             error = await refused(sidecar.address, rpc, request)
             assert (error.code(), reason in error.details()) == (code, True), (rpc, error.details())
         # Abandoning an unknown entity work item changes nothing, as for the other kinds.
         await trio.to_thread.run_sync(sidecar.client._stub.AbandonTaskEntityWorkItem,
                                       pb.AbandonEntityTaskRequest(completionToken="unknown"))
+
+
+async def test_entity_ids_over_the_limit_in_actions_are_refused() -> None:
+    async with running_sidecar() as sidecar, entity_worker(sidecar.address):
+        client = sidecar.client
+        state = await sidecar.run(call, input={"entity": LONG, "op": "get"}, timeout=30)
+        assert state.runtime_status == S.FAILED
+        assert state.failure_details.error_type == "InvalidEntityMessage"
+        assert "101 characters long; the limit is 100" in state.failure_details.message
+        # An entity's signal to such an ID is dropped; the operation and its other actions stand.
+        assert await run(sidecar, call, {"entity": "@acct@y", "op": "notify",
+                                         "input": LONG}) == "echo-y"
+        await sidecar.call(client.wait_for_orchestration_completion, "echo-y", timeout=30)
+        query = sdk_client.EntityQuery(instance_id_starts_with="@counter@k", include_transient=True)
+        assert await sidecar.call(client.get_all_entities, query) == []
 
 
 async def test_state_of_several_mib_round_trips_through_the_sdk() -> None:

@@ -139,7 +139,16 @@ async def test_restart_and_rewind(sidecar: Sidecar, worker) -> None:
     assert done.serialized_output == '["w-first", "w ok after 3"]'
     assert app.attempts["echo:w-first"] == 1
 
-    waiting = await sidecar.call(client.schedule_new_orchestration, app.waits)
+    waiting = await sidecar.call(client.schedule_new_orchestration, app.waits, input="in")
+    await wait_for(sidecar, waiting, S.RUNNING)
+    copy = await sidecar.call(
+        client.restart_orchestration, waiting, restart_with_new_instance_id=True
+    )
+    assert copy != waiting
+    await sidecar.call(client.raise_orchestration_event, copy, "value", data="copied")
+    done = await sidecar.call(client.wait_for_orchestration_completion, copy, timeout=20)
+    assert (done.serialized_input, done.serialized_output) == ('"in"', '"copied"')
+    assert await status_of(sidecar, waiting) == S.RUNNING
     for call, kwargs in ((client.restart_orchestration, {}), (client.rewind_orchestration, {})):
         with pytest.raises(grpc.RpcError) as caught:
             await sidecar.call(call, waiting, **kwargs)

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import sdk_app as app
 import trio
-from conftest import Sidecar
+from conftest import Sidecar, sdk_worker_running
+from durabletask import task
 from durabletask.client import OrchestrationStatus
 
 
@@ -90,6 +91,19 @@ async def test_continue_as_new(sidecar: Sidecar, worker) -> None:
     assert (state.serialized_input, state.serialized_output) == ("3", "3")
 
 
+async def test_continue_as_new_while_events_keep_arriving(sidecar: Sidecar, worker) -> None:
+    """Events raised while a continue-as-new step is with the worker reach the next execution
+    after its start, so none is lost and the instance does not hang."""
+    client = sidecar.client
+    iid = await sidecar.call(client.schedule_new_orchestration, app.tick_counter, input=[])
+    await sidecar.call(client.wait_for_orchestration_start, iid, timeout=10)
+    for n in range(5):
+        await sidecar.call(client.raise_orchestration_event, iid, "tick", data=n)
+    state = await sidecar.call(client.wait_for_orchestration_completion, iid, timeout=20)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert json.loads(state.serialized_output) == [0, 1, 2, 3, 4]
+
+
 async def test_activity_failure_details_reach_the_orchestrator(sidecar: Sidecar, worker) -> None:
     state = await sidecar.run(app.catches_failure, input="kaboom")
     assert state.runtime_status == OrchestrationStatus.COMPLETED
@@ -107,3 +121,43 @@ async def test_failed_orchestration_reports_its_failure(sidecar: Sidecar, worker
     assert details.error_type == "durabletask.task.TaskFailedError"
     assert "kaboom" in details.message
     assert details.stack_trace
+
+
+class Refused(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"refused with code {code}")
+        self.code = code
+
+
+class FailureProperties:
+    """The SDK's ExceptionPropertiesProvider: custom properties for the failures it reports."""
+
+    def get_exception_properties(self, exc: Exception) -> dict | None:
+        if isinstance(exc, Refused):
+            return {"code": exc.code, "where": {"zone": "eu", "hosts": ["a", None]}}
+        return None
+
+
+def refuses(ctx: task.OrchestrationContext, code: int):
+    raise Refused(code)
+
+
+def catches_child_failure(ctx: task.OrchestrationContext, code: int):
+    try:
+        yield ctx.call_sub_orchestrator(refuses, input=code, instance_id=f"{ctx.instance_id}-c")
+    except task.TaskFailedError as failure:
+        return {"type": failure.details.error_type, "properties": failure.details.properties}
+    return "no failure"
+
+
+async def test_failure_properties_reach_the_parent_and_the_client(sidecar: Sidecar) -> None:
+    async with sdk_worker_running(sidecar.address, [refuses, catches_child_failure], [],
+                                  exception_properties_provider=FailureProperties()):
+        state = await sidecar.run(catches_child_failure, input=42, instance_id="props")
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    properties = {"code": 42, "where": {"zone": "eu", "hosts": ["a", None]}}
+    assert json.loads(state.serialized_output) == {
+        "type": "test_sidecar_patterns.Refused", "properties": properties,
+    }
+    child = await sidecar.call(sidecar.client.get_orchestration_state, "props-c")
+    assert child.failure_details.properties == properties

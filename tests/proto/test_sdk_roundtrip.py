@@ -21,7 +21,10 @@ from google.protobuf import descriptor as gdescriptor
 from google.protobuf import json_format, struct_pb2, timestamp_pb2, unknown_fields, wrappers_pb2
 
 import dtrio._pb as pb
+from dtrio import history as h
 from dtrio._pb.google import protobuf as gp
+from dtrio.state import apply_step
+from dtrio.wire import decode, encode
 
 # Deprecated fields (TraceContext.spanID, OrchestratorResponse.isPartial/chunkIndex) are set on
 # purpose: they are still on the wire.
@@ -999,3 +1002,48 @@ def test_timestamp_precision_is_microseconds():
     s = sdk_pb2.TimerCreatedEvent(fireAt=ts)
     ours = pb.TimerCreatedEvent.parse(s.SerializeToString())
     assert ours.fire_at == T0
+
+
+# ---------------------------------------------------------------- failures through the engine
+
+
+class _Properties:
+    """The SDK worker's hook for custom failure properties (ExceptionPropertiesProvider)."""
+
+    def get_exception_properties(self, exc):
+        return {"code": 42, "retry": False, "why": str(exc),
+                "where": {"zone": "eu", "hosts": ["a", None, 1.5]}}
+
+
+def _sdk_failure_with_properties():
+    """Built by the SDK's own helper: properties at both levels of the chain."""
+    failure = sdk_helpers.new_failure_details(_raise_chain(), _Properties())
+    assert failure.properties and failure.innerFailure.properties
+    return failure
+
+
+def test_failure_properties_survive_the_engines_failure_details():
+    sent = _sdk_failure_with_properties()
+    data = sent.SerializeToString()
+    details = h.failure_from_pb(decode(pb.TaskFailureDetails, data))
+    assert set(details.properties) == {"code", "retry", "why", "where"}
+    again = encode(h.failure_to_pb(details))
+    assert again == data
+    assert sdk_pb2.TaskFailureDetails.FromString(again) == sent
+
+
+def test_a_failed_sub_orchestrations_properties_reach_its_parent_unchanged():
+    sent = _sdk_failure_with_properties()
+    action = sdk_helpers.new_complete_orchestration_action(
+        0, sdk_pb2.ORCHESTRATION_STATUS_FAILED, failure_details=sent)
+    started = pb.ExecutionStartedEvent(
+        name="child", orchestration_instance=instance(2), parent_instance=parent())
+    step = apply_step("inst-2", "exec-2", started, [], [
+        decode(pb.OrchestratorAction, action.SerializeToString())], T0)
+    assert step.failure == sent.SerializeToString()
+    [to_parent] = step.messages
+    assert to_parent.instance_id == "inst-9"
+    # The event carries the failure's bytes as the child's worker sent them.
+    assert sent.SerializeToString() in to_parent.event
+    failed = sdk_pb2.HistoryEvent.FromString(to_parent.event).subOrchestrationInstanceFailed
+    assert failed.failureDetails == sent

@@ -132,6 +132,30 @@ def test_an_undeliverable_entity_message_fails_the_orchestration():
     assert "'counter' is not an entity ID" in failure.error_message
 
 
+LONG = "@counter@" + "k" * 92  # 101 characters: one over the limit of an instance ID
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("entity_operation_signaled", pb.EntityOperationSignaledEvent(
+        request_id="r", operation="add", target_instance_id=LONG)),
+    ("entity_operation_called", pb.EntityOperationCalledEvent(
+        request_id="r", operation="get", target_instance_id=LONG)),
+    ("entity_unlock_sent", pb.EntityUnlockSentEvent(
+        critical_section_id="cs", target_instance_id=LONG)),
+    ("entity_lock_requested", pb.EntityLockRequestedEvent(
+        critical_section_id="cs", lock_set=["@counter@a", LONG], position=0)),
+    ("entity_operation_signaled", pb.EntityOperationSignaledEvent(
+        request_id="r", operation="add", target_instance_id="@counter@a\x7f")),
+])
+def test_entity_ids_no_client_could_name_fail_the_orchestration(kind, message):
+    step = apply_step("o", "x1", None, [], [entity_action(0, **{kind: message})], T0)
+    assert step.status == int(pb.OrchestrationStatus.FAILED) and not step.messages
+    failure = pb.TaskFailureDetails.parse(step.failure)
+    assert failure.error_type == "InvalidEntityMessage"
+    assert ("101 characters long; the limit is 100" in failure.error_message
+            or "control characters" in failure.error_message), failure.error_message
+
+
 @pytest.mark.parametrize("lock_set, problem", [
     (["@counter@a", "not-an-entity"], "'not-an-entity' is not an entity ID"),
     (["@counter@d", "@Counter@d"], "names @counter@d twice"),
@@ -169,11 +193,12 @@ def test_actions_that_cannot_be_carried_out_are_dropped_with_a_reason():
                 instance_id="x" * 101, name="orch")),
             pb.OperationAction(id=5, start_new_orchestration=pb.StartNewOrchestrationAction(
                 instance_id="ctl\x01", name="orch")),
+            pb.OperationAction(id=6, send_signal=pb.SendSignalAction(instance_id=LONG, name="x")),
         ],
     ), T0)
     assert step.messages == [] and step.new_instances == [] and step.consumed == [1]
     assert [why.split(":")[0] for why in step.rejected] == [
-        f"action #{i} of entity {E}" for i in range(6)]
+        f"action #{i} of entity {E}" for i in range(7)]
     assert "'nope' is not an entity ID" in step.rejected[0]
     assert "reserves for entities" in step.rejected[1]
     assert "without a name" in step.rejected[2]
@@ -181,3 +206,4 @@ def test_actions_that_cannot_be_carried_out_are_dropped_with_a_reason():
     # IDs no client could name: such instances could never be queried, terminated or purged.
     assert "101 characters long" in step.rejected[4]
     assert "control characters" in step.rejected[5]
+    assert "101 characters long" in step.rejected[6]
