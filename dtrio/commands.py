@@ -26,13 +26,13 @@ from .backend import (
 )
 from .clock import Clock
 from .errors import InstanceNotFound, InvalidOperation
+from .events import StoredEvent
 from .inbox import Message, NewInstance
 from .instance_ids import new_execution_id
 from .signals import ChangeBoard
 from .state import TERMINAL
 from .times import to_us
 from .trace_context import start_traced
-from .wire import encode
 
 # (name, instance ID, version) -> the span a start is made under, giving its trace context
 Traced = Callable[[str, str, str | None], AbstractContextManager[pb.TraceContext | None]]
@@ -76,8 +76,8 @@ class Commands:
             scheduled_start=start_at, tags=tags,
         ), trace)
         return await self._backend.create_instance(
-            NewInstance(instance_id, execution_id, name, version, input, encode(started),
-                        visible_at, tags=tags, started_event=started),
+            NewInstance(instance_id, execution_id, name, version, input, StoredEvent.of(started),
+                        visible_at, tags=tags),
             replace=replace, ignore=ignore,
         )
 
@@ -107,11 +107,11 @@ class Commands:
         await self.send(instance_id, h.event_raised(self._clock.now_dt(), name, data))
 
     async def send(self, instance_id: str, event: pb.HistoryEvent) -> None:
-        await self._backend.add_event(instance_id, encode(event), decoded=event)
+        await self._backend.add_event(instance_id, StoredEvent.of(event))
 
     async def terminate(self, instance_id: str, output: str | None, recursive: bool) -> None:
         event = h.execution_terminated(self._clock.now_dt(), output, recursive)
-        await self._backend.add_event(instance_id, encode(event), decoded=event, wake_pending=True)
+        await self._backend.add_event(instance_id, StoredEvent.of(event), wake_pending=True)
 
     async def suspend(self, instance_id: str, reason: str | None) -> None:
         await self.send(instance_id, h.execution_suspended(self._clock.now_dt(), reason))
@@ -161,7 +161,9 @@ class Commands:
         return await self._backend.list_instance_ids(
             statuses, completed_from, completed_to, page_size, last_key)
 
-    async def history(self, instance_id: str, execution_id: str | None = None) -> list[bytes]:
+    async def history(
+        self, instance_id: str, execution_id: str | None = None
+    ) -> list[StoredEvent]:
         """The instance's history as stored (of `execution_id`, if given: it must be current)."""
         record = await self._backend.get_instance(instance_id, payloads=False)
         if record is None:
@@ -183,7 +185,7 @@ class Commands:
             scheduled_time=at, target_instance_id=entity_id,
         ))
         await self._backend.send_entity_message(
-            Message(entity_id, encode(event), visible, None, event))
+            Message(entity_id, StoredEvent.of(event), visible))
 
     async def entity(self, entity_id: str, *, include_state: bool) -> EntityRecord | None:
         return await self._backend.get_entity(entity_id, include_state=include_state)

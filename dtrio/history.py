@@ -9,6 +9,7 @@ import betterproto2
 
 from . import _pb as pb
 from .errors import FailureDetails
+from .events import StoredEvent
 from .wire import history_marker, one_of
 
 
@@ -95,9 +96,9 @@ _ORCHESTRATOR_STARTED = (
 )
 
 
-def step_opener(now: datetime) -> tuple[pb.HistoryEvent, bytes]:
-    """The orchestratorStarted that opens every step, and its bytes, made without encoding."""
-    return orchestrator_started(now), history_marker(_ORCHESTRATOR_STARTED, now)
+def step_opener(now: datetime) -> StoredEvent:
+    """The orchestratorStarted that opens every step, with its bytes made without encoding."""
+    return StoredEvent(orchestrator_started(now), history_marker(_ORCHESTRATOR_STARTED, now))
 
 
 def orchestrator_completed(now: datetime) -> pb.HistoryEvent:

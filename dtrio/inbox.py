@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import _pb as pb
+from .events import StoredEvent
 
 
 @dataclass(slots=True)
@@ -18,11 +18,10 @@ class NewInstance:
     name: str
     version: str | None
     input: str | None
-    started: bytes
+    started: StoredEvent
     visible_at: int
     parent_instance_id: str | None = None
     tags: dict[str, str] | None = None
-    started_event: pb.HistoryEvent | None = None
     # Sent to the parent instead when the ID is taken by a live instance (sub-orchestrations).
     conflict: Message | None = None
     # Sub-orchestrations replace a finished instance of the same ID (a retry with an explicit ID).
@@ -34,8 +33,6 @@ class Message:
     """An event for an instance's inbox, delivered only while `execution_id` (if set) is current."""
 
     instance_id: str
-    event: bytes
+    event: StoredEvent
     visible_at: int
     execution_id: str | None = None
-    # The event itself, when the sender has it: spares the receiver a parse in this process.
-    decoded: pb.HistoryEvent | None = None

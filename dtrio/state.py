@@ -16,6 +16,7 @@ from . import _pb as pb
 from . import history as h
 from .entities.ids import EntityId
 from .errors import FailureDetails, InvalidInput
+from .events import StoredEvent
 from .inbox import Message, NewInstance
 from .instance_ids import is_entity_id, new_execution_id, validate_instance_id
 from .times import from_us as from_us
@@ -58,7 +59,7 @@ class ChildRewind:
 class OrchestrationStep:
     """Everything one orchestration work item changes, committed in one transaction."""
 
-    history: list[bytes]
+    history: list[StoredEvent]
     execution_id: str
     status: int
     custom_status: str | None
@@ -105,8 +106,8 @@ class _StepBuilder:
     def message(self, instance_id: str, event: pb.HistoryEvent, visible_at: int | None = None,
                 execution_id: str | None = None) -> None:
         self.step.messages.append(
-            Message(instance_id, encode(event), self.now_us if visible_at is None else visible_at,
-                    execution_id, event)
+            Message(instance_id, StoredEvent.of(event),
+                    self.now_us if visible_at is None else visible_at, execution_id)
         )
 
 
@@ -114,7 +115,7 @@ def apply_step(
     instance_id: str,
     execution_id: str,
     started: pb.ExecutionStartedEvent | None,
-    new_events: Sequence[tuple[pb.HistoryEvent, bytes | None]],
+    new_events: Sequence[StoredEvent],
     actions: Sequence[pb.OrchestratorAction],
     now: datetime,
     *,
@@ -123,10 +124,10 @@ def apply_step(
 ) -> OrchestrationStep:
     """Turn one step (the events it consumed and the actions it produced) into a commit plan."""
     b = _StepBuilder(instance_id, execution_id, started, now)
-    history: list[bytes] = [data if data is not None else encode(ev) for ev, data in new_events]
+    history = list(new_events)
     b.terminate_recursive = any(
-        ev.execution_terminated is not None and ev.execution_terminated.recurse
-        for ev, _ in new_events
+        stored.event.execution_terminated is not None and stored.event.execution_terminated.recurse
+        for stored in new_events
     )
     b.step.custom_status = custom_status
     b.step.status = int(_S.SUSPENDED if suspended else _S.RUNNING)
@@ -143,9 +144,9 @@ def apply_step(
             break
         if handler(b, action, body) is _STOP:
             break
-    history += [encode(ev) for ev in b.events]
+    history += [StoredEvent.of(ev) for ev in b.events]
     if not b.step.reset_history:
-        history.append(history_marker(_ORCHESTRATOR_COMPLETED, now))
+        history.append(StoredEvent.read(history_marker(_ORCHESTRATOR_COMPLETED, now)))
         b.step.history = history
     return b.step
 
@@ -222,11 +223,10 @@ def _create_sub_orchestration(
         is_non_retriable=True,
     ))
     b.step.new_instances.append(NewInstance(
-        body.instance_id, child_execution, body.name, version, body.input, encode(started),
+        body.instance_id, child_execution, body.name, version, body.input, StoredEvent.of(started),
         b.now_us, parent_instance_id=b.instance_id, tags=dict(body.tags) or None,
-        conflict=Message(b.instance_id, encode(conflict), b.now_us, b.execution_id, conflict),
+        conflict=Message(b.instance_id, StoredEvent.of(conflict), b.now_us, b.execution_id),
         replace_finished=True,
-        started_event=started,
     ))
 
 
@@ -349,7 +349,7 @@ def _rewind(
         started.orchestration_span_id = new_span_id()
     trace = orchestration_context(started)
     b.step = OrchestrationStep(
-        [encode(e) for e in history], execution_id, int(_S.RUNNING), b.step.custom_status,
+        [StoredEvent.of(e) for e in history], execution_id, int(_S.RUNNING), b.step.custom_status,
         reset_history=True, new_input=started.input if started is not None else None,
     )
     finished = {
@@ -376,8 +376,8 @@ def _rewind(
         b.step.rewind_children.append(ChildRewind(
             created.instance_id, reason, execution_id,
             NewInstance(created.instance_id, child_execution, created.name, created.version,
-                        created.input, encode(child_start), b.now_us,
-                        parent_instance_id=b.instance_id, started_event=child_start),
+                        created.input, StoredEvent.of(child_start), b.now_us,
+                        parent_instance_id=b.instance_id),
         ))
     # A lone orchestratorStarted makes the instance run again, replaying the clean history.
     b.message(b.instance_id, h.orchestrator_started(b.now), execution_id=execution_id)

@@ -21,6 +21,7 @@ PURE = (
     "dtrio.entities.ids",
     "dtrio.errors",
     "dtrio.history",
+    "dtrio.events",
     "dtrio.inbox",
     "dtrio.instance_ids",
     "dtrio.payloads",

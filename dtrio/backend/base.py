@@ -8,6 +8,7 @@ from typing import Protocol
 
 from .. import _pb as pb
 from ..entities.batch import EntityStep
+from ..events import StoredEvent
 from ..inbox import Message, NewInstance
 from ..state import OrchestrationStep
 
@@ -26,9 +27,7 @@ class OrchestrationWorkItem:
     status: int
     lock_token: str
     step: int  # increases with every committed step; a cached run is current if it matches
-    events: list[tuple[int, bytes]]  # (inbox id, serialized HistoryEvent)
-    # Events this process wrote and still holds parsed, by inbox id (a cache, may be empty).
-    decoded: dict[int, pb.HistoryEvent] = field(default_factory=dict)
+    events: list[tuple[int, StoredEvent]]  # (inbox id, event), oldest first
 
 
 @dataclass(slots=True)
@@ -56,8 +55,7 @@ class EntityWorkItem:
     locked_by: str | None
     lock_section: str | None
     lock_token: str
-    messages: list[tuple[int, bytes]]  # (inbox id, serialized HistoryEvent), oldest first
-    decoded: dict[int, pb.HistoryEvent] = field(default_factory=dict)
+    messages: list[tuple[int, StoredEvent]]  # (inbox id, event), oldest first
 
 
 @dataclass(slots=True)
@@ -161,8 +159,8 @@ class Backend(Protocol):
     ) -> InstanceRecord | None: ...
 
     async def add_event(
-        self, instance_id: str, event: bytes, *, visible_at: int | None = None,
-        decoded: pb.HistoryEvent | None = None, wake_pending: bool = False,
+        self, instance_id: str, event: StoredEvent, *, visible_at: int | None = None,
+        wake_pending: bool = False,
     ) -> bool: ...
 
     async def rewind_instance(self, instance_id: str, reason: str | None) -> None: ...
@@ -184,7 +182,7 @@ class Backend(Protocol):
         self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
     ) -> list[OrchestrationWorkItem]: ...
 
-    async def load_history(self, instance_id: str) -> list[bytes]: ...
+    async def load_history(self, instance_id: str) -> list[StoredEvent]: ...
 
     async def renew_orchestration(self, item: OrchestrationWorkItem, lease_us: int) -> None: ...
 
@@ -202,9 +200,7 @@ class Backend(Protocol):
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None: ...
 
-    async def complete_activity(
-        self, item: ActivityWorkItem, result: bytes, *, decoded: pb.HistoryEvent | None = None
-    ) -> None: ...
+    async def complete_activity(self, item: ActivityWorkItem, result: StoredEvent) -> None: ...
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None: ...
 

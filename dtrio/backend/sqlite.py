@@ -14,6 +14,7 @@ from .. import _pb as pb
 from ..clock import Clock
 from ..entities.batch import EntityStep
 from ..errors import InstanceAlreadyExists, InstanceNotFound, LeaseLost, StorageError
+from ..events import StoredEvent
 from ..inbox import Message, NewInstance
 from ..state import TERMINAL, OrchestrationStep
 from ..wire import encode
@@ -122,8 +123,8 @@ class SqliteBackend:
         return None if row is None else record(row, payloads)
 
     async def add_event(
-        self, instance_id: str, event: bytes, *, visible_at: int | None = None,
-        decoded: pb.HistoryEvent | None = None, wake_pending: bool = False,
+        self, instance_id: str, event: StoredEvent, *, visible_at: int | None = None,
+        wake_pending: bool = False,
     ) -> bool:
         """Queue an event for a live instance; False (and nothing queued) if it has finished.
 
@@ -138,7 +139,7 @@ class SqliteBackend:
             if status in TERMINAL:
                 return False
             at = now if visible_at is None else visible_at
-            enqueue(store, instance_id, None, event, at, now, decoded)
+            enqueue(store, instance_id, None, event, at, now)
             if wake_pending and status == _PENDING:
                 conn.execute(
                     "UPDATE instances SET ready_at = min(ready_at, ?) WHERE instance_id = ?",
@@ -195,20 +196,16 @@ class SqliteBackend:
                     f"AND visible_at <= ? ORDER BY id",
                     (*items, now),
                 ):
-                    item = items[instance_id]
-                    item.events.append((inbox_id, event))
-                    parsed = store.decoded.pop(inbox_id, None)
-                    if parsed is not None:
-                        item.decoded[inbox_id] = parsed
+                    items[instance_id].events.append((inbox_id, store.leased(inbox_id, event)))
             return list(items.values())
 
         return await store.lease(op)
 
-    async def load_history(self, instance_id: str) -> list[bytes]:
+    async def load_history(self, instance_id: str) -> list[StoredEvent]:
         rows = await self._store.read(lambda conn: conn.execute(
             "SELECT event FROM history WHERE instance_id = ? ORDER BY seq", (instance_id,)
         ).fetchall())
-        return [r[0] for r in rows]
+        return [StoredEvent.read(r[0]) for r in rows]
 
     async def renew_orchestration(self, item: OrchestrationWorkItem, lease_us: int) -> None:
         store = self._store
@@ -249,7 +246,7 @@ class SqliteBackend:
                 history_len = 0
             conn.executemany(
                 "INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)",
-                [(iid, history_len + i, data) for i, data in enumerate(step.history)],
+                [(iid, history_len + i, event.data) for i, event in enumerate(step.history)],
             )
             conn.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i, _ in item.events])
             completed = step.completed
@@ -363,9 +360,7 @@ class SqliteBackend:
 
         await store.write(op)
 
-    async def complete_activity(
-        self, item: ActivityWorkItem, result: bytes, *, decoded: pb.HistoryEvent | None = None
-    ) -> None:
+    async def complete_activity(self, item: ActivityWorkItem, result: StoredEvent) -> None:
         store = self._store
 
         def op(conn: sqlite3.Connection) -> None:
@@ -378,7 +373,7 @@ class SqliteBackend:
                     "lost; its result was not saved"
                 )
             now = store.clock.now_us()
-            deliver(store, Message(item.instance_id, result, now, item.execution_id, decoded), now)
+            deliver(store, Message(item.instance_id, result, now, item.execution_id), now)
 
         await store.write(op)
 

@@ -7,12 +7,10 @@ import logging
 import sqlite3
 from typing import Any
 
-from .. import _pb as pb
 from ..entities.batch import EntityStep
 from ..errors import InvalidInput, LeaseLost
 from ..inbox import Message
 from ..state import TERMINAL
-from ..wire import decode
 from .base import EntityPage, EntityQuery, EntityRecord, EntityWorkItem
 from .sqlite_leases import give_back, renew_lease
 from .sqlite_rows import (
@@ -76,10 +74,7 @@ class SqliteEntities:
                     "ORDER BY i.id LIMIT ?",
                     (item.instance_id, now, batch_size),
                 ):
-                    item.messages.append((inbox_id, event))
-                    parsed = store.decoded.pop(-inbox_id, None)
-                    if parsed is not None:
-                        item.decoded[inbox_id] = parsed
+                    item.messages.append((inbox_id, store.leased(-inbox_id, event)))
             return items
 
         return await store.lease(op)
@@ -221,6 +216,6 @@ class SqliteEntities:
 
 
 def _lock_message_of(message: Message, section: str | None) -> bool:
-    event = message.decoded or decode(pb.HistoryEvent, message.event)
+    event = message.event.event
     body = event.entity_lock_requested or event.entity_lock_granted
     return body is not None and body.critical_section_id == section

@@ -13,11 +13,11 @@ import json
 from .. import _pb as pb
 from .. import history as h
 from ..entities.batch import source_of
+from ..events import StoredEvent
 from ..inbox import Message, NewInstance
 from ..instance_ids import is_entity_id
 from ..state import TERMINAL, ChildRewind
 from ..times import from_us
-from ..wire import decode, encode
 from .sqlite_store import SqliteStore
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
@@ -31,15 +31,14 @@ ELIGIBLE = "(e.locked_by IS NULL OR i.source = e.locked_by)"
 # -- instances and their inboxes -----------------------------------------------------------
 
 
-def enqueue(store: SqliteStore, instance_id: str, execution_id: str | None, event: bytes,
-            visible_at: int, now: int, decoded: pb.HistoryEvent | None = None) -> None:
+def enqueue(store: SqliteStore, instance_id: str, execution_id: str | None, event: StoredEvent,
+            visible_at: int, now: int) -> None:
     conn = store.conn
     cur = conn.execute(
         "INSERT INTO inbox (instance_id, execution_id, event, visible_at) VALUES (?, ?, ?, ?)",
-        (instance_id, execution_id, event, visible_at),
+        (instance_id, execution_id, event.data, visible_at),
     )
-    if decoded is not None:
-        store.keep_decoded(cur.lastrowid or 0, decoded)
+    store.keep(cur.lastrowid or 0, event)
     # A pending instance becomes ready when its start comes due, not when an early event
     # arrives: the event waits in the inbox for the orchestration to begin.
     conn.execute(
@@ -65,7 +64,7 @@ def deliver(store: SqliteStore, message: Message, now: int) -> None:
     if message.execution_id is not None and row[0] != message.execution_id:
         return
     enqueue(store, message.instance_id, message.execution_id, message.event,
-            message.visible_at, now, message.decoded)
+            message.visible_at, now)
 
 
 def insert_instance(store: SqliteStore, new: NewInstance, now: int) -> bool:
@@ -79,8 +78,7 @@ def insert_instance(store: SqliteStore, new: NewInstance, now: int) -> bool:
     )
     if cur.rowcount != 1:
         return False
-    enqueue(store, new.instance_id, new.execution_id, new.started, new.visible_at, now,
-            new.started_event)
+    enqueue(store, new.instance_id, new.execution_id, new.started, new.visible_at, now)
     store.changed(new.instance_id)
     return True
 
@@ -127,9 +125,7 @@ def queue_behind(store: SqliteStore, instance_id: str, last_id: int) -> None:
             "VALUES (?, ?, ?, ?)",
             (instance_id, execution_id, event, visible_at),
         )
-        parsed = store.decoded.pop(old_id, None)
-        if parsed is not None:
-            store.keep_decoded(cur.lastrowid or 0, parsed)
+        store.moved(old_id, cur.lastrowid or 0)
 
 
 def refresh_ready(store: SqliteStore, instance_id: str, now: int) -> None:
@@ -152,7 +148,7 @@ def terminate_children(store: SqliteStore, instance_id: str, output: str | None,
     ).fetchall()
     for child_id, status in children:
         event = h.execution_terminated(from_us(now), output, recurse=True)
-        enqueue(store, child_id, None, encode(event), now, now, event)
+        enqueue(store, child_id, None, StoredEvent.of(event), now, now)
         if status == _PENDING:
             conn.execute(
                 "UPDATE instances SET ready_at = min(ready_at, ?) WHERE instance_id = ?",
@@ -172,7 +168,7 @@ def prepare_rewind(store: SqliteStore, instance_id: str, reason: str | None,
     event = h.event(from_us(now), execution_rewound=pb.ExecutionRewoundEvent(
         reason=reason, parent_execution_id=parent_execution_id,
     ))
-    enqueue(store, instance_id, None, encode(event), now, now, event)
+    enqueue(store, instance_id, None, StoredEvent.of(event), now, now)
 
 
 def rewind_child(store: SqliteStore, child: ChildRewind, now: int) -> None:
@@ -189,7 +185,7 @@ def rewind_child(store: SqliteStore, child: ChildRewind, now: int) -> None:
 def deliver_entity(store: SqliteStore, message: Message, now: int) -> None:
     """Put a message in an entity's inbox, creating the entity when it is new."""
     conn = store.conn
-    event = message.decoded or decode(pb.HistoryEvent, message.event)
+    event = message.event.event
     name = message.instance_id.split("@", 2)[1]
     conn.execute(
         "INSERT OR IGNORE INTO entities (instance_id, name, created_at, last_modified) "
@@ -202,10 +198,10 @@ def deliver_entity(store: SqliteStore, message: Message, now: int) -> None:
     cur = conn.execute(
         "INSERT INTO entity_inbox (instance_id, source, event, visible_at, lock_for) "
         "VALUES (?, ?, ?, ?, ?)",
-        (message.instance_id, source, message.event, message.visible_at, lock_for),
+        (message.instance_id, source, message.event.data, message.visible_at, lock_for),
     )
-    # Negative keys: the decoded-event cache is shared with the orchestration inbox's ids.
-    store.keep_decoded(-(cur.lastrowid or 0), event)
+    # Negative keys: the kept events share their keys with the orchestration inbox's ids.
+    store.keep(-(cur.lastrowid or 0), message.event)
     updated = conn.execute(
         "UPDATE entities SET ready_at = min(coalesce(ready_at, ?1), ?1) "
         "WHERE instance_id = ?2 AND (locked_by IS NULL OR locked_by = ?3)",

@@ -16,15 +16,15 @@ from typing import Any, TypeVar
 
 import trio
 
-from .. import _pb as pb
 from ..clock import Clock
 from ..errors import StorageError
+from ..events import StoredEvent
 from .base import Committed, Listener
 
 T = TypeVar("T")
 
 # Parsed events this process wrote, kept so that leasing them again spares a parse.
-_DECODED_CACHE = 50_000
+_WRITTEN_KEPT = 50_000
 
 
 class _Op:
@@ -47,11 +47,11 @@ class SqliteStore:
         self._listeners: list[Listener] = []
         # What the transaction under way makes due, reported once it commits.
         self._notes = Committed()
-        # Parsed events by inbox id (entity inbox ids negated); an op's own become visible to
-        # lessees only once its transaction commits.
-        self.decoded: OrderedDict[int, pb.HistoryEvent] = OrderedDict()
-        self._op_decoded: list[tuple[int, pb.HistoryEvent]] = []
-        self._tx_decoded: list[tuple[int, pb.HistoryEvent]] = []
+        # Events this process wrote, parsed, by inbox id (entity inbox ids negated); an op's own
+        # become visible to lessees only once its transaction commits.
+        self._written: OrderedDict[int, StoredEvent] = OrderedDict()
+        self._op_written: list[tuple[int, StoredEvent]] = []
+        self._tx_written: list[tuple[int, StoredEvent]] = []
 
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -71,8 +71,20 @@ class SqliteStore:
         """Note that an instance's status or execution changed (its waiters look again)."""
         self._notes.instances.add(instance_id)
 
-    def keep_decoded(self, key: int, event: pb.HistoryEvent) -> None:
-        self._op_decoded.append((key, event))
+    def keep(self, key: int, event: StoredEvent) -> None:
+        """Keep an event written under inbox id `key` parsed, for whoever leases it here."""
+        if event.parsed:
+            self._op_written.append((key, event))
+
+    def leased(self, key: int, data: bytes) -> StoredEvent:
+        """The event stored under inbox id `key`: parsed already if this process wrote it."""
+        return self._written.pop(key, None) or StoredEvent.read(data)
+
+    def moved(self, old: int, new: int) -> None:
+        """An inbox row was written again under a new id."""
+        event = self._written.pop(old, None)
+        if event is not None:
+            self.keep(new, event)
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -143,7 +155,7 @@ class SqliteStore:
                 conn.execute("SAVEPOINT op")
                 try:
                     op.result = op.fn(conn)
-                    self._tx_decoded += self._op_decoded
+                    self._tx_written += self._op_written
                 except Exception as exc:
                     # One failing write must not take the rest of the batch down with it.
                     conn.execute("ROLLBACK TO op")
@@ -151,13 +163,13 @@ class SqliteStore:
                         self._refused("write", exc) if isinstance(exc, sqlite3.Error) else exc
                     )
                 finally:
-                    self._op_decoded.clear()
+                    self._op_written.clear()
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._tx_decoded.clear()
+            self._tx_written.clear()
             self._notes = Committed()
             error = self._refused("write", exc) if isinstance(exc, sqlite3.Error) else exc
             for op in ops:
@@ -170,12 +182,12 @@ class SqliteStore:
         self._announce()
 
     def _announce(self) -> None:
-        decoded = self.decoded
-        for inbox_id, event in self._tx_decoded:
-            decoded[inbox_id] = event
-        self._tx_decoded.clear()
-        while len(decoded) > _DECODED_CACHE:
-            decoded.popitem(last=False)
+        written = self._written
+        for inbox_id, event in self._tx_written:
+            written[inbox_id] = event
+        self._tx_written.clear()
+        while len(written) > _WRITTEN_KEPT:
+            written.popitem(last=False)
         notes, self._notes = self._notes, Committed()
         for listener in self._listeners:
             listener(notes)

@@ -18,11 +18,12 @@ from datetime import datetime
 from .. import _pb as pb
 from .. import history as h
 from ..errors import FailureDetails, InvalidInput
+from ..events import StoredEvent
 from ..inbox import Message, NewInstance
 from ..instance_ids import new_execution_id, validate_instance_id
 from ..times import to_us
 from ..trace_context import start_traced
-from ..wire import encode, one_of
+from ..wire import one_of
 from .ids import EntityId
 
 log = logging.getLogger("dtrio.engine")
@@ -149,11 +150,11 @@ def _lock(
             log.warning("entity lock request of %s names a non-entity %r: %s",
                         parent or "an orchestration", request.lock_set[following], exc)
             return
-        batch.lock_messages.append(Message(target, encode(event), now_us, None, event))
+        batch.lock_messages.append(Message(target, StoredEvent.of(event), now_us))
     elif parent:
         granted = h.event(now, entity_lock_granted=pb.EntityLockGrantedEvent(
             critical_section_id=request.critical_section_id))
-        batch.lock_messages.append(Message(parent, encode(granted), now_us, None, granted))
+        batch.lock_messages.append(Message(parent, StoredEvent.of(granted), now_us))
 
 
 def finish_batch(batch: EntityBatch, result: pb.EntityBatchResult, now: datetime) -> EntityStep:
@@ -201,8 +202,8 @@ def _reply(
                 "EntityOperationFailed", f"operation {operation.name!r} reported no outcome")))
         event = h.event(now, entity_operation_failed=pb.EntityOperationFailedEvent(
             request_id=operation.request_id, failure_details=details))
-    return Message(operation.caller.instance_id, encode(event), now_us,
-                   operation.caller.execution_id or None, event)
+    return Message(operation.caller.instance_id, StoredEvent.of(event), now_us,
+                   operation.caller.execution_id or None)
 
 
 def _apply_action(step: EntityStep, entity_id: str, action: pb.OperationAction, now: datetime,
@@ -216,7 +217,7 @@ def _apply_action(step: EntityStep, entity_id: str, action: pb.OperationAction, 
         )
         event = h.event(now, entity_operation_signaled=signal)
         visible = max(to_us(body.scheduled_time), now_us) if body.scheduled_time else now_us
-        step.messages.append(Message(target, encode(event), visible, None, event))
+        step.messages.append(Message(target, StoredEvent.of(event), visible))
     elif kind == "start_new_orchestration":
         if not body.name:
             raise InvalidInput("it starts an orchestration without a name")
@@ -229,8 +230,8 @@ def _apply_action(step: EntityStep, entity_id: str, action: pb.OperationAction, 
         ), body.parent_trace_context)
         visible = max(to_us(body.scheduled_time), now_us) if body.scheduled_time else now_us
         step.new_instances.append(NewInstance(
-            instance_id, execution_id, body.name, body.version, body.input, encode(started),
-            visible, started_event=started,
+            instance_id, execution_id, body.name, body.version, body.input,
+            StoredEvent.of(started), visible,
         ))
     else:
         raise InvalidInput(f"its kind {kind or 'unknown'!r} is not one this engine knows")

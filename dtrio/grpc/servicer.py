@@ -220,7 +220,8 @@ class Servicer:
         events = await self._commands.history(iid, request.execution_id)
         # Stored event bytes go out as they are, in chunks of bounded size.
         chunk = bytearray()
-        for data in events:
+        for stored in events:
+            data = stored.data
             field = HISTORY_CHUNK_EVENT + varint(len(data)) + data
             if chunk and len(chunk) + len(field) > HISTORY_CHUNK_BYTES:
                 await send(bytes(chunk))

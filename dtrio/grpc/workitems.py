@@ -42,8 +42,8 @@ class WorkItemEncoder:
         if kind == "orchestration":
             assert isinstance(work, StepWork)
             message = orchestrator_work_item(
-                item.lock_token, item.instance_id, item.execution_id, await work.past(),
-                [data for _, data in work.new],
+                item.lock_token, item.instance_id, item.execution_id,
+                [stored.data for stored in await work.past()], [stored.data for stored in work.new],
                 orchestration_trace_context(await work.started_event()),
             )
             what = f"orchestration {item.instance_id!r} with its history"

@@ -16,10 +16,10 @@ from ..backend import ActivityWorkItem, Backend, EntityWorkItem, OrchestrationWo
 from ..clock import Clock
 from ..entities.batch import EntityBatch, EntityStep, finish_batch, plan_batch
 from ..errors import FailureDetails
+from ..events import StoredEvent
 from ..logs import work_item
 from ..replay import describe_action
 from ..state import TERMINAL, OrchestrationStep, apply_step
-from ..wire import decode, encode
 
 log = logging.getLogger("dtrio.engine")
 _S = pb.OrchestrationStatus
@@ -35,18 +35,18 @@ class StepWork:
 
     item: OrchestrationWorkItem
     now: datetime
-    new: list[tuple[pb.HistoryEvent, bytes]]
+    new: list[StoredEvent]
     suspended: bool  # after the new events
-    _load: Callable[[str], Awaitable[list[bytes]]]
+    _load: Callable[[str], Awaitable[list[StoredEvent]]]
     # The execution's start, when a runner knows it (else it is read from the history).
     started: pb.ExecutionStartedEvent | None = None
-    _past: list[bytes] | None = None
+    _past: list[StoredEvent] | None = None
 
     @property
     def events(self) -> list[pb.HistoryEvent]:
-        return [event for event, _ in self.new]
+        return [stored.event for stored in self.new]
 
-    async def past(self) -> list[bytes]:
+    async def past(self) -> list[StoredEvent]:
         """The history so far, as stored."""
         if self._past is None:
             self._past = await self._load(self.item.instance_id)
@@ -55,13 +55,9 @@ class StepWork:
     async def started_event(self) -> pb.HistoryEvent | None:
         """The executionStarted event of this execution (the second event of a history, so
         this parses two events, not all)."""
-        for event, _ in self.new:
-            if event.execution_started is not None:
-                return event
-        for data in await self.past():
-            event = decode(pb.HistoryEvent, data)
-            if event.execution_started is not None:
-                return event
+        for stored in (*self.new, *await self.past()):
+            if stored.event.execution_started is not None:
+                return stored.event
         return None
 
 
@@ -107,11 +103,11 @@ class Orchestrations:
             await self._backend.release_orchestration(item)
             return None
         now = self._clock.now_dt()
-        new: list[tuple[pb.HistoryEvent, bytes]] = [h.step_opener(now)]
+        new = [h.step_opener(now)]
         suspended = item.status == _SUSPENDED
-        for inbox_id, data in item.events:
-            event = item.decoded.get(inbox_id) or decode(pb.HistoryEvent, data)
-            new.append((event, data))
+        for _, stored in item.events:
+            new.append(stored)
+            event = stored.event
             if event.execution_suspended is not None:
                 suspended = True
             elif event.execution_resumed is not None:
@@ -224,7 +220,7 @@ class Activities:
                 task_scheduled_id=item.task_id, failure_details=result.failure))
         else:
             event = h.task_completed(now, item.task_id, result.output)
-        await self._backend.complete_activity(item, encode(event), decoded=event)
+        await self._backend.complete_activity(item, StoredEvent.of(event))
         if log.isEnabledFor(logging.DEBUG):
             failed = result.failure
             outcome = (f"failed: {failed.error_type}: {failed.error_message}"
@@ -275,10 +271,7 @@ class Entities:
 
     async def open(self, item: EntityWorkItem) -> EntityWork | None:
         now = self._clock.now_dt()
-        messages = [
-            (inbox_id, item.decoded.get(inbox_id) or decode(pb.HistoryEvent, data))
-            for inbox_id, data in item.messages
-        ]
+        messages = [(inbox_id, stored.event) for inbox_id, stored in item.messages]
         batch = plan_batch(
             item.instance_id, item.state, item.locked_by, item.lock_section, messages, now)
         if batch.operations:

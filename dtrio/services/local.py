@@ -22,7 +22,6 @@ from ..logs import work_item
 from ..registry import Registry
 from ..replay import OrchestrationRun
 from ..state import OrchestrationStep
-from ..wire import decode
 from .kinds import ActivityResult, EntityWork, StepResult, StepWork
 from .lifecycle import unlimited
 
@@ -82,7 +81,7 @@ class LocalOrchestrations:
         past: list[pb.HistoryEvent] | None = None
         if run is None:
             run = OrchestrationRun(self._registry.orchestrators, item.instance_id)
-            past = [decode(pb.HistoryEvent, data) for data in await work.past()]
+            past = [stored.event for stored in await work.past()]
         events = work.events
         actions = run.feed(past or [], events)
         work.started = run.started
@@ -91,7 +90,7 @@ class LocalOrchestrations:
         if ends and run.started is not None and run.started.orchestration_span_id:
             # Read before committing: continuing as new replaces the history it is read from.
             if past is None:
-                past = [decode(pb.HistoryEvent, data) for data in await work.past()]
+                past = [stored.event for stored in await work.past()]
             execution = past + events
         self._running[item.lock_token] = _Replayed(run, execution)
         return StepResult(actions, run.custom_status)

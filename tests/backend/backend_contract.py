@@ -7,6 +7,7 @@ from dtrio import history as h
 from dtrio.backend import Backend
 from dtrio.backend.base import OrchestrationWorkItem
 from dtrio.clock import Clock
+from dtrio.events import StoredEvent
 from dtrio.state import ActivityTask, Message, NewInstance, OrchestrationStep, new_execution_id
 
 S = pb.OrchestrationStatus
@@ -14,12 +15,12 @@ SECOND = 1_000_000
 LEASE = 30 * SECOND
 
 
-def parse(data: bytes) -> pb.HistoryEvent:
-    return pb.HistoryEvent.parse(data)
+def parse(data: bytes | StoredEvent) -> pb.HistoryEvent:
+    return data.event if isinstance(data, StoredEvent) else pb.HistoryEvent.parse(data)
 
 
-def kinds(events: list[bytes] | list[tuple[int, bytes]]) -> list[str]:
-    """The oneof names of serialized events (or of a work item's (inbox id, event) pairs)."""
+def kinds(events: list[StoredEvent] | list[tuple[int, StoredEvent]]) -> list[str]:
+    """The oneof names of stored events (or of a work item's (inbox id, event) pairs)."""
     return [h.kind(parse(e[1] if isinstance(e, tuple) else e)) for e in events]
 
 
@@ -43,7 +44,7 @@ class Kit:
         started = h.execution_started(self.clock.now_dt(), name, instance_id, execution_id, input,
                                       version=version, tags=tags)
         return NewInstance(
-            instance_id, execution_id, name, version, input, bytes(started),
+            instance_id, execution_id, name, version, input, StoredEvent.of(started),
             self.now() if visible_at is None else visible_at,
             parent_instance_id=parent_instance_id, tags=tags, conflict=conflict,
         )
@@ -74,11 +75,11 @@ class Kit:
         new = await self.start(instance_id, **kw)
         return new, await self.lease_one(instance_id)
 
-    def event_raised(self, name: str = "ev", input: str | None = None) -> bytes:
-        return bytes(h.event_raised(self.clock.now_dt(), name, input))
+    def event_raised(self, name: str = "ev", input: str | None = None) -> StoredEvent:
+        return StoredEvent.of(h.event_raised(self.clock.now_dt(), name, input))
 
-    def history(self, *events: pb.HistoryEvent) -> list[bytes]:
-        return [bytes(e) for e in events]
+    def history(self, *events: pb.HistoryEvent) -> list[StoredEvent]:
+        return [StoredEvent.of(e) for e in events]
 
     def step(
         self, item: OrchestrationWorkItem, *extra: pb.HistoryEvent, status: S = S.RUNNING,
@@ -87,8 +88,9 @@ class Kit:
         """A step that records the item's events, then `extra`, then orchestratorCompleted."""
         now = self.clock.now_dt()
         history = [e for _, e in item.events] if consumed else []
-        history += [bytes(h.orchestrator_started(now))] + [bytes(e) for e in extra]
-        history.append(bytes(h.orchestrator_completed(now)))
+        history += [StoredEvent.of(h.orchestrator_started(now))]
+        history += [StoredEvent.of(e) for e in extra]
+        history.append(StoredEvent.of(h.orchestrator_completed(now)))
         custom_status = kw.pop("custom_status", None)
         return OrchestrationStep(history, item.execution_id, int(status), custom_status, **kw)
 
@@ -97,5 +99,5 @@ class Kit:
         return ActivityTask(item.instance_id, item.execution_id, task_id, name, "1.0", input,
                             self.now() if visible_at is None else visible_at)
 
-    def task_completed(self, task_id: int, result: str | None = '"r"') -> bytes:
-        return bytes(h.task_completed(self.clock.now_dt(), task_id, result))
+    def task_completed(self, task_id: int, result: str | None = '"r"') -> StoredEvent:
+        return StoredEvent.of(h.task_completed(self.clock.now_dt(), task_id, result))

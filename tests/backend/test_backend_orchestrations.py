@@ -9,6 +9,7 @@ from backend_contract import LEASE, SECOND, S, kinds, parse
 from dtrio import _pb as pb
 from dtrio import history as h
 from dtrio.errors import FailureDetails, LeaseLost
+from dtrio.events import StoredEvent
 from dtrio.state import Message, OrchestrationStep, apply_step, new_execution_id
 from dtrio.times import from_us
 
@@ -143,7 +144,7 @@ async def test_timer_message_is_not_leasable_until_due(kit, autojump_clock):
     _, item = await kit.started_and_leased("i1")
     fire_us = kit.now() + 3600 * SECOND
     fire_dt = from_us(fire_us)
-    fired = bytes(h.timer_fired(fire_dt, 1, fire_dt))
+    fired = StoredEvent.of(h.timer_fired(fire_dt, 1, fire_dt))
     step = kit.step(item, h.timer_created(kit.clock.now_dt(), 1, fire_dt),
                     messages=[Message("i1", fired, fire_us, item.execution_id)])
     await kit.backend.complete_orchestration(item, step)
@@ -195,7 +196,8 @@ async def test_messages_to_other_instances(kit):
 async def test_new_instances_are_created_with_their_parent(kit):
     _, item = await kit.started_and_leased("parent")
     child = kit.new_instance("child", name="sub", input='"c"', parent_instance_id="parent",
-                             conflict=Message("parent", b"unused", kit.now(), item.execution_id))
+                             conflict=Message("parent", StoredEvent.read(b"unused"), kit.now(),
+                                              item.execution_id))
     step = kit.step(item, h.sub_orchestration_created(kit.clock.now_dt(), 1, "sub", "child"),
                     new_instances=[child])
     await kit.backend.complete_orchestration(item, step)
@@ -211,7 +213,7 @@ async def test_new_instance_conflict_is_delivered_to_the_parent(kit):
     _, item = await kit.started_and_leased("parent")
     existing = await kit.start("taken", name="other", input='"orig"')
     before = await kit.backend.get_instance("taken")
-    conflict = bytes(h.sub_orchestration_failed(
+    conflict = StoredEvent.of(h.sub_orchestration_failed(
         kit.clock.now_dt(), 1, FailureDetails("InstanceAlreadyExists", "taken exists")))
     child = kit.new_instance("taken", name="sub", input='"new"', parent_instance_id="parent",
                              conflict=Message("parent", conflict, kit.now(), item.execution_id))
@@ -273,7 +275,8 @@ async def test_continue_as_new_replaces_history_and_keeps_only_new_execution(kit
     item = await kit.lease_one("i1")
     await kit.backend.add_event("i1", kit.event_raised("external-during-lease"))
     new_exec = new_execution_id()
-    new_start = bytes(h.execution_started(kit.clock.now_dt(), "wf", "i1", new_exec, '"gen2"'))
+    new_start = StoredEvent.of(
+        h.execution_started(kit.clock.now_dt(), "wf", "i1", new_exec, '"gen2"'))
     carried = kit.event_raised("carried")
     step2 = OrchestrationStep(
         [], new_exec, int(S.RUNNING), None, reset_history=True, new_input='"gen2"',
@@ -320,7 +323,7 @@ async def test_continue_as_new_opens_with_its_start_then_carried_then_newer_even
     for n in (3, 4):
         await kit.backend.add_event("i1", kit.event_raised("tick", str(n)))
     now = kit.clock.now_dt()
-    new_events = [(h.orchestrator_started(now), None)] + [(parse(e), e) for _, e in item.events]
+    new_events = [StoredEvent.of(h.orchestrator_started(now))] + [e for _, e in item.events]
     step = apply_step("i1", item.execution_id, started, new_events, [pb.OrchestratorAction(
         id=0, complete_orchestration=pb.CompleteOrchestrationAction(
             orchestration_status=S.CONTINUED_AS_NEW, result='"gen2"',
@@ -346,7 +349,7 @@ async def test_activity_result_for_stale_execution_is_dropped(kit):
     await kit.backend.add_event("i1", kit.event_raised("restart"))
     item = await kit.lease_one("i1")
     new_exec = new_execution_id()
-    new_start = bytes(h.execution_started(kit.clock.now_dt(), "wf", "i1", new_exec))
+    new_start = StoredEvent.of(h.execution_started(kit.clock.now_dt(), "wf", "i1", new_exec))
     await kit.backend.complete_orchestration(item, OrchestrationStep(
         [], new_exec, int(S.RUNNING), None, reset_history=True,
         messages=[Message("i1", new_start, kit.now(), new_exec)]))
@@ -446,7 +449,7 @@ async def test_step_that_fails_midway_writes_nothing(kit):
     bad.name = None  # violates the store's constraints after the messages were queued
     message = h.event_raised(kit.clock.now_dt(), "from-bad-step")
     step = kit.step(item, custom_status='"bad"', activities=[bad],
-                    messages=[Message("target", bytes(message), kit.now(), decoded=message)])
+                    messages=[Message("target", StoredEvent.of(message), kit.now())])
     with pytest.raises(Exception):  # noqa: B017 - which error is the backend's business
         await kit.backend.complete_orchestration(item, step)
     assert await kit.backend.load_history("i1") == []
@@ -455,29 +458,26 @@ async def test_step_that_fails_midway_writes_nothing(kit):
 
     # The store is usable, and the inbox IDs the failed step used are not confused with new ones.
     good = h.event_raised(kit.clock.now_dt(), "good")
-    await kit.backend.add_event("target", bytes(good), decoded=good)
+    await kit.backend.add_event("target", StoredEvent.of(good))
     got = await kit.lease_one("target", owner="w2")
-    assert [e for _, e in got.events] == [bytes(good)]
-    for inbox_id, data in got.events:
-        if inbox_id in got.decoded:
-            assert bytes(got.decoded[inbox_id]) == data
+    assert [e for _, e in got.events] == [StoredEvent.of(good)]
+    assert got.events[0][1].event == good
     await kit.backend.complete_orchestration(item, kit.step(item))
 
 
-async def test_decoded_events_match_their_bytes(kit):
-    """`decoded` is a cache: whatever it holds must be the event stored under that inbox ID."""
-    new = kit.new_instance("i1")
-    new.started_event = parse(new.started)
-    await kit.backend.create_instance(new)
-    raised = h.event_raised(kit.clock.now_dt(), "with-decoded", '"d"')
-    await kit.backend.add_event("i1", bytes(raised), decoded=raised)
-    await kit.backend.add_event("i1", kit.event_raised("without"))
+async def test_leased_events_match_their_bytes(kit):
+    """Events this process wrote come back parsed already (a cache): each must be the event
+    stored under its inbox ID, whether it was kept parsed or read back."""
+    await kit.backend.create_instance(kit.new_instance("i1"))
+    raised = h.event_raised(kit.clock.now_dt(), "parsed", '"d"')
+    await kit.backend.add_event("i1", StoredEvent.of(raised))
+    await kit.backend.add_event("i1", StoredEvent.read(bytes(h.event_raised(
+        kit.clock.now_dt(), "read", '"r"'))))
     item = await kit.lease_one("i1")
     assert len(item.events) == 3
-    assert set(item.decoded) <= {i for i, _ in item.events}
-    for inbox_id, data in item.events:
-        if inbox_id in item.decoded:
-            assert bytes(item.decoded[inbox_id]) == data
+    assert [e.parsed for _, e in item.events] == [True, True, False]
+    for _, stored in item.events:
+        assert bytes(stored.event) == stored.data
 
 
 async def test_renew_extends_an_orchestration_lease(kit, autojump_clock):

@@ -11,6 +11,7 @@ import dtrio
 from dtrio import EntityId
 from dtrio import _pb as pb
 from dtrio import history as h
+from dtrio.events import StoredEvent
 from dtrio.state import Message, to_us
 from dtrio.testing import open_test_engine
 
@@ -266,7 +267,7 @@ async def test_an_entity_stored_before_the_length_limit_stays_usable(autojump_cl
         signal = h.event(now, entity_operation_signaled=pb.EntityOperationSignaledEvent(
             request_id="r1", operation="add", input="3", target_instance_id=old_id))
         await engine.backend.send_entity_message(
-            Message(old_id, bytes(signal), to_us(now), None, signal))
+            Message(old_id, StoredEvent.of(signal), to_us(now)))
         with trio.fail_after(3600):
             while not (page := await engine.client.query_entities(include_state=True)).entities:
                 await trio.sleep(1)

@@ -197,10 +197,10 @@ async def test_continue_as_new_reads_carried_events_before_ones_raised_meanwhile
         for number in range(1, 20):
             [item] = await engine.backend.lease_orchestrations("by-hand", 1, 60_000_000)
             run = OrchestrationRun(registry.orchestrators, iid)
-            past = [pb.HistoryEvent.parse(e) for e in await engine.backend.load_history(iid)]
+            past = [stored.event for stored in await engine.backend.load_history(iid)]
             now = engine.clock.now_dt()
-            new = [h.step_opener(now)] + [(pb.HistoryEvent.parse(e), e) for _, e in item.events]
-            actions = run.feed(past, [e for e, _ in new])
+            new = [h.step_opener(now)] + [stored for _, stored in item.events]
+            actions = run.feed(past, [stored.event for stored in new])
             for tick in raise_during.get(number, []):
                 await engine.client.raise_orchestration_event(iid, "tick", tick)
             step = apply_step(iid, item.execution_id, run.started, new, actions, now,
@@ -407,7 +407,6 @@ async def test_non_recursive_terminate_leaves_children_running(autojump_clock):
 async def test_recursive_terminate_reaches_a_child_started_after_the_request(
     autojump_clock, tmp_path
 ):
-    from dtrio import _pb as pb
     from dtrio.backend import open_sqlite_backend
     from dtrio.client import Client
     from dtrio.clock import Clock
@@ -424,8 +423,8 @@ async def test_recursive_terminate_reaches_a_child_started_after_the_request(
     await client.terminate_orchestration("late", output="stop")
     create = pb.OrchestratorAction(id=0, create_sub_orchestration=pb.CreateSubOrchestrationAction(
         instance_id="late-child", name="tree", input="0"))
-    events = [(pb.HistoryEvent.parse(data), data) for _, data in item.events]
-    started = events[0][0].execution_started
+    events = [stored for _, stored in item.events]
+    started = events[0].event.execution_started
     await backend.complete_orchestration(
         item, apply_step("late", item.execution_id, started, events, [create], clock.now_dt()))
     await backend.aclose()

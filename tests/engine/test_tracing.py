@@ -122,7 +122,7 @@ def only(all_spans, name):
 
 
 async def history(engine, iid) -> list[pb.HistoryEvent]:
-    return [pb.HistoryEvent.parse(b) for b in await engine.backend.load_history(iid)]
+    return [stored.event for stored in await engine.backend.load_history(iid)]
 
 
 def started_of(events) -> pb.HistoryEvent:

@@ -24,9 +24,6 @@ from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.worker import TaskHubGrpcWorker
 from raw_worker import RawWorker
 
-from dtrio import _pb as dtrio_pb
-from dtrio.wire import decode
-
 LIMIT = 64 << 10
 
 
@@ -190,7 +187,7 @@ async def test_work_items_too_large_for_the_worker_fail_their_instance() -> None
             assert activity.runtime_status == OrchestrationStatus.FAILED
             assert activity.failure_details.error_type == "WorkItemTooLarge"
             assert ran == []
-            events = [decode(dtrio_pb.HistoryEvent, data) for data in
+            events = [stored.event for stored in
                       await sidecar.engine.backend.load_history(activity.instance_id)]
             failed = [e.task_failed for e in events if e.task_failed]
             assert (

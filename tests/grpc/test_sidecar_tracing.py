@@ -10,12 +10,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from dtrio import _pb as pb
-from dtrio.wire import decode
 
 
 async def started_event(sidecar: Sidecar, iid: str) -> pb.HistoryEvent:
     history = await sidecar.engine.backend.load_history(iid)
-    events = [decode(pb.HistoryEvent, data) for data in history]
+    events = [stored.event for stored in history]
     return next(e for e in events if e.execution_started is not None)
 
 

@@ -1044,6 +1044,7 @@ def test_a_failed_sub_orchestrations_properties_reach_its_parent_unchanged():
     [to_parent] = step.messages
     assert to_parent.instance_id == "inst-9"
     # The event carries the failure's bytes as the child's worker sent them.
-    assert sent.SerializeToString() in to_parent.event
-    failed = sdk_pb2.HistoryEvent.FromString(to_parent.event).subOrchestrationInstanceFailed
+    assert sent.SerializeToString() in to_parent.event.data
+    failed = sdk_pb2.HistoryEvent.FromString(
+        to_parent.event.data).subOrchestrationInstanceFailed
     assert failed.failureDetails == sent

@@ -7,6 +7,7 @@ import pytest
 
 from dtrio import _pb as pb
 from dtrio import history as h
+from dtrio.events import StoredEvent
 from dtrio.state import apply_step
 from dtrio.times import to_us
 
@@ -14,8 +15,8 @@ T0 = datetime(2026, 3, 1, tzinfo=UTC)
 S = pb.OrchestrationStatus
 
 
-def kinds(blobs):
-    return [betterproto2.which_one_of(pb.HistoryEvent.parse(b), "eventType")[0] for b in blobs]
+def kinds(stored):
+    return [betterproto2.which_one_of(e.event, "eventType")[0] for e in stored]
 
 
 def started(parent=None):
@@ -30,7 +31,7 @@ def action(id, **kind):
     return pb.OrchestratorAction(id=id, **kind)
 
 
-NEW = [(h.orchestrator_started(T0), None)]
+NEW = [StoredEvent.of(h.orchestrator_started(T0))]
 
 
 def test_schedule_task_and_timer():
@@ -42,7 +43,7 @@ def test_schedule_task_and_timer():
     assert kinds(step.history) == [
         "orchestrator_started", "task_scheduled", "timer_created", "orchestrator_completed"
     ]
-    scheduled = pb.HistoryEvent.parse(step.history[1])
+    scheduled = step.history[1].event
     assert scheduled.event_id == 0 and scheduled.task_scheduled.name == "a"
     (task,) = step.activities
     assert (task.instance_id, task.execution_id, task.task_id, task.name, task.input) == (
@@ -52,7 +53,7 @@ def test_schedule_task_and_timer():
     assert (
         timer.instance_id == "i1" and timer.visible_at == to_us(fire) and timer.execution_id == "e1"
     )
-    assert pb.HistoryEvent.parse(timer.event).timer_fired.timer_id == 1
+    assert timer.event.event.timer_fired.timer_id == 1
     assert step.status == int(S.RUNNING) and not step.completed
 
 
@@ -62,12 +63,12 @@ def test_sub_orchestration_creates_child_with_parent_info_and_version():
             instance_id="c1", name="child", input="1")),
     ], T0)
     (child,) = step.new_instances
-    first = pb.HistoryEvent.parse(child.started).execution_started
+    first = child.started.event.execution_started
     assert child.instance_id == "c1" and child.parent_instance_id == "i1"
     assert first.parent_instance.task_scheduled_id == 0
     assert first.parent_instance.orchestration_instance.instance_id == "i1"
     assert first.version == "v2"  # inherited from the parent
-    conflict = pb.HistoryEvent.parse(child.conflict.event).sub_orchestration_instance_failed
+    conflict = child.conflict.event.event.sub_orchestration_instance_failed
     assert (
         conflict.task_scheduled_id == 0
         and "already exists" in conflict.failure_details.error_message
@@ -87,7 +88,7 @@ def test_completion_notifies_the_parent():
     assert kinds(step.history)[-2:] == ["execution_completed", "orchestrator_completed"]
     (note,) = step.messages
     assert note.instance_id == "p" and note.execution_id == "pe"
-    done = pb.HistoryEvent.parse(note.event).sub_orchestration_instance_completed
+    done = note.event.event.sub_orchestration_instance_completed
     assert done.task_scheduled_id == 7 and done.result == "42"
 
 
@@ -102,7 +103,7 @@ def test_failure_keeps_details_and_fails_the_parent_task():
     ], T0)
     assert step.status == int(S.FAILED)
     assert pb.TaskFailureDetails.parse(step.failure) == details
-    failed = pb.HistoryEvent.parse(step.messages[0].event).sub_orchestration_instance_failed
+    failed = step.messages[0].event.event.sub_orchestration_instance_failed
     assert failed.failure_details == details
 
 
@@ -114,7 +115,7 @@ def test_send_event_and_unsupported_action():
         action(2, schedule_task=pb.ScheduleTaskAction(name="never")),
     ], T0)
     assert [m.instance_id for m in step.messages] == ["other"]
-    assert pb.HistoryEvent.parse(step.messages[0].event).event_raised.name == "go"
+    assert step.messages[0].event.event.event_raised.name == "go"
     assert step.status == int(S.FAILED)
     assert "entity" in pb.TaskFailureDetails.parse(step.failure).error_message
     assert not step.activities  # actions after the failing one are not applied
@@ -139,18 +140,17 @@ def test_continue_as_new_resets_history_and_carries_events():
     ], T0)
     assert step.reset_history and step.history == [] and step.status == int(S.RUNNING)
     assert step.execution_id != "e1" and step.new_input == '{"n":2}'
-    first, second = (pb.HistoryEvent.parse(m.event) for m in step.messages)
+    first, second = (m.event.event for m in step.messages)
     assert first.execution_started.input == '{"n":2}'
     assert first.execution_started.orchestration_instance.execution_id == step.execution_id
     assert second.event_raised.name == "later"
     assert all(m.execution_id == step.execution_id for m in step.messages)  # old timer dropped
 
 
-def test_inbox_bytes_are_kept_not_re_encoded():
-    raw = h.task_completed(T0, 0, '"r"')
-    marker = b"kept-bytes"
-    step = apply_step("i1", "e1", started(), [*NEW, (raw, marker)], [], T0)
-    assert step.history[1] is marker
+def test_inbox_events_are_kept_not_re_encoded():
+    consumed = StoredEvent.read(bytes(h.task_completed(T0, 0, '"r"')))
+    step = apply_step("i1", "e1", started(), [*NEW, consumed], [], T0)
+    assert step.history[1] is consumed
 
 
 @pytest.mark.parametrize("child_id, problem", [

@@ -47,7 +47,7 @@ def test_a_lock_defers_others_and_forwards_the_request():
     assert (batch.locked_by, batch.lock_section) == ("o1", "cs1")
     [forward] = batch.lock_messages
     assert forward.instance_id == "@counter@b"
-    assert forward.decoded.entity_lock_requested.position == 1
+    assert forward.event.event.entity_lock_requested.position == 1
 
 
 def test_the_last_entity_grants_and_an_unlock_ends_the_batch_when_others_waited():
@@ -57,7 +57,7 @@ def test_the_last_entity_grants_and_an_unlock_ends_the_batch_when_others_waited(
     ])), T0)
     [granted] = batch.lock_messages
     assert granted.instance_id == "o1"
-    assert granted.decoded.entity_lock_granted.critical_section_id == "cs1"
+    assert granted.event.event.entity_lock_granted.critical_section_id == "cs1"
     # The deferred signal must run before the one after the unlock: the batch stops there.
     assert batch.consumed == [0, 2] and batch.operations == []
     assert batch.locked_by is None
@@ -88,7 +88,7 @@ def test_results_become_replies_and_actions_become_messages():
     assert step.state == '"t"' and step.consumed == [1, 2]
     reply, ping = step.messages
     assert (reply.instance_id, reply.execution_id) == ("o2", "x1")
-    assert reply.decoded.entity_operation_failed.request_id == "r2"
+    assert reply.event.event.entity_operation_failed.request_id == "r2"
     assert ping.instance_id == "@other@k" and ping.visible_at == to_us(later)
     assert [n.instance_id for n in step.new_instances] == ["child"]
 
@@ -96,7 +96,7 @@ def test_results_become_replies_and_actions_become_messages():
 def test_missing_results_fail_their_operations():
     batch = plan_batch(E, None, None, None, [(1, call("o1", request="r1"))], T0)
     step = finish_batch(batch, pb.EntityBatchResult(), T0)
-    failed = step.messages[0].decoded.entity_operation_failed
+    failed = step.messages[0].event.event.entity_operation_failed
     assert failed.failure_details.error_type == "EntityOperationLost"
 
 
@@ -115,10 +115,10 @@ def test_orchestration_entity_messages_are_recorded_and_delivered():
     ], T0)
     called, locked = step.messages
     assert called.instance_id == E
-    assert called.decoded.entity_operation_called.parent_instance_id == "i1"
-    assert called.decoded.entity_operation_called.parent_execution_id == "e1"
+    assert called.event.event.entity_operation_called.parent_instance_id == "i1"
+    assert called.event.event.entity_operation_called.parent_execution_id == "e1"
     assert locked.instance_id == "@counter@0"
-    assert locked.decoded.entity_lock_requested.parent_instance_id == "i1"
+    assert locked.event.event.entity_lock_requested.parent_instance_id == "i1"
 
 
 def test_an_undeliverable_entity_message_fails_the_orchestration():
