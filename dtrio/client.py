@@ -6,7 +6,7 @@ import math
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import trio
@@ -16,6 +16,7 @@ from . import history as h
 from . import payloads, tracing
 from .backend import Backend, EntityQuery, EntityRecord, InstanceQuery, InstanceRecord
 from .clock import Clock
+from .durations import Duration, fire_time, to_seconds
 from .entities.ids import EntityId, id_prefix
 from .errors import FailureDetails, InstanceNotFound, InvalidInput, InvalidOperation
 from .instance_ids import validate_instance_id
@@ -79,15 +80,6 @@ class OrchestrationState:
             ),
             tags=r.tags,
         )
-
-
-def _seconds(timeout: float | timedelta | None) -> float:
-    if timeout is None:
-        return math.inf
-    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-    if seconds < 0:
-        raise InvalidInput("timeout must not be negative")
-    return seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +198,7 @@ class Client:
         self,
         instance_id: str,
         *,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         fetch_payloads: bool = False,
     ) -> OrchestrationState:
         """Wait until the instance has left PENDING."""
@@ -219,7 +211,7 @@ class Client:
         self,
         instance_id: str,
         *,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         fetch_payloads: bool = True,
     ) -> OrchestrationState:
         """Wait until the instance has completed, failed or been terminated."""
@@ -331,7 +323,7 @@ class Client:
 
     async def signal_entity(
         self, entity: EntityId | str, operation: str, input: Any = None, *,
-        signal_time: datetime | timedelta | None = None,
+        signal_time: datetime | Duration | None = None,
     ) -> None:
         """Send an operation to an entity, one way (created on its first message); with
         `signal_time` (a time, or a delay from now), it is processed no earlier than then,
@@ -341,14 +333,11 @@ class Client:
             raise InvalidInput("signal_entity needs an operation name")
         data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
         now = self._clock.now_dt()
-        if isinstance(signal_time, timedelta):
-            signal_time = now + signal_time
-        elif signal_time is not None and not isinstance(signal_time, datetime):
-            raise InvalidInput(f"signal_time must be a datetime or a timedelta, not "
-                               f"{type(signal_time).__name__}")
+        if signal_time is not None:
+            signal_time = fire_time(signal_time, "signal_entity(signal_time=...)", now)
         visible = to_us(now)
         if signal_time is not None:
-            visible = max(_us(signal_time, "signal_time") or 0, visible)
+            visible = max(to_us(signal_time), visible)
         event = h.event(now, entity_operation_signaled=pb.EntityOperationSignaledEvent(
             request_id=uuid.uuid4().hex, operation=operation, input=data,
             scheduled_time=signal_time, target_instance_id=str(target),
@@ -409,11 +398,15 @@ class Client:
         self,
         instance_id: str,
         done: Callable[[InstanceRecord], bool],
-        timeout: float | timedelta | None,
+        timeout: Duration | None,
         fetch_payloads: bool,
         what: str,
     ) -> OrchestrationState:
-        seconds = _seconds(timeout)
+        method = "wait_for_orchestration_start" if what == "start" else (
+            "wait_for_orchestration_completion")
+        seconds = math.inf if timeout is None else to_seconds(
+            timeout, f"{method}(timeout=...)", infinite=True
+        )
         with trio.move_on_after(seconds):
             while True:
                 changed = self._backend.instance_changes.event_for(instance_id)

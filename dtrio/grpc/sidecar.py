@@ -7,6 +7,7 @@ from functools import partial
 
 import trio
 
+from ..durations import Duration, to_seconds
 from ..errors import InvalidInput
 from ..services import Engine
 from .bridge import serve_grpc
@@ -25,7 +26,7 @@ async def serve_sidecar(
     host: str = "127.0.0.1",
     port: int = 4001,
     *,
-    health_ping_interval: float = HEALTH_PING_INTERVAL,
+    health_ping_interval: Duration = HEALTH_PING_INTERVAL,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     max_work_item_size: int = DEFAULT_MAX_WORK_ITEM_SIZE,
     entity_request_version: int = 2,
@@ -41,6 +42,9 @@ async def serve_sidecar(
     operations fail instead. Entity work goes to workers as `entityRequestV2` work items, or
     with `entity_request_version=1` as `entityRequest` (for workers that take only that form).
     """
+    ping_every = to_seconds(
+        health_ping_interval, "serve_sidecar(health_ping_interval=...)", positive=True
+    )
     for name, size in (("max_message_size", max_message_size),
                        ("max_work_item_size", max_work_item_size)):
         if size < 1:
@@ -52,7 +56,7 @@ async def serve_sidecar(
             "start it with local_workers=False"
         )
     remote = RemoteWork(
-        engine, health_ping_interval=health_ping_interval, max_work_item_size=max_work_item_size,
+        engine, health_ping_interval=ping_every, max_work_item_size=max_work_item_size,
         entity_request_version=entity_request_version,
     )
     async with trio.open_nursery() as nursery:

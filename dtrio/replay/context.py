@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _pb as pb
 from .. import payloads
+from ..durations import Duration, fire_time, to_timedelta
 from ..entities.ids import EntityId
 from ..errors import InvalidInput, InvalidOperation
 from ..registry import name_of
@@ -183,20 +184,28 @@ class OrchestrationContext:
 
         return attempt() if retry_policy is None else RetryableTask(self, retry_policy, attempt)
 
-    def create_timer(self, fire_at: datetime | timedelta) -> Task[None]:
+    def create_timer(self, fire_at: datetime | Duration) -> Task[None]:
         """A durable timer: use this instead of `trio.sleep`. It survives restarts."""
-        when = self._fire_time(fire_at)
+        when = fire_time(fire_at, "create_timer(fire_at=...)", self.now)
         task = DurableTask(f"timer until {when.isoformat()}")
         self._run.emit(pb.OrchestratorAction(create_timer=pb.CreateTimerAction(fire_at=when)), task)
         return task
 
-    def wait_for_external_event(self, name: str, *, timeout: timedelta | None = None) -> Task[Any]:
+    def wait_for_external_event(
+        self, name: str, *, timeout: Duration | None = None
+    ) -> Task[Any]:
         """The next event called `name` (case-insensitive), including one raised earlier.
 
         With `timeout`, the task fails with `TimeoutError` if no event arrives in time.
         """
         if not name:
             raise InvalidInput("event name must not be empty")
+        # Checked before anything is recorded: a refused wait leaves no waiter behind.
+        delay = None
+        if timeout is not None:
+            what = "wait_for_external_event(timeout=...)"
+            delay = to_timedelta(timeout, what)
+            deadline = fire_time(delay, what, self.now)
         key = name.lower()
         wait = ExternalEventTask(name)
         buffered = self._run.buffered_events.get(key)
@@ -207,9 +216,9 @@ class OrchestrationContext:
             return wait
         waiters = self._run.event_waiters.setdefault(key, deque())
         waiters.append(wait)
-        if timeout is not None:
-            timer = _EventTimeout(wait, waiters, timeout)
-            action = pb.CreateTimerAction(fire_at=self._fire_time(timeout))
+        if delay is not None:
+            timer = _EventTimeout(wait, waiters, delay)
+            action = pb.CreateTimerAction(fire_at=deadline)
             self._run.emit(pb.OrchestratorAction(create_timer=action), timer)
         return wait
 
@@ -259,12 +268,16 @@ class OrchestrationContext:
 
     def signal_entity(
         self, entity: EntityId | str, operation: str, input: Any = None, *,
-        signal_time: datetime | timedelta | None = None,
+        signal_time: datetime | Duration | None = None,
     ) -> None:
         """Send an operation to an entity, one way; with `signal_time`, not before then."""
         target = EntityId.of(entity)
         if not operation:
             raise InvalidInput("signal_entity needs an operation name")
+        when = (
+            fire_time(signal_time, "signal_entity(signal_time=...)", self.now)
+            if signal_time is not None else None
+        )
         section = self._section
         if section is not None and target in section.entities:
             raise InvalidOperation(
@@ -272,7 +285,6 @@ class OrchestrationContext:
                 "the signal would wait for the lock's release; call it instead"
             )
         data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
-        when = self._fire_time(signal_time) if signal_time is not None else None
         self._run.emit(pb.OrchestratorAction(send_entity_message=pb.SendEntityMessageAction(
             entity_operation_signaled=pb.EntityOperationSignaledEvent(
                 request_id=self.new_uuid(), operation=operation, input=data, scheduled_time=when,
@@ -324,12 +336,3 @@ class OrchestrationContext:
         self._uuid_counter += 1
         seed = f"{self.instance_id}_{self.now.isoformat()}_{self._uuid_counter}"
         return str(uuid.uuid5(_UUID_NAMESPACE, seed))
-
-    def _fire_time(self, fire_at: datetime | timedelta) -> datetime:
-        if isinstance(fire_at, timedelta):
-            return self.now + fire_at
-        if isinstance(fire_at, datetime):
-            if fire_at.tzinfo is None:
-                raise InvalidInput("timer fire time must be timezone-aware (use UTC)")
-            return fire_at.astimezone(UTC)
-        raise InvalidInput(f"timer needs a datetime or a timedelta, got {type(fire_at).__name__}")

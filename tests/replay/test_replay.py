@@ -323,6 +323,7 @@ def test_non_serializable_input_is_an_error_at_the_call_site():
 
 @pytest.mark.parametrize("module", [
     "dtrio.replay", "dtrio.state", "dtrio.history", "dtrio.payloads", "dtrio.wire",
+    "dtrio.durations",
     "dtrio.entities.ids", "dtrio.entities.batch", "dtrio.entities.context",
 ])
 def test_pure_modules_import_no_trio_or_sqlite(module):
