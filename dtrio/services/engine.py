@@ -79,7 +79,8 @@ async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -
                 await nursery.start(engine.entities.serve)
                 dispatchers = [engine.orchestrations.dispatcher, engine.activities.dispatcher,
                                engine.entities.dispatcher]
-            log.info("engine %s started on %s", engine.owner, getattr(backend, "where", backend))
+            log.info("engine %s started on %s (synchronous=%s)", engine.owner,
+                     getattr(backend, "where", backend), opts.synchronous.upper())
             task_status.started(engine)
             await engine._stop.wait()
             for dispatcher in dispatchers:
