@@ -179,3 +179,16 @@ def test_an_unknown_entity_request_version_is_refused() -> None:
     process = serve("--port", "0", "--db", ":memory:", "--entity-request-version", "3")
     assert process.wait(timeout=15) == 2
     assert "invalid choice: 3" in process.stderr.read()  # type: ignore[union-attr]
+
+
+def test_a_log_level_given_with_equals_is_taken() -> None:
+    process = serve("--port", "0", "--db", ":memory:", "--log-level=warning")
+    try:
+        assert "listening on" in process.stdout.readline()  # type: ignore[union-attr]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        err = process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        process.kill()
+        process.wait()
+    assert " INFO " not in err, err
