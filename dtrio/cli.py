@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -169,7 +170,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser,
         epilog="Run 'python -m dtrio COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"dtrio {__version__}")
-    log_level = {"type": str.lower, "choices": _LEVELS, "metavar": "LEVEL"}
+    log_level: dict[str, Any] = {"type": str.lower, "choices": _LEVELS, "metavar": "LEVEL"}
     parser.add_argument("--log-level", default=None, **log_level,
                         help=f"{', '.join(_LEVELS)} (default: warning; info for serve)")
     parser.add_argument("--log-format", default="text", choices=("text", "json"),

@@ -147,6 +147,21 @@ def _us(when: datetime | None, what: str) -> int | None:
 
 
 class Client:
+    """Starts, queries, waits for and controls orchestrations and entities in one engine's
+    store: what `engine.client` is.
+
+    Get it from a running engine, not by constructing it::
+
+        async with dtrio.open_engine(registry, db="app.sqlite3") as engine:
+            iid = await engine.client.schedule_new_orchestration(my_orchestrator, input=1)
+            state = await engine.client.wait_for_orchestration_completion(iid, timeout=30)
+
+    (`dtrio.serve_engine` under your own nursery, and `dtrio.testing.open_test_engine` in
+    tests, give an engine too.) Every method is async and runs in the engine's Trio run; bad
+    arguments raise `InvalidInput` or `SerializationError` before anything is stored. The
+    official SDKs' clients do the same through `python -m dtrio serve`.
+    """
+
     def __init__(self, backend: Backend, clock: Clock, *, poll_interval: float | None) -> None:
         self._backend = backend
         self._clock = clock
