@@ -174,7 +174,7 @@ class Client:
         *,
         input: Any = None,
         instance_id: str | None = None,
-        start_at: datetime | None = None,
+        start_at: datetime | Duration | None = None,
         version: str | None = None,
         tags: dict[str, str] | None = None,
         reuse_policy: ReusePolicy | None = None,
@@ -184,9 +184,9 @@ class Client:
         name = name_of(orchestrator, "orchestrator")
         iid = validate_instance_id(instance_id) if instance_id is not None else uuid.uuid4().hex
         data = payloads.encode(input, f"input of orchestrator {name!r}")
-        if start_at is not None and start_at.tzinfo is None:
-            raise InvalidInput("start_at must be timezone-aware (use UTC)")
         now = self._clock.now_dt()
+        if start_at is not None:
+            start_at = fire_time(start_at, "schedule_new_orchestration(start_at=...)", now)
         execution_id = new_execution_id()
         visible_at = max(to_us(start_at), to_us(now)) if start_at is not None else to_us(now)
         policy = reuse_policy or ReusePolicy()

@@ -178,3 +178,18 @@ async def test_an_engine_opens_with_timedelta_options(autojump_clock):
                                 orchestration_lease=timedelta(minutes=1)) as engine:
         state = await run(engine, sleeps, 1)
     assert state.output == "woke"
+
+
+async def test_a_scheduled_start_takes_a_delay_and_refuses_bad_ones(autojump_clock):
+    async with open_test_engine(registry) as engine:
+        client = engine.client
+        start = trio.current_time()
+        iid = await client.schedule_new_orchestration(sleeps, input=1, start_at=90)
+        await client.wait_for_orchestration_start(iid, timeout=timedelta(minutes=5))
+        started_after = trio.current_time() - start
+        with pytest.raises(dtrio.InvalidInput, match=r"schedule_new_orchestration\(start_at="
+                           r"...\) takes a timezone-aware datetime, a timedelta or seconds "
+                           r"\(int or float\), not str 'soon'"):
+            await client.schedule_new_orchestration(sleeps, start_at="soon", instance_id="x")
+        assert await client.get_orchestration_state("x") is None
+    assert 90 <= started_after < 95
