@@ -96,40 +96,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve_dtrio(synchronous: str, db: str) -> None:
-    """`python -m dtrio serve` with another `synchronous` setting, which its command line does
-    not offer: the same engine options and sidecar, started the way dtrio/cli.py starts them."""
-    import signal
-    from functools import partial
-
-    import trio
-
-    from dtrio.grpc import serve_sidecar
-    from dtrio.registry import Registry
-    from dtrio.services import EngineOptions, open_engine
-
-    async def run() -> None:
-        options = EngineOptions(local_workers=False, synchronous=synchronous)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_engine(Registry(), db=db, options=options) as engine:
-                async with trio.open_nursery() as nursery:
-                    port = await nursery.start(partial(serve_sidecar, engine, "127.0.0.1", 0))
-                    print(f"listening on 127.0.0.1:{port}", flush=True)
-                    async for _ in signals:
-                        break
-                    nursery.cancel_scope.cancel()
-
-    trio.run(run)
-
-
 def _start(kind: str, tmp: str, synchronous: str = "NORMAL") -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if kind == "dtrio":
         db = os.path.join(tmp, f"sidecar-{time.monotonic_ns()}.sqlite3")
-        if synchronous.upper() == "NORMAL":  # the default: the real command line
-            argv = ["-m", "dtrio", "serve", "--port", "0", "--db", db, "--log-level", "warning"]
-        else:
-            argv = [__file__, "--serve-dtrio", synchronous.upper(), "--db", db]
+        argv = ["-m", "dtrio", "serve", "--port", "0", "--db", db, "--log-level", "warning",
+                "--synchronous", synchronous]
     else:
         argv = [__file__, "--serve-reference", str(_free_port())]
     server = subprocess.Popen(
@@ -174,12 +146,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--drive", metavar="ADDRESS", help=argparse.SUPPRESS)
     parser.add_argument("--serve-reference", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    parser.add_argument("--serve-dtrio", metavar="SYNCHRONOUS", help=argparse.SUPPRESS)
-    parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_dtrio:
-        serve_dtrio(args.serve_dtrio, args.db)
-        return
     if args.drive:
         print(f"rate {drive(args.drive, args.count):.3f}", flush=True)
         return

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import re
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import trio
 from trio_util import wait_any
 
+from . import __version__
 from .errors import DtrioError
 from .logs import configure_logging
 
@@ -27,8 +32,33 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    _check_listen(args.host, args.port)
     trio.run(_run_sidecar, args)
     return 0
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail before the store is created or opened when the sidecar could not listen: bind a
+    plain socket the way the sidecar will, then let it go."""
+    where = f"cannot listen on {host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise OSError(
+            exc.errno, f"{where}: unknown host {host!r} ({exc.strerror}); check --host"
+        ) from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            hint = (
+                "; another process is using the port: choose another with --port "
+                "(0: any free port)" if exc.errno == errno.EADDRINUSE else ""
+            )
+            raise OSError(exc.errno, f"{where}: {exc.strerror}{hint}") from None
 
 
 async def _run_sidecar(args: argparse.Namespace) -> None:
@@ -38,6 +68,7 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
 
     options = EngineOptions(
         local_workers=False,
+        synchronous=args.synchronous,
         max_concurrent_orchestrations=args.max_concurrent_orchestrations,
         max_concurrent_activities=args.max_concurrent_activities,
         max_concurrent_entities=args.max_concurrent_entities,
@@ -87,6 +118,51 @@ def _size(text: str) -> int:
     return size
 
 
+def _port(text: str) -> int:
+    """A TCP port, or 0 for any free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a port number from 0 to 65535 (0: any free port), not {text!r}"
+        )
+    return port
+
+
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class _BadVariable(Exception):
+    """An environment variable whose value its flag would refuse."""
+
+
+def _environment(
+    actions: Sequence[argparse.Action], environ: Mapping[str, str]
+) -> dict[str, object]:
+    """Defaults for `actions` from DTRIO_<FLAG> variables (`--max-message-size`:
+    DTRIO_MAX_MESSAGE_SIZE), read as the flag reads its value. An empty variable is unset."""
+    defaults: dict[str, object] = {}
+    for action in actions:
+        flag = action.option_strings[-1]
+        variable = "DTRIO_" + flag.lstrip("-").upper().replace("-", "_")
+        text = environ.get(variable, "")
+        if not text:
+            continue
+        try:
+            value = action.type(text) if callable(action.type) else text
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            reason = (str(exc) if isinstance(exc, argparse.ArgumentTypeError)
+                      else f"not a valid {getattr(action.type, '__name__', 'value')}")
+            raise _BadVariable(f"{variable}={text!r} (for {flag}): {reason}") from None
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise _BadVariable(f"{variable}={text!r} (for {flag}): must be one of {choices}")
+        defaults[action.dest] = value
+    return defaults
+
+
 def _only_error(exc: BaseException) -> BaseException:
     """The error a nursery wrapped in a group, when it is the only one."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -101,75 +177,125 @@ def _message(error: BaseException) -> str:
     return str(error)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser,
+                       list[argparse.Action]]:
     parser = argparse.ArgumentParser(
-        prog="python -m dtrio", description="dtrio durable task engine"
+        prog="python -m dtrio", description="dtrio durable task engine",
+        epilog="Run 'python -m dtrio COMMAND --help' for a command's options.",
     )
-    levels = "debug, info, warning or error"
-    parser.add_argument("--log-level", default="warning", help=levels)
+    parser.add_argument("--version", action="version", version=f"dtrio {__version__}")
+    log_level: dict[str, Any] = {"type": str.lower, "choices": _LEVELS, "metavar": "LEVEL"}
+    parser.add_argument("--log-level", default=None, **log_level,
+                        help=f"{', '.join(_LEVELS)} (default: warning; info for serve)")
     parser.add_argument("--log-format", default="text", choices=("text", "json"),
                         help="log lines as text or as JSON objects (default: text)")
-    commands = parser.add_subparsers(dest="command")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="run an example orchestration on the embedded SQLite store"
     )
     demo.add_argument(
-        "--db", default="dtrio.sqlite3", help="SQLite file (default: ./dtrio.sqlite3)"
+        "--db", default="dtrio-demo.sqlite3",
+        help="SQLite file (default: ./dtrio-demo.sqlite3, apart from the sidecar's store)",
     )
     demo.set_defaults(run=_demo)
     serve = commands.add_parser(
-        "serve", help="serve the Durable Task gRPC protocol to the official SDKs"
+        "serve", help="serve the Durable Task gRPC protocol to the official SDKs",
+        description="Serve the Durable Task gRPC protocol to the official SDKs. Every flag "
+        "can also be set by an environment variable: DTRIO_ and the flag's name in capitals, "
+        "dashes as underscores (--port: DTRIO_PORT); a flag given wins over its variable.",
     )
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
-    )
-    serve.add_argument("--port", type=int, default=4001, help="port to listen on (default: 4001)")
-    serve.add_argument(
-        "--db", default="dtrio.sqlite3",
-        help="SQLite file (default: ./dtrio.sqlite3; :memory: for a throwaway store)",
-    )
-    serve.add_argument("--log-level", default=argparse.SUPPRESS, help=f"{levels} (default: info)")
-    serve.add_argument("--log-format", default=argparse.SUPPRESS, choices=("text", "json"),
-                       help="log lines as text or as JSON objects (default: text)")
-    serve.add_argument(
-        "--max-concurrent-orchestrations", type=int, default=200, metavar="N",
-        help="orchestration steps out with workers at once (default: 200)",
-    )
-    serve.add_argument(
-        "--max-concurrent-activities", type=int, default=200, metavar="N",
-        help="activities out with workers at once (default: 200)",
-    )
-    serve.add_argument(
-        "--max-concurrent-entities", type=int, default=200, metavar="N",
-        help="entity batches out with workers at once (default: 200)",
-    )
-    serve.add_argument(
-        "--entity-request-version", type=int, default=2, choices=(1, 2),
-        help="entity work items as entityRequestV2 (2, default) or entityRequest (1), "
-        "for workers that take only the older form",
-    )
-    serve.add_argument(
-        "--max-message-size", type=_size, default=None, metavar="SIZE",
-        help="largest request a client or worker may send, e.g. 64MiB (default: 16MiB); "
-        "a worker's larger result fails its activity or orchestration",
-    )
-    serve.add_argument(
-        "--max-work-item-size", type=_size, default=None, metavar="SIZE",
-        help="largest work item sent to a worker (default: 4MiB, what gRPC clients accept "
-        "unless configured for more); an activity or orchestration whose work item is larger "
-        "fails",
-    )
+    flags = [
+        serve.add_argument(
+            "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+        ),
+        serve.add_argument(
+            "--port", type=_port, default=4001,
+            help="port to listen on, 0 for any free port (default: 4001)",
+        ),
+        serve.add_argument(
+            "--db", default="dtrio.sqlite3",
+            help="SQLite file (default: ./dtrio.sqlite3; :memory: for a throwaway store)",
+        ),
+        serve.add_argument(
+            "--synchronous", type=str.upper, default="NORMAL", choices=("NORMAL", "FULL"),
+            help="SQLite durability: NORMAL survives a process crash, FULL also a power loss "
+            "(default: NORMAL)",
+        ),
+        # Given after `serve`; the defaults belong to the same flags before it.
+        serve.add_argument("--log-level", default=argparse.SUPPRESS, **log_level,
+                           help=f"{', '.join(_LEVELS)} (default: info)"),
+        serve.add_argument("--log-format", default=argparse.SUPPRESS, choices=("text", "json"),
+                           help="log lines as text or as JSON objects (default: text)"),
+        serve.add_argument(
+            "--max-concurrent-orchestrations", type=int, default=200, metavar="N",
+            help="orchestration steps out with workers at once (default: 200)",
+        ),
+        serve.add_argument(
+            "--max-concurrent-activities", type=int, default=200, metavar="N",
+            help="activities out with workers at once (default: 200)",
+        ),
+        serve.add_argument(
+            "--max-concurrent-entities", type=int, default=200, metavar="N",
+            help="entity batches out with workers at once (default: 200)",
+        ),
+        serve.add_argument(
+            "--entity-request-version", type=int, default=2, choices=(1, 2),
+            help="entity work items as entityRequestV2 (2, default) or entityRequest (1), "
+            "for workers that take only the older form",
+        ),
+        serve.add_argument(
+            "--max-message-size", type=_size, default=None, metavar="SIZE",
+            help="largest request a client or worker may send, e.g. 64MiB (default: 16MiB); "
+            "a worker's larger result fails its activity or orchestration",
+        ),
+        serve.add_argument(
+            "--max-work-item-size", type=_size, default=None, metavar="SIZE",
+            help="largest work item sent to a worker (default: 4MiB, what gRPC clients accept "
+            "unless configured for more); an activity or orchestration whose work item is "
+            "larger fails",
+        ),
+    ]
     serve.set_defaults(run=_serve)
+    return parser, serve, flags
+
+
+def _given(argv: list[str]) -> set[str]:
+    """Which of serve's flags `argv` gives (before or after `serve`, abbreviated or not): their
+    variables are not read at all, so a stray DTRIO_PORT cannot stop `--port 4001`."""
+    parser, serve, flags = _parser()
+    unset = object()
+    parser.set_defaults(log_level=unset, log_format=unset)
+    serve.set_defaults(**{a.dest: unset for a in flags if a.default is not argparse.SUPPRESS})
+    args = parser.parse_args(argv)
+    return {a.dest for a in flags if getattr(args, a.dest) is not unset}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, serve, flags = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["demo", *(argv if argv is not None else sys.argv[1:])])
-    if args.command == "serve" and "--log-level" not in (argv if argv is not None else sys.argv):
-        args.log_level = "info"  # a server says when it starts, stops and who connects
-    if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        print(
-            f"dtrio: --log-level must be one of {levels}, not {args.log_level!r}", file=sys.stderr
-        )
+        # Nothing to run is a usage error, as argparse treats a missing command: help on
+        # stderr and exit code 2, so a script that forgot the command does not pass silently.
+        parser.print_help(sys.stderr)
         return 2
+    if args.command == "serve":
+        given = _given(argv)
+        try:
+            defaults = _environment([a for a in flags if a.dest not in given], os.environ)
+        except _BadVariable as exc:
+            print(f"python -m dtrio serve: error: environment variable {exc}", file=sys.stderr)
+            return 2
+        # The logging flags exist before `serve` too: their variables set the outer defaults,
+        # so that either spelling of the flag wins over the variable.
+        outer = {dest: defaults.pop(dest) for dest in ("log_level", "log_format")
+                 if dest in defaults}
+        parser.set_defaults(**outer)
+        serve.set_defaults(**defaults)
+        args = parser.parse_args(argv)
+    if args.log_level is None:
+        # A server says when it starts, stops and who connects.
+        args.log_level = "info" if args.command == "serve" else "warning"
     configure_logging(args.log_level, args.log_format)
     try:
         return args.run(args)

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from . import _pb as pb
@@ -16,6 +16,7 @@ from . import payloads, tracing
 from .backend import Backend, EntityQuery, EntityRecord, InstanceQuery, InstanceRecord
 from .clock import Clock
 from .commands import Commands
+from .durations import Duration, fire_time, to_seconds
 from .entities.ids import EntityId, id_prefix
 from .errors import FailureDetails, InvalidInput
 from .instance_ids import validate_instance_id
@@ -78,15 +79,6 @@ class OrchestrationState:
             ),
             tags=r.tags,
         )
-
-
-def _seconds(timeout: float | timedelta | None) -> float:
-    if timeout is None:
-        return math.inf
-    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-    if seconds < 0:
-        raise InvalidInput("timeout must not be negative")
-    return seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +146,21 @@ def _us(when: datetime | None, what: str) -> int | None:
 
 
 class Client:
+    """Starts, queries, waits for and controls orchestrations and entities in one engine's
+    store: what `engine.client` is.
+
+    Get it from a running engine, not by constructing it::
+
+        async with dtrio.open_engine(registry, db="app.sqlite3") as engine:
+            iid = await engine.client.schedule_new_orchestration(my_orchestrator, input=1)
+            state = await engine.client.wait_for_orchestration_completion(iid, timeout=30)
+
+    (`dtrio.serve_engine` under your own nursery, and `dtrio.testing.open_test_engine` in
+    tests, give an engine too.) Every method is async and runs in the engine's Trio run; bad
+    arguments raise `InvalidInput` or `SerializationError` before anything is stored. The
+    official SDKs' clients do the same through `python -m dtrio serve`.
+    """
+
     def __init__(self, backend: Backend, clock: Clock, *, poll_interval: float | None) -> None:
         self._clock = clock
         self.commands = Commands(backend, clock, poll_interval=poll_interval)
@@ -164,7 +171,7 @@ class Client:
         *,
         input: Any = None,
         instance_id: str | None = None,
-        start_at: datetime | None = None,
+        start_at: datetime | Duration | None = None,
         version: str | None = None,
         tags: dict[str, str] | None = None,
         reuse_policy: ReusePolicy | None = None,
@@ -174,8 +181,9 @@ class Client:
         name = name_of(orchestrator, "orchestrator")
         iid = validate_instance_id(instance_id) if instance_id is not None else uuid.uuid4().hex
         data = payloads.encode(input, f"input of orchestrator {name!r}")
-        if start_at is not None and start_at.tzinfo is None:
-            raise InvalidInput("start_at must be timezone-aware (use UTC)")
+        if start_at is not None:
+            start_at = fire_time(
+                start_at, "schedule_new_orchestration(start_at=...)", self._clock.now_dt())
         policy = reuse_policy or ReusePolicy()
         with self._traced(name, iid, version) as trace:
             await self.commands.start(
@@ -201,7 +209,7 @@ class Client:
         self,
         instance_id: str,
         *,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         fetch_payloads: bool = False,
     ) -> OrchestrationState:
         """Wait until the instance has left PENDING."""
@@ -214,7 +222,7 @@ class Client:
         self,
         instance_id: str,
         *,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         fetch_payloads: bool = True,
     ) -> OrchestrationState:
         """Wait until the instance has completed, failed or been terminated."""
@@ -305,7 +313,7 @@ class Client:
 
     async def signal_entity(
         self, entity: EntityId | str, operation: str, input: Any = None, *,
-        signal_time: datetime | timedelta | None = None,
+        signal_time: datetime | Duration | None = None,
     ) -> None:
         """Send an operation to an entity, one way (created on its first message); with
         `signal_time` (a time, or a delay from now), it is processed no earlier than then,
@@ -315,12 +323,8 @@ class Client:
             raise InvalidInput("signal_entity needs an operation name")
         data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
         now = self._clock.now_dt()
-        if isinstance(signal_time, timedelta):
-            signal_time = now + signal_time
-        elif signal_time is not None and not isinstance(signal_time, datetime):
-            raise InvalidInput(f"signal_time must be a datetime or a timedelta, not "
-                               f"{type(signal_time).__name__}")
-        _us(signal_time, "signal_time")
+        if signal_time is not None:
+            signal_time = fire_time(signal_time, "signal_entity(signal_time=...)", now)
         await self.commands.signal(str(target), operation, data, at=signal_time)
 
     async def get_entity(
@@ -373,10 +377,15 @@ class Client:
         self,
         instance_id: str,
         done: Callable[[InstanceRecord], bool],
-        timeout: float | timedelta | None,
+        timeout: Duration | None,
         fetch_payloads: bool,
         what: str,
     ) -> OrchestrationState:
+        method = "wait_for_orchestration_start" if what == "start" else (
+            "wait_for_orchestration_completion")
+        seconds = math.inf if timeout is None else to_seconds(
+            timeout, f"{method}(timeout=...)", infinite=True
+        )
         record = await self.commands.wait(
-            instance_id, done, _seconds(timeout), payloads=fetch_payloads, what=what)
+            instance_id, done, seconds, payloads=fetch_payloads, what=what)
         return OrchestrationState.from_record(record)

@@ -1,4 +1,8 @@
-"""JSON payloads: every input, output, event and custom status travels as a JSON string."""
+"""JSON payloads: every input, output, event and custom status travels as a JSON string.
+
+Values come back as JSON gives them: tuples as lists, dataclasses as objects. A set (or
+frozenset) is refused rather than turned into a list, as its type and its order would be lost.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,11 @@ from .errors import SerializationError
 def _default(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
+    if isinstance(value, set | frozenset):
+        raise TypeError(
+            f"a {type(value).__name__} has no JSON form (it would come back as a list); "
+            "pass a list, e.g. sorted(...)"
+        )
     raise TypeError(f"{type(value).__name__} is not JSON-serializable")
 
 

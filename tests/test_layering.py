@@ -19,6 +19,7 @@ PURE = (
     "dtrio.entities.batch",
     "dtrio.entities.context",
     "dtrio.entities.ids",
+    "dtrio.durations",
     "dtrio.errors",
     "dtrio.history",
     "dtrio.events",

@@ -10,12 +10,13 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from .. import _pb as pb
 from .. import history as h
 from .. import payloads
+from ..durations import Duration, fire_time
 from ..errors import FailureDetails, InvalidInput
 from ..instance_ids import validate_instance_id
 from ..registry import name_of
@@ -64,13 +65,13 @@ class EntityContext:
 
     def signal_entity(
         self, entity_id: EntityId | str, operation: str, input: Any = None, *,
-        signal_time: datetime | timedelta | None = None,
+        signal_time: datetime | Duration | None = None,
     ) -> None:
         """Send an operation to an entity (this one too), one way; optionally later."""
         target = EntityId.of(entity_id)
         if not operation:
             raise InvalidInput("signal_entity needs an operation name")
-        when = _when(signal_time, self.now)
+        when = _when(signal_time, "signal_entity(signal_time=...)", self.now)
         data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
         self._actions.append(pb.OperationAction(
             id=len(self._actions),
@@ -82,7 +83,7 @@ class EntityContext:
 
     def schedule_new_orchestration(
         self, orchestrator: Callable[..., Any] | str, *, input: Any = None,
-        instance_id: str | None = None, start_at: datetime | None = None,
+        instance_id: str | None = None, start_at: datetime | Duration | None = None,
     ) -> str:
         """Start an orchestration once this operation succeeds; returns its instance ID."""
         name = name_of(orchestrator, "orchestrator")
@@ -92,20 +93,16 @@ class EntityContext:
             start_new_orchestration=pb.StartNewOrchestrationAction(
                 instance_id=iid, name=name,
                 input=payloads.encode(input, f"input of orchestrator {name!r}"),
-                scheduled_time=_when(start_at, self.now), request_time=self.now,
+                scheduled_time=_when(start_at, "schedule_new_orchestration(start_at=...)",
+                                     self.now),
+                request_time=self.now,
             ),
         ))
         return iid
 
 
-def _when(at: datetime | timedelta | None, now: datetime) -> datetime | None:
-    if at is None:
-        return None
-    if isinstance(at, timedelta):
-        return now + at
-    if not isinstance(at, datetime) or at.tzinfo is None:
-        raise InvalidInput("a scheduled time must be a timezone-aware datetime or a timedelta")
-    return at.astimezone(UTC)
+def _when(at: datetime | Duration | None, name: str, now: datetime) -> datetime | None:
+    return fire_time(at, name, now) if at is not None else None
 
 
 class DurableEntity:

@@ -244,9 +244,16 @@ def handlers(
 
 async def _bind(host: str, port: int) -> socket.socket:
     """A bound socket, so that the port is known (port 0) and a taken one fails here, plainly."""
-    family, kind, proto, _, address = (await trio.socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    ))[0]
+    if not 0 <= port <= 65535:
+        raise InvalidInput(f"cannot listen on {host}:{port}: a port is a number from 0 to 65535 "
+                           "(0: any free port)")
+    try:
+        family, kind, proto, _, address = (await trio.socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ))[0]
+    except socket.gaierror as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: unknown host {host!r} "
+                                 f"({exc.strerror})") from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

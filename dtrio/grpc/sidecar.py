@@ -8,6 +8,7 @@ from functools import partial
 
 import trio
 
+from ..durations import Duration, to_seconds
 from ..errors import InvalidInput
 from ..services import Engine
 from ..services.remote import RemoteWork
@@ -29,11 +30,11 @@ async def serve_sidecar(
     host: str = "127.0.0.1",
     port: int = 4001,
     *,
-    health_ping_interval: float = HEALTH_PING_INTERVAL,
+    health_ping_interval: Duration = HEALTH_PING_INTERVAL,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     max_work_item_size: int = DEFAULT_MAX_WORK_ITEM_SIZE,
     entity_request_version: int = 2,
-    stall_timeout: float | None = None,
+    stall_timeout: Duration | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve TaskHubSidecarService for `engine`; `started()` gives the bound port.
@@ -53,6 +54,9 @@ async def serve_sidecar(
     (default: the orchestration lease) while it holds orchestration steps or entity batches,
     counts as gone: its stream is ended and its work items go to other workers.
     """
+    ping_every = to_seconds(
+        health_ping_interval, "serve_sidecar(health_ping_interval=...)", positive=True
+    )
     for name, size in (("max_message_size", max_message_size),
                        ("max_work_item_size", max_work_item_size)):
         if size < 1:
@@ -63,12 +67,11 @@ async def serve_sidecar(
             "the sidecar serves an engine without in-process workers: "
             "start it with local_workers=False"
         )
-    stall = engine.options.orchestration_lease if stall_timeout is None else stall_timeout
-    if stall <= 0:
-        raise InvalidInput("stall_timeout must be positive (seconds)")
+    stall = engine.options.orchestration_lease if stall_timeout is None else to_seconds(
+        stall_timeout, "serve_sidecar(stall_timeout=...)", positive=True)
     remote = RemoteWork(
         WorkItemEncoder(max_work_item_size, entity_request_version),
-        ping=HEALTH_PING, ping_interval=health_ping_interval, stall_timeout=stall,
+        ping=HEALTH_PING, ping_interval=ping_every, stall_timeout=stall,
     )
     runners = {name: remote.runner(kind) for name, kind in engine.kinds.items()}
     async with trio.open_nursery() as nursery:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .. import _pb as pb
 from .. import payloads
+from ..durations import Duration, fire_time, to_timedelta
 from ..entities.ids import EntityId
 from ..errors import InvalidInput, InvalidOperation
 from ..registry import name_of
@@ -20,6 +21,8 @@ from .tasks import Task
 
 if TYPE_CHECKING:
     from .executor import OrchestrationRun
+
+R = TypeVar("R")
 
 _UUID_NAMESPACE = uuid.UUID("9e952958-5e33-4daf-827f-2fa12937b875")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -109,7 +112,15 @@ class CriticalSection:
 
 
 class OrchestrationContext:
-    """The orchestrator's window on its instance. Never use real clocks or I/O in orchestrators."""
+    """The orchestrator's window on its instance, passed as its first argument.
+
+    Every call is recorded in the instance's history and answered from it when the
+    orchestrator is replayed, so the orchestrator must reach its calls in the same order every
+    time: no real clocks (use `now`), random numbers (`new_uuid()`) or I/O (activities). Calls
+    that schedule work return a `Task` at once; await it, or pass several to
+    `dtrio.when_all` / `dtrio.when_any`. Bad arguments raise at the call, before anything is
+    recorded.
+    """
 
     def __init__(self, run: OrchestrationRun, instance_id: str) -> None:
         self._run = run
@@ -135,6 +146,24 @@ class OrchestrationContext:
         """Alias of `now`, the name the Durable Task SDKs use."""
         return self.now
 
+    @overload
+    def call_activity(
+        self, activity: Callable[..., Awaitable[R]], *, input: Any = None,
+        retry_policy: RetryPolicy | None = None, tags: dict[str, str] | None = None,
+    ) -> Task[R]: ...
+
+    @overload
+    def call_activity(
+        self, activity: Callable[..., R], *, input: Any = None,
+        retry_policy: RetryPolicy | None = None, tags: dict[str, str] | None = None,
+    ) -> Task[R]: ...
+
+    @overload
+    def call_activity(
+        self, activity: str, *, input: Any = None,
+        retry_policy: RetryPolicy | None = None, tags: dict[str, str] | None = None,
+    ) -> Task[Any]: ...
+
     def call_activity(
         self,
         activity: Callable[..., Any] | str,
@@ -143,6 +172,14 @@ class OrchestrationContext:
         retry_policy: RetryPolicy | None = None,
         tags: dict[str, str] | None = None,
     ) -> Task[Any]:
+        """Schedule an activity; it runs at least once, wherever a worker takes it.
+
+        `activity` is a registered activity function or its name; `input` a JSON value (a
+        `SerializationError` here if it is not one); `retry_policy` retries failed attempts
+        after durable waits; `tags` are strings recorded with the scheduled task.
+        The task gives the activity's result, or raises `TaskFailedError` (`.details` says
+        how it failed) once it has failed and no retry is left.
+        """
         name = name_of(activity, "activity")
         data = payloads.encode(input, f"input of activity {name!r}")
 
@@ -154,6 +191,19 @@ class OrchestrationContext:
 
         return attempt() if retry_policy is None else RetryableTask(self, retry_policy, attempt)
 
+    @overload
+    def call_sub_orchestrator(
+        self, orchestrator: Callable[..., Awaitable[R]], *, input: Any = None,
+        instance_id: str | None = None, version: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+
+    @overload
+    def call_sub_orchestrator(
+        self, orchestrator: str, *, input: Any = None, instance_id: str | None = None,
+        version: str | None = None, retry_policy: RetryPolicy | None = None,
+    ) -> Task[Any]: ...
+
     def call_sub_orchestrator(
         self,
         orchestrator: Callable[..., Any] | str,
@@ -163,6 +213,14 @@ class OrchestrationContext:
         version: str | None = None,
         retry_policy: RetryPolicy | None = None,
     ) -> Task[Any]:
+        """Start a child orchestration and wait for it.
+
+        `orchestrator` is a registered orchestrator or its name; `input` a JSON value;
+        `instance_id` the child's ID (default `"<this ID>:<sequence number, 4 hex digits>"`;
+        not empty, not starting with `@`); `version` is recorded for the child;
+        `retry_policy` starts it again after a failure. The task gives the child's output, or
+        raises `TaskFailedError` if it failed (after the last retry).
+        """
         name = name_of(orchestrator, "orchestrator")
         data = payloads.encode(input, f"input of sub-orchestration {name!r}")
         if instance_id is not None and not instance_id:
@@ -183,20 +241,36 @@ class OrchestrationContext:
 
         return attempt() if retry_policy is None else RetryableTask(self, retry_policy, attempt)
 
-    def create_timer(self, fire_at: datetime | timedelta) -> Task[None]:
-        """A durable timer: use this instead of `trio.sleep`. It survives restarts."""
-        when = self._fire_time(fire_at)
+    def create_timer(self, fire_at: datetime | Duration) -> Task[None]:
+        """A durable timer: use it instead of `trio.sleep`; it survives restarts.
+
+        `fire_at` is a timezone-aware datetime (one in the past fires at once) or a duration
+        from `now` (a `timedelta`, or seconds as an int or float). The task gives None once
+        the time has come. Anything else raises `InvalidInput` here.
+        """
+        when = fire_time(fire_at, "create_timer(fire_at=...)", self.now)
         task = DurableTask(f"timer until {when.isoformat()}")
         self._run.emit(pb.OrchestratorAction(create_timer=pb.CreateTimerAction(fire_at=when)), task)
         return task
 
-    def wait_for_external_event(self, name: str, *, timeout: timedelta | None = None) -> Task[Any]:
-        """The next event called `name` (case-insensitive), including one raised earlier.
+    def wait_for_external_event(
+        self, name: str, *, timeout: Duration | None = None
+    ) -> Task[Any]:
+        """Wait for the next external event called `name` (case-insensitive).
 
-        With `timeout`, the task fails with `TimeoutError` if no event arrives in time.
+        Events raised before the wait are kept, and the oldest is taken first. `timeout` is a
+        duration (a `timedelta`, or seconds as an int or float). The task gives the event's
+        data (decoded JSON), or raises `TimeoutError` if none arrived within `timeout`.
+        A bad name or timeout raises `InvalidInput` here.
         """
         if not name:
             raise InvalidInput("event name must not be empty")
+        # Checked before anything is recorded: a refused wait leaves no waiter behind.
+        delay = None
+        if timeout is not None:
+            what = "wait_for_external_event(timeout=...)"
+            delay = to_timedelta(timeout, what)
+            deadline = fire_time(delay, what, self.now)
         key = name.lower()
         wait = ExternalEventTask(name)
         buffered = self._run.buffered_events.get(key)
@@ -207,14 +281,15 @@ class OrchestrationContext:
             return wait
         waiters = self._run.event_waiters.setdefault(key, deque())
         waiters.append(wait)
-        if timeout is not None:
-            timer = _EventTimeout(wait, waiters, timeout)
-            action = pb.CreateTimerAction(fire_at=self._fire_time(timeout))
+        if delay is not None:
+            timer = _EventTimeout(wait, waiters, delay)
+            action = pb.CreateTimerAction(fire_at=deadline)
             self._run.emit(pb.OrchestratorAction(create_timer=action), timer)
         return wait
 
     def send_event(self, instance_id: str, name: str, data: Any = None) -> None:
-        """Raise an event on another instance (fire and forget)."""
+        """Raise the event `name` with `data` (a JSON value) on another orchestration instance,
+        fire and forget: nothing tells whether it exists or takes the event."""
         if not instance_id or not name:
             raise InvalidInput("send_event needs a target instance ID and an event name")
         if instance_id.startswith("@"):
@@ -229,8 +304,14 @@ class OrchestrationContext:
     # -- entities ----------------------------------------------------------------------------
 
     def call_entity(self, entity: EntityId | str, operation: str, input: Any = None) -> Task[Any]:
-        """Run an operation on an entity and get its result; its failure raises
-        `TaskFailedError`. Inside a critical section, only the locked entities can be called."""
+        """Run `operation` on an entity with `input` (a JSON value), after the operations
+        already sent to it.
+
+        `entity` is an `EntityId` or `"@name@key"`. The task gives the operation's result, or
+        raises `TaskFailedError` if the operation failed (the entity keeps going). Inside a
+        critical section only its locked entities can be called, once its locks are granted
+        (else `InvalidOperation` here).
+        """
         target = EntityId.of(entity)
         if not operation:
             raise InvalidInput("call_entity needs an operation name")
@@ -258,12 +339,22 @@ class OrchestrationContext:
 
     def signal_entity(
         self, entity: EntityId | str, operation: str, input: Any = None, *,
-        signal_time: datetime | timedelta | None = None,
+        signal_time: datetime | Duration | None = None,
     ) -> None:
-        """Send an operation to an entity, one way; with `signal_time`, not before then."""
+        """Send `operation` with `input` to an entity, one way: nothing comes back.
+
+        `signal_time`, a timezone-aware datetime or a duration from `now`, delays it
+        durably. Signalling an entity locked by this orchestration's critical section raises
+        `InvalidOperation` (the signal would wait for the lock); bad arguments raise
+        `InvalidInput` here.
+        """
         target = EntityId.of(entity)
         if not operation:
             raise InvalidInput("signal_entity needs an operation name")
+        when = (
+            fire_time(signal_time, "signal_entity(signal_time=...)", self.now)
+            if signal_time is not None else None
+        )
         section = self._section
         if section is not None and target in section.entities:
             raise InvalidOperation(
@@ -271,7 +362,6 @@ class OrchestrationContext:
                 "the signal would wait for the lock's release; call it instead"
             )
         data = payloads.encode(input, f"input of operation {operation!r} of entity {target}")
-        when = self._fire_time(signal_time) if signal_time is not None else None
         self._run.emit(pb.OrchestratorAction(send_entity_message=pb.SendEntityMessageAction(
             entity_operation_signaled=pb.EntityOperationSignaledEvent(
                 request_id=self.new_uuid(), operation=operation, input=data, scheduled_time=when,
@@ -280,8 +370,12 @@ class OrchestrationContext:
 
     def lock_entities(self, entities: Iterable[EntityId | str]) -> CriticalSection:
         """A critical section: `async with ctx.lock_entities([a, b]):` holds the entities'
-        locks for the block. Locks are taken in one global order, so sections cannot
-        deadlock; they are released when the block ends or the orchestration finishes."""
+        locks for the block, so only this orchestration's calls reach them meanwhile.
+
+        Locks are taken in one global order, so sections cannot deadlock; they are released
+        when the block ends or the orchestration finishes. The section, awaited, gives itself
+        once every lock is granted. Nesting sections raises `InvalidOperation`.
+        """
         if self._section is not None:
             raise InvalidOperation("cannot enter a critical section from within another one")
         ids = sorted({EntityId.of(e) for e in entities})
@@ -309,25 +403,19 @@ class OrchestrationContext:
                 ))), None)
 
     def set_custom_status(self, value: Any) -> None:
+        """Show `value` (a JSON value) to clients as the instance's custom status."""
         self._run.custom_status = payloads.encode(value, "custom status")
 
     def continue_as_new(self, new_input: Any = None, *, save_events: bool = False) -> None:
-        """Restart this instance with fresh history once the orchestrator returns."""
+        """Restart this instance with `new_input` and a fresh history once the orchestrator
+        returns (or awaits); with `save_events`, events not yet taken go to the next run."""
         self._run.request_continue_as_new(
             payloads.encode(new_input, "input of continue_as_new"), save_events
         )
 
     def new_uuid(self) -> str:
-        """A UUID that is the same on every replay."""
+        """A new UUID string, the same one on every replay of this point (use it instead of
+        `uuid.uuid4()`, which would differ)."""
         self._uuid_counter += 1
         seed = f"{self.instance_id}_{self.now.isoformat()}_{self._uuid_counter}"
         return str(uuid.uuid5(_UUID_NAMESPACE, seed))
-
-    def _fire_time(self, fire_at: datetime | timedelta) -> datetime:
-        if isinstance(fire_at, timedelta):
-            return self.now + fire_at
-        if isinstance(fire_at, datetime):
-            if fire_at.tzinfo is None:
-                raise InvalidInput("timer fire time must be timezone-aware (use UTC)")
-            return fire_at.astimezone(UTC)
-        raise InvalidInput(f"timer needs a datetime or a timedelta, got {type(fire_at).__name__}")

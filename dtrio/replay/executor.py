@@ -13,14 +13,10 @@ from typing import Any
 
 from .. import _pb as pb
 from .. import payloads
-from ..errors import (
-    FailureDetails,
-    NonDeterminismError,
-    OrchestratorAwaitError,
-    TaskFailedError,
-)
+from ..errors import FailureDetails, NonDeterminismError, TaskFailedError
 from ..history import failure_from_exception, failure_from_pb, failure_to_pb
 from ..wire import one_of
+from .awaited import await_error, no_event_loop_error
 from .context import DurableTask, OrchestrationContext
 from .rewind import is_rewind_request, rewind_action
 from .tasks import Task
@@ -250,7 +246,8 @@ class OrchestrationRun:
                 self._finish(stop.value)
                 return
             except Exception as exc:
-                self._fail_run(failure_from_exception(exc))
+                refused = no_event_loop_error(self.ctx.name, self._coro, exc)
+                self._fail_run(failure_from_exception(refused or exc))
                 return
             if self._continue_as_new is not None:
                 self._coro.close()
@@ -261,17 +258,9 @@ class OrchestrationRun:
                     self._blocked_on = awaited
                     return
                 continue
+            error = await_error(self.ctx.name, self._coro, awaited)  # before the frames go
             self._close_coroutine()
-            self._fail_run(
-                failure_from_exception(
-                    OrchestratorAwaitError(
-                        f"orchestrator {self.ctx.name!r} awaited {awaited!r}, which is not a "
-                        "dtrio task. Orchestrators may only await what ctx gives them: "
-                        "ctx.create_timer(...) instead of trio.sleep/asyncio.sleep, "
-                        "ctx.call_activity(...) for I/O, dtrio.when_all/when_any to combine."
-                    )
-                )
-            )
+            self._fail_run(failure_from_exception(error))
             return
 
     def _close_coroutine(self) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from ..durations import to_timedelta
 from ..errors import InvalidInput, TaskFailedError
 from .tasks import Task
 
@@ -21,27 +23,33 @@ class RetryPolicy:
     Attempt n+1 starts `first_retry_interval * backoff_coefficient ** (n - 1)` after attempt n
     failed (capped by `max_retry_interval`), until `max_attempts` attempts were made or
     `retry_timeout` has passed since the first attempt. `handle`, if given, sees each failure
-    and returns whether it is worth retrying. The waits are durable timers.
+    and returns whether it is worth retrying. The waits are durable timers. Intervals are
+    timedeltas or seconds (int or float), kept as timedeltas.
     """
 
     max_attempts: int
-    first_retry_interval: timedelta
+    first_retry_interval: timedelta | float
     backoff_coefficient: float = 1.0
-    max_retry_interval: timedelta | None = None
-    retry_timeout: timedelta | None = None
+    max_retry_interval: timedelta | float | None = None
+    retry_timeout: timedelta | float | None = None
     handle: Callable[[TaskFailedError], bool] | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool):
+            raise InvalidInput(f"RetryPolicy(max_attempts=...) takes an int, not "
+                               f"{type(self.max_attempts).__name__}")
         if self.max_attempts < 1:
             raise InvalidInput("max_attempts must be at least 1")
-        if self.first_retry_interval <= timedelta(0):
-            raise InvalidInput("first_retry_interval must be positive")
-        if self.backoff_coefficient < 1:
-            raise InvalidInput("backoff_coefficient must be at least 1")
-        if self.max_retry_interval is not None and self.max_retry_interval <= timedelta(0):
-            raise InvalidInput("max_retry_interval must be positive")
-        if self.retry_timeout is not None and self.retry_timeout <= timedelta(0):
-            raise InvalidInput("retry_timeout must be positive")
+        coefficient = self.backoff_coefficient
+        if (not isinstance(coefficient, int | float) or isinstance(coefficient, bool)
+                or not coefficient >= 1 or coefficient == math.inf):
+            raise InvalidInput(f"RetryPolicy(backoff_coefficient=...) must be a number of at "
+                               f"least 1, not {coefficient!r}")
+        for name in ("first_retry_interval", "max_retry_interval", "retry_timeout"):
+            value = getattr(self, name)
+            if value is not None or name == "first_retry_interval":
+                delta = to_timedelta(value, f"RetryPolicy({name}=...)", positive=True)
+                object.__setattr__(self, name, delta)
 
     def next_delay(
         self, attempt: int, elapsed: timedelta, failure: TaskFailedError

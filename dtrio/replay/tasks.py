@@ -118,11 +118,13 @@ class WhenAny(_Composite[Task[Any]]):
         self._complete(child)
 
 
-def when_all(tasks: Iterable[Task[Any]]) -> Task[list[Any]]:
-    """A task that completes with every result, in order, or fails with the first failure."""
+def when_all(tasks: Iterable[Task[T]]) -> Task[list[T]]:
+    """A task that gives every task's result, in the order given, once all have completed; it
+    raises the first failure as soon as one fails (the others keep running)."""
     return WhenAll(tasks)
 
 
-def when_any(tasks: Iterable[Task[Any]]) -> Task[Task[Any]]:
-    """A task that completes with the first of `tasks` to complete (the task, not its result)."""
+def when_any(tasks: Iterable[Task[T]]) -> Task[Task[T]]:
+    """A task that gives the first of `tasks` to complete: the task itself, so compare it with
+    yours and call `.result()` (which raises if it failed). `tasks` must not be empty."""
     return WhenAny(tasks)

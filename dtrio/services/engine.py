@@ -144,7 +144,8 @@ async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -
                 serve_poller, backend, engine.clock, engine.wakeups, opts.max_poll_interval)
             if engine.local:
                 await nursery.start(engine.serve_workers, engine.local)
-            log.info("engine %s started on %s", engine.owner, getattr(backend, "where", backend))
+            log.info("engine %s started on %s (synchronous=%s)", engine.owner,
+                     getattr(backend, "where", backend), opts.synchronous.upper())
             task_status.started(engine)
             await engine.stopping.wait()
             await engine._drain()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
+from ..durations import to_seconds
 from ..errors import InvalidInput
 
 
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
+    # Durations are seconds (int or float) or timedeltas, kept as float seconds.
     max_concurrent_orchestrations: int = 200
     max_concurrent_activities: int = 200
     # Entity batches run at once (each entity runs one batch at a time).
@@ -16,15 +19,15 @@ class EngineOptions:
     # Most operations and lock messages one entity batch takes from the entity's inbox.
     entity_batch_size: int = 100
     # How long a worker may hold an orchestration work item before others may take it.
-    orchestration_lease: float = 60.0
+    orchestration_lease: float | timedelta = 60.0
     # How long an activity may run without its lease being renewed; running activities in
     # this process renew it every third of this time, so only a dead process loses it.
-    activity_lease: float = 300.0
+    activity_lease: float | timedelta = 300.0
     # Longest gap between polls for work written by other processes (None: never poll; for
     # stores only this process uses, like the in-memory one).
-    max_poll_interval: float | None = 1.0
+    max_poll_interval: float | timedelta | None = 1.0
     # On shutdown, how long in-flight work items may take to finish before being abandoned.
-    shutdown_grace: float = 10.0
+    shutdown_grace: float | timedelta = 10.0
     # Replayed orchestrations kept in memory between steps.
     cache_size: int = 10_000
     synchronous: str = "NORMAL"
@@ -38,12 +41,14 @@ class EngineOptions:
                      "max_concurrent_entities", "entity_batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be at least 1")
-        for name in ("orchestration_lease", "activity_lease"):
-            if getattr(self, name) <= 0:
-                raise InvalidInput(f"{name} must be positive (seconds)")
-        if self.max_poll_interval is not None and self.max_poll_interval <= 0:
-            raise InvalidInput("max_poll_interval must be positive or None")
-        if self.shutdown_grace < 0:
-            raise InvalidInput("shutdown_grace must not be negative")
+        for name, positive, infinite in (
+            ("orchestration_lease", True, False), ("activity_lease", True, False),
+            ("max_poll_interval", True, False), ("shutdown_grace", False, True),
+        ):
+            value = getattr(self, name)
+            if value is not None or name != "max_poll_interval":
+                seconds = to_seconds(value, f"EngineOptions({name}=...)",
+                                     positive=positive, infinite=infinite)
+                object.__setattr__(self, name, seconds)
         if self.cache_size < 0:
             raise InvalidInput("cache_size must not be negative")

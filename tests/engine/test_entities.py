@@ -300,8 +300,9 @@ async def test_client_signals_take_a_delay_and_queries_any_name_case(autojump_cl
         for prefix in ("@Counter@", "@COUNTER@lat", "@counter"):
             page = await client.query_entities(instance_id_prefix=prefix)
             assert [str(e.id) for e in page.entities] == ["@counter@later"], prefix
-        with pytest.raises(dtrio.InvalidInput, match="signal_time must be a datetime"):
-            await client.signal_entity("@counter@later", "add", 1, signal_time=300)
+        with pytest.raises(dtrio.InvalidInput, match=r"signal_time=...\) takes a timezone-aware "
+                           "datetime, a timedelta or seconds .int or float., not str '300'"):
+            await client.signal_entity("@counter@later", "add", 1, signal_time="300")
 
 
 @registry.orchestrator

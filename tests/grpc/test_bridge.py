@@ -15,6 +15,7 @@ from durabletask.internal import orchestrator_service_pb2 as sdk_pb2
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 
 from dtrio import _pb as pb
+from dtrio.errors import InvalidInput
 from dtrio.grpc.bridge import serve_grpc
 
 BIG = 3 << 20  # over the client's and the server's initial flow-control windows
@@ -115,3 +116,16 @@ async def test_errors_are_answered_and_the_connection_keeps_serving() -> None:
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
         reply = await client.call(get, sdk_pb2.GetInstanceRequest(instanceId="ok"))
         assert reply.orchestrationState.instanceId == "2"
+
+
+@pytest.mark.parametrize("host, port, message", [
+    ("127.0.0.1", 99999, "cannot listen on 127.0.0.1:99999: a port is a number from 0 to 65535"),
+    ("nosuch.invalid", 0, "cannot listen on nosuch.invalid:0: unknown host 'nosuch.invalid' ("),
+])
+async def test_a_bad_address_is_refused_naming_it(host: str, port: int, message: str) -> None:
+    with pytest.raises(BaseExceptionGroup) as refused:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve_grpc, Servicer(), host, port))
+    (error,) = refused.value.exceptions
+    assert isinstance(error, InvalidInput | OSError)
+    assert (error.strerror if isinstance(error, OSError) else str(error)).startswith(message)

@@ -168,8 +168,9 @@ async def test_stopping_the_sidecar_releases_the_work_it_handed_out() -> None:
             second.cancel_scope.cancel()
 
 
-async def test_idle_streams_get_health_pings() -> None:
-    async with running_sidecar(health_ping_interval=0.1) as sidecar:
+@pytest.mark.parametrize("interval", [0.1, timedelta(milliseconds=100)])
+async def test_idle_streams_get_health_pings(interval: float | timedelta) -> None:
+    async with running_sidecar(health_ping_interval=interval) as sidecar:
         raw = RawWorker(sidecar.address)
         try:
             item = await raw.next(pings=True, timeout=5)

@@ -124,6 +124,26 @@ def test_awaiting_foreign_awaitable_fails_with_advice():
     assert failed.orchestration_status == pb.OrchestrationStatus.FAILED
     assert failed.failure_details.error_type == "OrchestratorAwaitError"
     assert "ctx.create_timer" in failed.failure_details.error_message
+    assert failed.failure_details.error_message.startswith(
+        "orchestrator 'sleeper' awaited a ForeignAwaitable object, which is not a dtrio task."
+    )
+
+
+def test_trio_sleep_replayed_outside_trio_fails_naming_it():
+    import trio
+
+    reg = dtrio.Registry()
+
+    @reg.orchestrator
+    async def sleeper(ctx, _):
+        await trio.sleep(3)
+
+    failed = completion(OrchestrationRun(reg.orchestrators, "i1").feed([], start("sleeper")))
+    assert failed.failure_details.error_type == "OrchestratorAwaitError"
+    assert failed.failure_details.error_message.startswith(
+        "orchestrator 'sleeper' awaited trio.sleep(3), which needs an event loop that does not "
+        "run orchestrators (must be called from async context)."
+    )
 
 
 def test_unregistered_orchestrator_fails_clearly():
