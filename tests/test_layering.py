@@ -196,3 +196,40 @@ def test_the_graph_sees_imports():
     assert "dtrio.services" in GRAPH["dtrio.cli"]  # a lazy import, inside a function
     assert "dtrio.replay.executor" not in GRAPH["dtrio.replay.context"]  # TYPE_CHECKING only
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# ---------------------------------------------------------------- grpc/ is transport only
+
+
+GRPC = sorted(n for n in GRAPH if part_of(n) == "dtrio.grpc")
+SERVICES = sorted(n for n in GRAPH if part_of(n) == "dtrio.services")
+# What grpc/ may take from the storage contract: the records it reads and the queries it makes.
+RECORD_TYPES = {"EntityQuery", "EntityRecord", "InstanceQuery", "InstanceRecord",
+                "ActivityWorkItem", "NameFilter"}
+
+
+@pytest.mark.parametrize("name", GRPC)
+def test_grpc_plans_no_step_itself(name):
+    assert GRAPH[name] & {"dtrio.state", "dtrio.history"} == set()
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_services_know_nothing_of_grpc(name):
+    assert {m for m in GRAPH[name] if part_of(m) == "dtrio.grpc"} == set()
+
+
+@pytest.mark.parametrize("name", GRPC)
+def test_grpc_reaches_storage_only_through_the_client_and_the_lifecycle(name):
+    tree = ast.parse(MODULES[name].read_text())
+    taken = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             and (node.module or "").endswith("backend") for alias in node.names}
+    assert taken <= RECORD_TYPES
+    touched = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    assert touched & {"backend", "_backend", "_store", "Backend"} == set()
+
+
+def test_the_transport_checks_see_what_they_look_for():
+    tree = ast.parse("engine.backend.get_instance('x')")
+    assert "backend" in {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert "dtrio.services.remote" in GRAPH["dtrio.grpc.servicer"]
+    assert "dtrio.services.lifecycle" in GRAPH["dtrio.services.remote"]

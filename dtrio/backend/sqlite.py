@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import Any
 
 from .. import _pb as pb
 from ..clock import Clock
@@ -33,7 +34,7 @@ from .base import (
 )
 from .sqlite_admin import SqliteAdmin, record, record_columns
 from .sqlite_entities import SqliteEntities
-from .sqlite_leases import give_back, renew_lease
+from .sqlite_leases import give_back, renew, take
 from .sqlite_rows import (
     delete_instances,
     deliver,
@@ -178,28 +179,25 @@ class SqliteBackend:
         store = self._store
         matching, params = _matching(names, 5)
 
-        def op(conn: sqlite3.Connection) -> list[OrchestrationWorkItem]:
-            now = store.clock.now_us()
-            rows = conn.execute(
-                "UPDATE instances SET lock_owner = ?1, lock_token = hex(randomblob(12)), "
-                "lock_expires = ?2 WHERE instance_id IN (SELECT instance_id FROM instances "
-                "WHERE ready_at <= ?3 AND (lock_expires IS NULL OR lock_expires <= ?3) "
-                f"AND ({matching}) ORDER BY ready_at LIMIT ?4) "
-                "RETURNING instance_id, execution_id, name, status, lock_token, step",
-                (owner, now + lease_us, now, limit, *params),
-            ).fetchall()
-            items = {r[0]: OrchestrationWorkItem(*r, []) for r in rows}
-            if items:
-                marks = ",".join("?" * len(items))
+        def items(conn: sqlite3.Connection, rows: list[Any], now: int) -> list[Any]:
+            leased = {r[0]: OrchestrationWorkItem(*r, []) for r in rows}
+            if leased:
+                marks = ",".join("?" * len(leased))
                 for instance_id, inbox_id, event in conn.execute(
                     f"SELECT instance_id, id, event FROM inbox WHERE instance_id IN ({marks}) "
                     f"AND visible_at <= ? ORDER BY id",
-                    (*items, now),
+                    (*leased, now),
                 ):
-                    items[instance_id].events.append((inbox_id, store.leased(inbox_id, event)))
-            return list(items.values())
+                    leased[instance_id].events.append((inbox_id, store.leased(inbox_id, event)))
+            return list(leased.values())
 
-        return await store.lease(op)
+        return await take(store, (
+            "UPDATE instances SET lock_owner = ?3, lock_token = hex(randomblob(12)), "
+            "lock_expires = ?1 WHERE instance_id IN (SELECT instance_id FROM instances "
+            "WHERE ready_at <= ?2 AND (lock_expires IS NULL OR lock_expires <= ?2) "
+            f"AND ({matching}) ORDER BY ready_at LIMIT ?4) "
+            "RETURNING instance_id, execution_id, name, status, lock_token, step"
+        ), (owner, limit, *params), lease_us, items)
 
     async def load_history(self, instance_id: str) -> list[StoredEvent]:
         rows = await self._store.read(lambda conn: conn.execute(
@@ -208,13 +206,8 @@ class SqliteBackend:
         return [StoredEvent.read(r[0]) for r in rows]
 
     async def renew_orchestration(self, item: OrchestrationWorkItem, lease_us: int) -> None:
-        store = self._store
-
-        def op(conn: sqlite3.Connection) -> None:
-            renew_lease(conn, "instances", item.instance_id, item.lock_token,
-                        store.clock.now_us() + lease_us, "orchestration")
-
-        await store.write(op)
+        await renew(self._store, "instances", item.instance_id, item.lock_token, lease_us,
+                    f"orchestration {item.instance_id!r}")
 
     async def complete_orchestration(
         self, item: OrchestrationWorkItem, step: OrchestrationStep
@@ -310,55 +303,32 @@ class SqliteBackend:
         await store.write(op)
 
     async def abandon_orchestration(self, item: OrchestrationWorkItem, delay_us: int) -> None:
-        store = self._store
-
-        def op(conn: sqlite3.Connection) -> None:
-            retry_at = store.clock.now_us() + delay_us
-            give_back(conn, "instances", item.instance_id, item.lock_token, retry_at)
-            store.due("orchestration", retry_at, retry_at - delay_us)
-
-        await store.write(op)
+        await give_back(self._store, "instances", item.instance_id, item.lock_token, delay_us)
 
     # -- activity work items ---------------------------------------------------------------
 
     async def lease_activities(
         self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
     ) -> list[ActivityWorkItem]:
-        store = self._store
         matching, params = _matching(names, 5)
 
-        def op(conn: sqlite3.Connection) -> list[ActivityWorkItem]:
-            now = store.clock.now_us()
-            rows = conn.execute(
-                "UPDATE activities SET lock_owner = ?1, lock_token = hex(randomblob(12)), "
-                "available_at = ?2, attempt = attempt + 1 WHERE id IN (SELECT id FROM activities "
-                f"WHERE available_at <= ?3 AND ({matching}) ORDER BY available_at LIMIT ?4) "
-                "RETURNING id, instance_id, execution_id, task_id, name, version, input, "
-                "lock_token, attempt, trace_context",
-                (owner, now + lease_us, now, limit, *params),
-            ).fetchall()
+        def items(conn: sqlite3.Connection, rows: list[Any], now: int) -> list[Any]:
             return [
                 ActivityWorkItem(*r[:-1], pb.TraceContext.parse(r[-1]) if r[-1] else None)
                 for r in sorted(rows)
             ]
 
-        return await store.lease(op)
+        return await take(self._store, (
+            "UPDATE activities SET lock_owner = ?3, lock_token = hex(randomblob(12)), "
+            "available_at = ?1, attempt = attempt + 1 WHERE id IN (SELECT id FROM activities "
+            f"WHERE available_at <= ?2 AND ({matching}) ORDER BY available_at LIMIT ?4) "
+            "RETURNING id, instance_id, execution_id, task_id, name, version, input, "
+            "lock_token, attempt, trace_context"
+        ), (owner, limit, *params), lease_us, items)
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None:
-        store = self._store
-
-        def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(
-                "UPDATE activities SET available_at = ? WHERE id = ? AND lock_token = ?",
-                (store.clock.now_us() + lease_us, item.id, item.lock_token),
-            )
-            if cur.rowcount != 1:
-                raise LeaseLost(
-                    f"lease on activity {item.name!r} #{item.task_id} of "
-                    f"{item.instance_id!r} was lost"
-                )
-
-        await store.write(op)
+        await renew(self._store, "activities", item.id, item.lock_token, lease_us,
+                    f"activity {item.name!r} #{item.task_id} of {item.instance_id!r}")
 
     async def complete_activity(self, item: ActivityWorkItem, result: StoredEvent) -> None:
         store = self._store
@@ -378,18 +348,7 @@ class SqliteBackend:
         await store.write(op)
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None:
-        store = self._store
-
-        def op(conn: sqlite3.Connection) -> None:
-            retry_at = store.clock.now_us() + delay_us
-            conn.execute(
-                "UPDATE activities SET lock_owner = NULL, lock_token = NULL, available_at = ? "
-                "WHERE id = ? AND lock_token = ?",
-                (retry_at, item.id, item.lock_token),
-            )
-            store.due("activity", retry_at, retry_at - delay_us)
-
-        await store.write(op)
+        await give_back(self._store, "activities", item.id, item.lock_token, delay_us)
 
     # -- entities --------------------------------------------------------------------------
 

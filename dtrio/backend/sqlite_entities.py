@@ -12,7 +12,7 @@ from ..errors import InvalidInput, LeaseLost
 from ..inbox import Message
 from ..state import TERMINAL
 from .base import EntityPage, EntityQuery, EntityRecord, EntityWorkItem
-from .sqlite_leases import give_back, renew_lease
+from .sqlite_leases import give_back, renew, take
 from .sqlite_rows import (
     ELIGIBLE,
     TERMINAL_SQL,
@@ -54,20 +54,12 @@ class SqliteEntities:
         if names is None:
             matching, params = "1", []
         else:
-            matching, params = f"name IN ({','.join('?' * len(names))})", sorted(names)
+            matching = f"name IN ({','.join(f'?{i}' for i in range(5, 5 + len(names)))})"
+            params = sorted(names)
 
-        def op(conn: sqlite3.Connection) -> list[EntityWorkItem]:
-            now = store.clock.now_us()
-            rows = conn.execute(
-                "UPDATE entities SET lock_owner = ?, lock_token = hex(randomblob(12)), "
-                "lock_expires = ? WHERE instance_id IN (SELECT instance_id FROM entities "
-                "WHERE ready_at <= ? AND (lock_expires IS NULL OR lock_expires <= ?) "
-                f"AND ({matching}) ORDER BY ready_at LIMIT ?) "
-                "RETURNING instance_id, name, state, locked_by, lock_section, lock_token",
-                (owner, now + lease_us, now, now, *params, limit),
-            ).fetchall()
-            items = [EntityWorkItem(*r, []) for r in rows]
-            for item in items:
+        def items(conn: sqlite3.Connection, rows: list[Any], now: int) -> list[EntityWorkItem]:
+            leased = [EntityWorkItem(*r, []) for r in rows]
+            for item in leased:
                 for inbox_id, event in conn.execute(
                     "SELECT i.id, i.event FROM entity_inbox i JOIN entities e USING (instance_id) "
                     f"WHERE i.instance_id = ? AND i.visible_at <= ? AND {ELIGIBLE} "
@@ -75,18 +67,19 @@ class SqliteEntities:
                     (item.instance_id, now, batch_size),
                 ):
                     item.messages.append((inbox_id, store.leased(-inbox_id, event)))
-            return items
+            return leased
 
-        return await store.lease(op)
+        return await take(store, (
+            "UPDATE entities SET lock_owner = ?3, lock_token = hex(randomblob(12)), "
+            "lock_expires = ?1 WHERE instance_id IN (SELECT instance_id FROM entities "
+            "WHERE ready_at <= ?2 AND (lock_expires IS NULL OR lock_expires <= ?2) "
+            f"AND ({matching}) ORDER BY ready_at LIMIT ?4) "
+            "RETURNING instance_id, name, state, locked_by, lock_section, lock_token"
+        ), (owner, limit, *params), lease_us, items)
 
     async def renew_entity(self, item: EntityWorkItem, lease_us: int) -> None:
-        store = self._store
-
-        def op(conn: sqlite3.Connection) -> None:
-            renew_lease(conn, "entities", item.instance_id, item.lock_token,
-                        store.clock.now_us() + lease_us, "entity")
-
-        await store.write(op)
+        await renew(self._store, "entities", item.instance_id, item.lock_token, lease_us,
+                    f"entity {item.instance_id!r}")
 
     async def complete_entity(self, item: EntityWorkItem, step: EntityStep) -> None:
         store = self._store
@@ -130,14 +123,7 @@ class SqliteEntities:
         await store.write(op)
 
     async def abandon_entity(self, item: EntityWorkItem, delay_us: int) -> None:
-        store = self._store
-
-        def op(conn: sqlite3.Connection) -> None:
-            retry_at = store.clock.now_us() + delay_us
-            give_back(conn, "entities", item.instance_id, item.lock_token, retry_at)
-            store.due("entity", retry_at, retry_at - delay_us)
-
-        await store.write(op)
+        await give_back(self._store, "entities", item.instance_id, item.lock_token, delay_us)
 
     # -- reading and cleaning --------------------------------------------------------------
 

@@ -1,36 +1,74 @@
-"""Leases on rows keyed by instance ID (orchestrations in `instances`, entities in `entities`):
-both kinds keep their lease in the same three columns, and renew and give it back alike."""
+"""Leases in SQLite, for every kind of work item: taking a batch, renewing one, giving one back.
+
+Orchestrations (`instances`) and entities (`entities`) keep their lease in the same three
+columns, keyed by instance ID; activities keep theirs in `activities`, keyed by row id, with
+`available_at` as the expiry.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 from ..errors import LeaseLost
+from .sqlite_store import SqliteStore
 
-Table = Literal["instances", "entities"]
+Table = Literal["instances", "entities", "activities"]
+T = TypeVar("T")
+
+# Per table: the key column, the expiry column, and the kind of work item it holds.
+_COLUMNS = {
+    "instances": ("instance_id", "lock_expires", "orchestration"),
+    "entities": ("instance_id", "lock_expires", "entity"),
+    "activities": ("id", "available_at", "activity"),
+}
 
 
-def renew_lease(
-    conn: sqlite3.Connection, table: Table, instance_id: str, token: str, expires: int,
-    what: str,
-) -> None:
+async def take(
+    store: SqliteStore, update: str, params: Sequence[Any], lease_us: int,
+    then: Callable[[sqlite3.Connection, list[Any], int], T],
+) -> T:
+    """Run `update` (an UPDATE ... RETURNING taking the rows it leases; ?1 is the new expiry,
+    ?2 "now", `params` follow) and turn its rows into work items with `then(conn, rows, now)`,
+    in one transaction that is never cancelled once begun."""
+
+    def op(conn: sqlite3.Connection) -> T:
+        now = store.clock.now_us()
+        rows = conn.execute(update, (now + lease_us, now, *params)).fetchall()
+        return then(conn, rows, now)
+
+    return await store.lease(op)
+
+
+async def renew(store: SqliteStore, table: Table, key: Any, token: str, lease_us: int,
+                what: str) -> None:
     """Move the lease's expiry; LeaseLost (naming `what`) if the lease is no longer `token`."""
-    cur = conn.execute(
-        f"UPDATE {table} SET lock_expires = ? WHERE instance_id = ? AND lock_token = ?",
-        (expires, instance_id, token),
-    )
-    if cur.rowcount != 1:
-        raise LeaseLost(f"lease on {what} {instance_id!r} was lost")
+    key_column, expiry, _ = _COLUMNS[table]
+
+    def op(conn: sqlite3.Connection) -> None:
+        cur = conn.execute(
+            f"UPDATE {table} SET {expiry} = ? WHERE {key_column} = ? AND lock_token = ?",
+            (store.clock.now_us() + lease_us, key, token),
+        )
+        if cur.rowcount != 1:
+            raise LeaseLost(f"lease on {what} was lost")
+
+    await store.write(op)
 
 
-def give_back(
-    conn: sqlite3.Connection, table: Table, instance_id: str, token: str, retry_at: int
-) -> None:
-    """End the lease `token`; the row may be leased again from `retry_at` (lock_expires then
-    holds the backoff). Nothing happens if the lease is no longer `token`."""
-    conn.execute(
-        f"UPDATE {table} SET lock_owner = NULL, lock_token = NULL, lock_expires = ? "
-        "WHERE instance_id = ? AND lock_token = ?",
-        (retry_at, instance_id, token),
-    )
+async def give_back(store: SqliteStore, table: Table, key: Any, token: str, delay_us: int) -> None:
+    """End the lease `token`; the row may be leased again after `delay_us` (the expiry column
+    then holds the backoff). Nothing happens if the lease is no longer `token`."""
+    key_column, expiry, kind = _COLUMNS[table]
+
+    def op(conn: sqlite3.Connection) -> None:
+        now = store.clock.now_us()
+        conn.execute(
+            f"UPDATE {table} SET lock_owner = NULL, lock_token = NULL, {expiry} = ? "
+            f"WHERE {key_column} = ? AND lock_token = ?",
+            (now + delay_us, key, token),
+        )
+        store.due(kind, now + delay_us, now)
+
+    await store.write(op)

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from .. import _pb as pb
 from .. import history as h
@@ -24,6 +25,36 @@ from ..state import TERMINAL, OrchestrationStep, apply_step
 log = logging.getLogger("dtrio.engine")
 _S = pb.OrchestrationStatus
 _SUSPENDED = int(_S.SUSPENDED)
+
+
+class _Leased:
+    """What every kind does alike: its items' lease token, and their lease verbs in the store."""
+
+    name: str
+
+    def __init__(
+        self, clock: Clock, lease_s: float, lease: Callable[..., Awaitable[list[Any]]],
+        renew: Callable[[Any, int], Awaitable[None]],
+        give_back: Callable[[Any, int], Awaitable[None]],
+    ) -> None:
+        self._clock = clock
+        self.lease_s = lease_s
+        self._lease, self._renew, self._give_back = lease, renew, give_back
+
+    def token(self, item: Any) -> str:
+        return item.lock_token  # type: ignore[no-any-return]
+
+    def key(self, item: Any) -> str:
+        return item.instance_id  # type: ignore[no-any-return]
+
+    async def lease(self, owner: str, limit: int, lease_us: int, names: Any) -> list[Any]:
+        return await self._lease(owner, limit, lease_us, names)
+
+    async def renew(self, item: Any, lease_us: int) -> None:
+        await self._renew(item, lease_us)
+
+    async def give_back(self, item: Any, delay_us: int) -> None:
+        await self._give_back(item, delay_us)
 
 
 # -- orchestration steps --------------------------------------------------------------------
@@ -75,28 +106,16 @@ def _fail_action(details: FailureDetails) -> pb.OrchestratorAction:
     ))
 
 
-class Orchestrations:
+class Orchestrations(_Leased):
     name = "orchestration"
 
     def __init__(self, backend: Backend, clock: Clock, lease_s: float) -> None:
+        super().__init__(clock, lease_s, backend.lease_orchestrations,
+                         backend.renew_orchestration, backend.abandon_orchestration)
         self._backend = backend
-        self._clock = clock
-        self.lease_s = lease_s
-
-    def token(self, item: OrchestrationWorkItem) -> str:
-        return item.lock_token
-
-    def key(self, item: OrchestrationWorkItem) -> str:
-        return item.instance_id
 
     def describe(self, item: OrchestrationWorkItem) -> str:
         return f"orchestration {item.instance_id!r}"
-
-    async def lease(
-        self, owner: str, limit: int, lease_us: int, names: object
-    ) -> list[OrchestrationWorkItem]:
-        return await self._backend.lease_orchestrations(
-            owner, limit, lease_us, names)  # type: ignore[arg-type]
 
     async def open(self, item: OrchestrationWorkItem) -> StepWork | None:
         if not item.events or item.status in TERMINAL:
@@ -133,12 +152,6 @@ class Orchestrations:
         await self._backend.complete_orchestration(item, step)
         _log_step(item, work.events, result.actions, step)
         return step
-
-    async def renew(self, item: OrchestrationWorkItem, lease_us: int) -> None:
-        await self._backend.renew_orchestration(item, lease_us)
-
-    async def give_back(self, item: OrchestrationWorkItem, delay_us: int) -> None:
-        await self._backend.abandon_orchestration(item, delay_us)
 
 
 def _log_step(
@@ -180,28 +193,19 @@ class ActivityResult:
     failure: pb.TaskFailureDetails | None = None
 
 
-class Activities:
+class Activities(_Leased):
     name = "activity"
 
     def __init__(self, backend: Backend, clock: Clock, lease_s: float) -> None:
+        super().__init__(clock, lease_s, backend.lease_activities, backend.renew_activity,
+                         backend.abandon_activity)
         self._backend = backend
-        self._clock = clock
-        self.lease_s = lease_s
-
-    def token(self, item: ActivityWorkItem) -> str:
-        return item.lock_token
 
     def key(self, item: ActivityWorkItem) -> str:
         return f"{item.instance_id}#{item.task_id}"
 
     def describe(self, item: ActivityWorkItem) -> str:
         return f"activity {item.name!r} (#{item.task_id}) of {item.instance_id!r}"
-
-    async def lease(
-        self, owner: str, limit: int, lease_us: int, names: object
-    ) -> list[ActivityWorkItem]:
-        return await self._backend.lease_activities(
-            owner, limit, lease_us, names)  # type: ignore[arg-type]
 
     async def open(self, item: ActivityWorkItem) -> ActivityWorkItem:
         return item
@@ -229,12 +233,6 @@ class Activities:
                       item.instance_id, item.attempt, outcome,
                       extra=work_item("activity", item.instance_id, task_id=item.task_id))
 
-    async def renew(self, item: ActivityWorkItem, lease_us: int) -> None:
-        await self._backend.renew_activity(item, lease_us)
-
-    async def give_back(self, item: ActivityWorkItem, delay_us: int) -> None:
-        await self._backend.abandon_activity(item, delay_us)
-
 
 # -- entity batches -------------------------------------------------------------------------
 
@@ -245,29 +243,18 @@ class EntityWork:
     now: datetime
 
 
-class Entities:
+class Entities(_Leased):
     name = "entity"
 
     def __init__(self, backend: Backend, clock: Clock, lease_s: float, batch_size: int) -> None:
+        async def lease(owner: str, limit: int, lease_us: int, names: Any) -> list[Any]:
+            return await backend.lease_entities(owner, limit, lease_us, batch_size, names)
+
+        super().__init__(clock, lease_s, lease, backend.renew_entity, backend.abandon_entity)
         self._backend = backend
-        self._clock = clock
-        self.lease_s = lease_s
-        self._batch_size = batch_size
-
-    def token(self, item: EntityWorkItem) -> str:
-        return item.lock_token
-
-    def key(self, item: EntityWorkItem) -> str:
-        return item.instance_id
 
     def describe(self, item: EntityWorkItem) -> str:
         return f"entity {item.instance_id}"
-
-    async def lease(
-        self, owner: str, limit: int, lease_us: int, names: object
-    ) -> list[EntityWorkItem]:
-        return await self._backend.lease_entities(
-            owner, limit, lease_us, self._batch_size, names)  # type: ignore[arg-type]
 
     async def open(self, item: EntityWorkItem) -> EntityWork | None:
         now = self._clock.now_dt()
@@ -306,9 +293,3 @@ class Entities:
         for why in step.rejected:
             log.warning("dropped %s", why, extra=work_item("entity", item.instance_id))
         await self._backend.complete_entity(item, step)
-
-    async def renew(self, item: EntityWorkItem, lease_us: int) -> None:
-        await self._backend.renew_entity(item, lease_us)
-
-    async def give_back(self, item: EntityWorkItem, delay_us: int) -> None:
-        await self._backend.abandon_entity(item, delay_us)
