@@ -293,8 +293,9 @@ class Servicer:
     ) -> pb.CompleteTaskResponse:
         """A step whose result is too large fails its orchestration: its worker could only give
         it back, to run into the same limit again."""
-        await self._remote.fail("orchestration", request.completion_token,
-                                _too_large_failure(size, limit), **_orchestration(request))
+        await self._remote.complete("orchestration", request.completion_token, None,
+                                    failed=_too_large_failure(size, limit),
+                                    **_orchestration(request))
         raise MessageTooLarge(f"CompleteOrchestratorTask: {_too_large(size, limit)}; "
                               f"orchestration {request.instance_id!r} failed")
 
@@ -310,8 +311,8 @@ class Servicer:
     ) -> pb.CompleteTaskResponse:
         """An activity whose result is too large fails, as if it had raised: its orchestration
         decides what follows."""
-        await self._remote.fail("activity", request.completion_token,
-                                _too_large_failure(size, limit), **_activity(request))
+        await self._remote.complete("activity", request.completion_token, None,
+                                    failed=_too_large_failure(size, limit), **_activity(request))
         raise MessageTooLarge(
             f"CompleteActivityTask: {_too_large(size, limit)}; activity #{request.task_id} of "
             f"orchestration {request.instance_id!r} failed"
@@ -338,8 +339,9 @@ class Servicer:
     ) -> pb.CompleteTaskResponse:
         """A batch whose result is too large fails each of its operations (its state stays as
         it was): run again, it would only run into the same limit."""
-        await self._remote.fail("entity", request.completion_token,
-                                _too_large_failure(size, limit), what="an entity batch")
+        await self._remote.complete("entity", request.completion_token, None,
+                                    failed=_too_large_failure(size, limit),
+                                    what="an entity batch")
         raise MessageTooLarge(
             f"CompleteEntityTask: {_too_large(size, limit)}; the batch's operations failed")
 
