@@ -142,8 +142,19 @@ class Lifecycle(Generic[Item, Work, Result]):
                 async with trio.open_nursery() as items:
                     task_status.started()
                     await self._lease_loop(items)
+                    held = self.in_flight.value
+                    if held:
+                        log.info("draining: %d %s work items in flight get up to %g s to finish",
+                                 held, self.kind.name, self._grace)
                     with trio.move_on_after(self._grace):
                         await self.in_flight.wait_value(0)
+                    if self.in_flight.value:
+                        log.warning("drained: %d %s work items did not finish within %g s and "
+                                    "are given back", self.in_flight.value, self.kind.name,
+                                    self._grace)
+                    elif held:
+                        log.info("drained: every %s work item in flight finished",
+                                 self.kind.name)
                     items.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
         finally:
