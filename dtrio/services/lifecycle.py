@@ -29,8 +29,10 @@ Work = TypeVar("Work")
 Result = TypeVar("Result")
 Names = Hashable | None  # a worker's name filter for one kind (None: every name)
 
-# How long giving an item back may take when its task is being cancelled.
+# How long one attempt to give an item back may take (it is shielded from cancellation).
 RELEASE_TIMEOUT = 5.0
+# Longest wait between attempts to give back an item the store refused to take back.
+RELEASE_RETRY_CAP = 5.0
 # Failure counts kept for backoff, for this many items at most (the oldest are forgotten).
 _FAILURES_KEPT = 10_000
 
@@ -142,8 +144,19 @@ class Lifecycle(Generic[Item, Work, Result]):
                 async with trio.open_nursery() as items:
                     task_status.started()
                     await self._lease_loop(items)
+                    held = self.in_flight.value
+                    if held:
+                        log.info("draining: %d %s work items in flight get up to %g s to finish",
+                                 held, self.kind.name, self._grace)
                     with trio.move_on_after(self._grace):
                         await self.in_flight.wait_value(0)
+                    if self.in_flight.value:
+                        log.warning("drained: %d %s work items did not finish within %g s and "
+                                    "are given back", self.in_flight.value, self.kind.name,
+                                    self._grace)
+                    elif held:
+                        log.info("drained: every %s work item in flight finished",
+                                 self.kind.name)
                     items.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
         finally:
@@ -244,10 +257,12 @@ class Lifecycle(Generic[Item, Work, Result]):
         finally:
             del self._held[token]
             self._holding.value = bool(self._held)
-            if delay is not None:
-                await self._give_back(item, delay)
-            self.in_flight.value -= 1
-            self.room_changed(names)
+            try:
+                if delay is not None:
+                    await self._give_back(item, delay)
+            finally:
+                self.in_flight.value -= 1
+                self.room_changed(names)
 
     def _backoff(self, item: Item) -> float:
         key = self.kind.key(item)
@@ -258,13 +273,41 @@ class Lifecycle(Generic[Item, Work, Result]):
         return backoff(attempt)
 
     async def _give_back(self, item: Item, delay: float) -> None:
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + RELEASE_TIMEOUT
+        """Each attempt is shielded and bounded. One the store refuses (a full disk) or that
+        times out is made again, with backoff, until the lease would have lapsed anyway: given
+        up at once, the item would wait out its whole lease (minutes, for an activity) after
+        the disk was freed. Cancelled (shutting down), what is left to it is its lease."""
+        describe, lapses = self.kind.describe, trio.current_time() + self.kind.lease_s
+        attempt = 0
+        while True:
+            error: Exception | None = None
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + RELEASE_TIMEOUT
+                try:
+                    await self.kind.give_back(item, int(delay * 1_000_000))
+                except Exception as exc:
+                    error = exc
+            if error is None and not scope.cancelled_caught:
+                if attempt:
+                    log.info("%s given back after %d failed attempts", describe(item), attempt)
+                return
+            if error is None:
+                error = StorageError(f"giving it back took over {RELEASE_TIMEOUT:g} s")
+            attempt += 1
+            until = trio.current_time() + backoff(attempt, first=0.5, cap=RELEASE_RETRY_CAP)
+            lapse = f"{describe(item)} could not be given back (its lease will lapse): {error}"
+            if (not isinstance(error, StorageError) or until >= lapses
+                    or until >= trio.current_effective_deadline()):
+                log.warning("%s", lapse)
+                return
+            if attempt == 1:
+                log.warning("%s could not be given back (trying again until it is): %s",
+                            describe(item), error)
             try:
-                await self.kind.give_back(item, int(delay * 1_000_000))
-            except Exception as exc:
-                log.warning("%s could not be given back (its lease will lapse): %s",
-                            self.kind.describe(item), exc)
+                await trio.sleep_until(until)
+            except trio.Cancelled:
+                log.warning("%s", lapse)
+                raise
 
     # -- renewal ---------------------------------------------------------------------------
 
