@@ -81,7 +81,7 @@ def main() -> None:
             old = [r[key] for r in results[row, "old"]]
             new = [r[key] for r in results[row, "new"]]
             print(f"| {label} | {unit} | {fmt.format(median(old))} | {fmt.format(median(new))} "
-                  f"| {median(new) / median(old):.2f} | {spread(old)} / {spread(new)} |")
+                  f"| {median(new) / median(old):.2f} | {spread(old):.0%} / {spread(new):.0%} |")
 
 
 if __name__ == "__main__":

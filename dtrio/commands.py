@@ -76,7 +76,7 @@ class Commands:
             scheduled_start=start_at, tags=tags,
         ), trace)
         return await self._backend.create_instance(
-            NewInstance(instance_id, execution_id, name, version, input, StoredEvent.of(started),
+            NewInstance(instance_id, execution_id, name, version, input, StoredEvent.made(started),
                         visible_at, tags=tags),
             replace=replace, ignore=ignore,
         )
@@ -107,11 +107,11 @@ class Commands:
         await self.send(instance_id, h.event_raised(self._clock.now_dt(), name, data))
 
     async def send(self, instance_id: str, event: pb.HistoryEvent) -> None:
-        await self._backend.add_event(instance_id, StoredEvent.of(event))
+        await self._backend.add_event(instance_id, StoredEvent.made(event))
 
     async def terminate(self, instance_id: str, output: str | None, recursive: bool) -> None:
         event = h.execution_terminated(self._clock.now_dt(), output, recursive)
-        await self._backend.add_event(instance_id, StoredEvent.of(event), wake_pending=True)
+        await self._backend.add_event(instance_id, StoredEvent.made(event), wake_pending=True)
 
     async def suspend(self, instance_id: str, reason: str | None) -> None:
         await self.send(instance_id, h.execution_suspended(self._clock.now_dt(), reason))
@@ -185,7 +185,7 @@ class Commands:
             scheduled_time=at, target_instance_id=entity_id,
         ))
         await self._backend.send_entity_message(
-            Message(entity_id, StoredEvent.of(event), visible))
+            Message(entity_id, StoredEvent.made(event), visible))
 
     async def entity(self, entity_id: str, *, include_state: bool) -> EntityRecord | None:
         return await self._backend.get_entity(entity_id, include_state=include_state)

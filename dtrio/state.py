@@ -106,7 +106,7 @@ class _StepBuilder:
     def message(self, instance_id: str, event: pb.HistoryEvent, visible_at: int | None = None,
                 execution_id: str | None = None) -> None:
         self.step.messages.append(
-            Message(instance_id, StoredEvent.of(event),
+            Message(instance_id, StoredEvent.made(event),
                     self.now_us if visible_at is None else visible_at, execution_id)
         )
 
@@ -125,10 +125,10 @@ def apply_step(
     """Turn one step (the events it consumed and the actions it produced) into a commit plan."""
     b = _StepBuilder(instance_id, execution_id, started, now)
     history = list(new_events)
-    b.terminate_recursive = any(
-        stored.event.execution_terminated is not None and stored.event.execution_terminated.recurse
-        for stored in new_events
-    )
+    for stored in new_events:
+        terminated = stored.event.execution_terminated
+        if terminated is not None and terminated.recurse:
+            b.terminate_recursive = True
     b.step.custom_status = custom_status
     b.step.status = int(_S.SUSPENDED if suspended else _S.RUNNING)
     for action in actions:
@@ -144,7 +144,7 @@ def apply_step(
             break
         if handler(b, action, body) is _STOP:
             break
-    history += [StoredEvent.of(ev) for ev in b.events]
+    history += [StoredEvent.made(ev) for ev in b.events]
     if not b.step.reset_history:
         history.append(StoredEvent.read(history_marker(_ORCHESTRATOR_COMPLETED, now)))
         b.step.history = history
@@ -223,9 +223,10 @@ def _create_sub_orchestration(
         is_non_retriable=True,
     ))
     b.step.new_instances.append(NewInstance(
-        body.instance_id, child_execution, body.name, version, body.input, StoredEvent.of(started),
+        body.instance_id, child_execution, body.name, version, body.input,
+        StoredEvent.made(started),
         b.now_us, parent_instance_id=b.instance_id, tags=dict(body.tags) or None,
-        conflict=Message(b.instance_id, StoredEvent.of(conflict), b.now_us, b.execution_id),
+        conflict=Message(b.instance_id, StoredEvent.made(conflict), b.now_us, b.execution_id),
         replace_finished=True,
     ))
 
@@ -349,7 +350,7 @@ def _rewind(
         started.orchestration_span_id = new_span_id()
     trace = orchestration_context(started)
     b.step = OrchestrationStep(
-        [StoredEvent.of(e) for e in history], execution_id, int(_S.RUNNING), b.step.custom_status,
+        [StoredEvent.made(e) for e in history], execution_id, int(_S.RUNNING), b.step.custom_status,
         reset_history=True, new_input=started.input if started is not None else None,
     )
     finished = {
@@ -376,7 +377,7 @@ def _rewind(
         b.step.rewind_children.append(ChildRewind(
             created.instance_id, reason, execution_id,
             NewInstance(created.instance_id, child_execution, created.name, created.version,
-                        created.input, StoredEvent.of(child_start), b.now_us,
+                        created.input, StoredEvent.made(child_start), b.now_us,
                         parent_instance_id=b.instance_id),
         ))
     # A lone orchestratorStarted makes the instance run again, replaying the clean history.

@@ -217,16 +217,7 @@ class SqliteBackend:
         def op(conn: sqlite3.Connection) -> None:
             now = store.clock.now_us()
             iid = item.instance_id
-            row = conn.execute(
-                "SELECT history_len, status FROM instances "
-                "WHERE instance_id = ? AND lock_token = ?",
-                (iid, item.lock_token),
-            ).fetchone()
-            if row is None:
-                raise LeaseLost(f"lease on orchestration {iid!r} was lost; its step was not saved")
-            history_len = row[0]
-            if row[1] != step.status or step.reset_history:
-                store.changed(iid)
+            completed = step.completed
             if step.reset_history:
                 conn.execute("DELETE FROM history WHERE instance_id = ?", (iid,))
                 conn.execute(
@@ -236,21 +227,34 @@ class SqliteBackend:
                 conn.execute(
                     "DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL", (iid,)
                 )
-                history_len = 0
+            conn.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i, _ in item.events])
+            # One statement checks the lease, records the step and finds when the instance is
+            # next ready (messages this step sends to itself move that earlier as they go in).
+            # A lost lease raises below, and the savepoint undoes the deletes above.
+            row = conn.execute(
+                "UPDATE instances SET execution_id = ?1, status = ?2, custom_status = ?3, "
+                "output = ?4, failure = ?5, updated_at = ?6, completed_at = ?7, step = step + 1, "
+                "history_len = CASE WHEN ?8 THEN 0 ELSE history_len END + ?9, "
+                "lock_owner = NULL, lock_token = NULL, lock_expires = NULL, "
+                "input = CASE WHEN ?8 THEN ?10 ELSE input END, "
+                "ready_at = CASE WHEN ?11 THEN NULL ELSE "
+                "(SELECT min(visible_at) FROM inbox WHERE instance_id = ?12) END "
+                "WHERE instance_id = ?12 AND lock_token = ?13 RETURNING history_len, ready_at",
+                (step.execution_id, step.status, step.custom_status, step.output, step.failure,
+                 now, now if completed else None, step.reset_history, len(step.history),
+                 step.new_input, completed, iid, item.lock_token),
+            ).fetchone()
+            if row is None:
+                raise LeaseLost(f"lease on orchestration {iid!r} was lost; its step was not saved")
+            # Held under this lease, the instance's status is the one it was leased with.
+            if item.status != step.status or step.reset_history:
+                store.changed(iid)
+            if row[1] is not None:
+                store.due("orchestration", row[1], now)
+            first = row[0] - len(step.history)
             conn.executemany(
                 "INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)",
-                [(iid, history_len + i, event.data) for i, event in enumerate(step.history)],
-            )
-            conn.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i, _ in item.events])
-            completed = step.completed
-            conn.execute(
-                "UPDATE instances SET execution_id = ?, status = ?, custom_status = ?, output = ?, "
-                "failure = ?, updated_at = ?, completed_at = ?, step = step + 1, history_len = ?, "
-                "lock_owner = NULL, lock_token = NULL, lock_expires = NULL, "
-                "input = CASE WHEN ? THEN ? ELSE input END WHERE instance_id = ?",
-                (step.execution_id, step.status, step.custom_status, step.output, step.failure,
-                 now, now if completed else None, history_len + len(step.history),
-                 step.reset_history, step.new_input, iid),
+                [(iid, first + i, event.data) for i, event in enumerate(step.history)],
             )
             for new in step.new_instances:
                 if insert_instance(store, new, now):
@@ -284,7 +288,6 @@ class SqliteBackend:
             if completed or step.continued_as_new:
                 # Critical sections end with their execution, however it ended.
                 release_entity_locks(store, iid, now)
-            refresh_ready(store, iid, now)
 
         await store.write(op)
 

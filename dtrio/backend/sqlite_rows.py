@@ -148,7 +148,7 @@ def terminate_children(store: SqliteStore, instance_id: str, output: str | None,
     ).fetchall()
     for child_id, status in children:
         event = h.execution_terminated(from_us(now), output, recurse=True)
-        enqueue(store, child_id, None, StoredEvent.of(event), now, now)
+        enqueue(store, child_id, None, StoredEvent.made(event), now, now)
         if status == _PENDING:
             conn.execute(
                 "UPDATE instances SET ready_at = min(ready_at, ?) WHERE instance_id = ?",
@@ -168,7 +168,7 @@ def prepare_rewind(store: SqliteStore, instance_id: str, reason: str | None,
     event = h.event(from_us(now), execution_rewound=pb.ExecutionRewoundEvent(
         reason=reason, parent_execution_id=parent_execution_id,
     ))
-    enqueue(store, instance_id, None, StoredEvent.of(event), now, now)
+    enqueue(store, instance_id, None, StoredEvent.made(event), now, now)
 
 
 def rewind_child(store: SqliteStore, child: ChildRewind, now: int) -> None:

@@ -62,10 +62,15 @@ class SqliteStore:
         """Note that work of `kind` ("orchestration", "activity", "entity") becomes due at
         `visible_at`."""
         notes = self._notes
-        if visible_at <= now:
-            setattr(notes, kind, True)
-        elif notes.next_due is None or visible_at < notes.next_due:
-            notes.next_due = visible_at
+        if visible_at > now:
+            if notes.next_due is None or visible_at < notes.next_due:
+                notes.next_due = visible_at
+        elif kind == "orchestration":
+            notes.orchestration = True
+        elif kind == "activity":
+            notes.activity = True
+        else:
+            notes.entity = True
 
     def changed(self, instance_id: str) -> None:
         """Note that an instance's status or execution changed (its waiters look again)."""

@@ -150,11 +150,11 @@ def _lock(
             log.warning("entity lock request of %s names a non-entity %r: %s",
                         parent or "an orchestration", request.lock_set[following], exc)
             return
-        batch.lock_messages.append(Message(target, StoredEvent.of(event), now_us))
+        batch.lock_messages.append(Message(target, StoredEvent.made(event), now_us))
     elif parent:
         granted = h.event(now, entity_lock_granted=pb.EntityLockGrantedEvent(
             critical_section_id=request.critical_section_id))
-        batch.lock_messages.append(Message(parent, StoredEvent.of(granted), now_us))
+        batch.lock_messages.append(Message(parent, StoredEvent.made(granted), now_us))
 
 
 def finish_batch(batch: EntityBatch, result: pb.EntityBatchResult, now: datetime) -> EntityStep:
@@ -202,7 +202,7 @@ def _reply(
                 "EntityOperationFailed", f"operation {operation.name!r} reported no outcome")))
         event = h.event(now, entity_operation_failed=pb.EntityOperationFailedEvent(
             request_id=operation.request_id, failure_details=details))
-    return Message(operation.caller.instance_id, StoredEvent.of(event), now_us,
+    return Message(operation.caller.instance_id, StoredEvent.made(event), now_us,
                    operation.caller.execution_id or None)
 
 
@@ -217,7 +217,7 @@ def _apply_action(step: EntityStep, entity_id: str, action: pb.OperationAction, 
         )
         event = h.event(now, entity_operation_signaled=signal)
         visible = max(to_us(body.scheduled_time), now_us) if body.scheduled_time else now_us
-        step.messages.append(Message(target, StoredEvent.of(event), visible))
+        step.messages.append(Message(target, StoredEvent.made(event), visible))
     elif kind == "start_new_orchestration":
         if not body.name:
             raise InvalidInput("it starts an orchestration without a name")
@@ -231,7 +231,7 @@ def _apply_action(step: EntityStep, entity_id: str, action: pb.OperationAction, 
         visible = max(to_us(body.scheduled_time), now_us) if body.scheduled_time else now_us
         step.new_instances.append(NewInstance(
             instance_id, execution_id, body.name, body.version, body.input,
-            StoredEvent.of(started), visible,
+            StoredEvent.made(started), visible,
         ))
     else:
         raise InvalidInput(f"its kind {kind or 'unknown'!r} is not one this engine knows")

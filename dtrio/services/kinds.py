@@ -67,15 +67,12 @@ class StepWork:
     item: OrchestrationWorkItem
     now: datetime
     new: list[StoredEvent]
+    events: list[pb.HistoryEvent]  # the new events, parsed
     suspended: bool  # after the new events
     _load: Callable[[str], Awaitable[list[StoredEvent]]]
     # The execution's start, when a runner knows it (else it is read from the history).
     started: pb.ExecutionStartedEvent | None = None
     _past: list[StoredEvent] | None = None
-
-    @property
-    def events(self) -> list[pb.HistoryEvent]:
-        return [stored.event for stored in self.new]
 
     async def past(self) -> list[StoredEvent]:
         """The history so far, as stored."""
@@ -122,16 +119,18 @@ class Orchestrations(_Leased):
             await self._backend.release_orchestration(item)
             return None
         now = self._clock.now_dt()
-        new = [h.step_opener(now)]
+        opener = h.step_opener(now)
+        new, events = [opener], [opener.event]
         suspended = item.status == _SUSPENDED
         for _, stored in item.events:
             new.append(stored)
             event = stored.event
+            events.append(event)
             if event.execution_suspended is not None:
                 suspended = True
             elif event.execution_resumed is not None:
                 suspended = False
-        return StepWork(item, now, new, suspended, self._backend.load_history)
+        return StepWork(item, now, new, events, suspended, self._backend.load_history)
 
     def failure(
         self, item: OrchestrationWorkItem, work: StepWork, details: FailureDetails
@@ -150,7 +149,8 @@ class Orchestrations(_Leased):
             custom_status=result.custom_status, suspended=work.suspended,
         )
         await self._backend.complete_orchestration(item, step)
-        _log_step(item, work.events, result.actions, step)
+        if log.isEnabledFor(logging.INFO):
+            _log_step(item, work.events, result.actions, step)
         return step
 
 
@@ -158,8 +158,6 @@ def _log_step(
     item: OrchestrationWorkItem, events: list[pb.HistoryEvent],
     actions: Sequence[pb.OrchestratorAction], step: OrchestrationStep,
 ) -> None:
-    if not log.isEnabledFor(logging.INFO):
-        return
     iid, name = item.instance_id, item.name
     extra = work_item("orchestration", iid)
     if item.step == 0:
@@ -224,7 +222,7 @@ class Activities(_Leased):
                 task_scheduled_id=item.task_id, failure_details=result.failure))
         else:
             event = h.task_completed(now, item.task_id, result.output)
-        await self._backend.complete_activity(item, StoredEvent.of(event))
+        await self._backend.complete_activity(item, StoredEvent.made(event))
         if log.isEnabledFor(logging.DEBUG):
             failed = result.failure
             outcome = (f"failed: {failed.error_type}: {failed.error_message}"

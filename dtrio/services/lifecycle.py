@@ -15,10 +15,11 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import trio
-from trio_util import AsyncBool, AsyncValue, compose_values, periodic
+from trio_util import AsyncBool, compose_values, periodic
 
 from ..errors import LeaseLost, StorageError
 
@@ -48,6 +49,14 @@ class GiveBack(Exception):
     def __init__(self, why: str, *, with_backoff: bool) -> None:
         super().__init__(why)
         self.with_backoff = with_backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What a runner returns for an item settled while it ran (a worker's completion is
+    settled in the worker's own call): `outcome` is what `Kind.settle` returned."""
+
+    outcome: Any
 
 
 class Kind(Protocol[Item, Work, Result]):
@@ -110,7 +119,9 @@ class Lifecycle(Generic[Item, Work, Result]):
         self._ready = ready  # the store may hold work of this kind
         self._owner = owner
         self._lease_us = int(kind.lease_s * 1_000_000)
-        self.in_flight = AsyncValue(0)
+        self.in_flight = 0
+        # Set when the last item in flight ends while draining.
+        self._emptied: trio.Event | None = None
         self._held: dict[str, Item] = {}  # by lease token, while leased here
         self._holding = AsyncBool()
         self._room = AsyncBool()  # the runner's room changed
@@ -144,15 +155,16 @@ class Lifecycle(Generic[Item, Work, Result]):
                 async with trio.open_nursery() as items:
                     task_status.started()
                     await self._lease_loop(items)
-                    held = self.in_flight.value
+                    held = self.in_flight
                     if held:
                         log.info("draining: %d %s work items in flight get up to %g s to finish",
                                  held, self.kind.name, self._grace)
-                    with trio.move_on_after(self._grace):
-                        await self.in_flight.wait_value(0)
-                    if self.in_flight.value:
+                        self._emptied = trio.Event()
+                        with trio.move_on_after(self._grace):
+                            await self._emptied.wait()
+                    if self.in_flight:
                         log.warning("drained: %d %s work items did not finish within %g s and "
-                                    "are given back", self.in_flight.value, self.kind.name,
+                                    "are given back", self.in_flight, self.kind.name,
                                     self._grace)
                     elif held:
                         log.info("drained: every %s work item in flight finished",
@@ -172,7 +184,7 @@ class Lifecycle(Generic[Item, Work, Result]):
         ) as more_room:
             failures = 0
             while not self._draining.value:
-                free = self.limit - self.in_flight.value
+                free = self.limit - self.in_flight
                 rooms = [(n, r) for n, r in self.runner.rooms() if r > 0] if free > 0 else []
                 if not rooms:
                     self._room.value = False
@@ -206,15 +218,15 @@ class Lifecycle(Generic[Item, Work, Result]):
             rooms.sort(key=lambda room: self._served.get(room[0], 0))
         drained = True
         for names, room in rooms:
-            take = min(room, self.limit - self.in_flight.value)
+            take = min(room, self.limit - self.in_flight)
             if take <= 0:
                 return False
             batch = await self.kind.lease(self._owner, int(take), self._lease_us, names)
             if batch:
                 self._rounds += 1
                 self._served[names] = self._rounds
+            self.in_flight += len(batch)
             for item in batch:
-                self.in_flight.value += 1
                 items.start_soon(self._run_one, item, names)
             drained = drained and len(batch) < take
         return drained
@@ -224,20 +236,25 @@ class Lifecycle(Generic[Item, Work, Result]):
     async def _run_one(self, item: Item, names: Any) -> None:
         kind, runner = self.kind, self.runner
         token = kind.token(item)
+        if not self._held:
+            self._holding.value = True
         self._held[token] = item
-        self._holding.value = True
         delay: float | None = None  # seconds before it may be leased again; None: settled
         try:
             work = await kind.open(item)
             if work is not None:
                 result = await runner.run(item, work, names)
-                try:
-                    outcome = await kind.settle(item, work, result)
-                except BaseException as exc:
-                    runner.failed(item, exc)
-                    raise
+                if isinstance(result, Settled):
+                    outcome = result.outcome
+                else:
+                    try:
+                        outcome = await kind.settle(item, work, result)
+                    except BaseException as exc:
+                        runner.failed(item, exc)
+                        raise
                 runner.settled(item, work, result, outcome)
-            self._failures.pop(kind.key(item), None)
+            if self._failures:
+                self._failures.pop(kind.key(item), None)
         except LeaseLost as exc:
             log.warning("%s: %s", kind.describe(item), exc)
         except GiveBack as back:
@@ -256,13 +273,18 @@ class Lifecycle(Generic[Item, Work, Result]):
             raise
         finally:
             del self._held[token]
-            self._holding.value = bool(self._held)
+            if not self._held:
+                self._holding.value = False
             try:
                 if delay is not None:
                     await self._give_back(item, delay)
             finally:
-                self.in_flight.value -= 1
-                self.room_changed(names)
+                self.in_flight -= 1
+                if self._emptied is not None and not self.in_flight:
+                    self._emptied.set()
+                self._room.value = True
+                if names not in self._leased_for:
+                    self._new_room.value = True
 
     def _backoff(self, item: Item) -> float:
         key = self.kind.key(item)

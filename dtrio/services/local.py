@@ -57,21 +57,14 @@ class RunCache:
         return len(self._runs)
 
 
-class _Replayed:
-    __slots__ = ("execution", "run")
-
-    def __init__(self, run: OrchestrationRun, execution: list[pb.HistoryEvent] | None) -> None:
-        self.run = run
-        # The execution's whole history, when its spans are to be emitted once it ends.
-        self.execution = execution
-
-
 class LocalOrchestrations:
     def __init__(self, registry: Registry, clock: Clock, cache_size: int) -> None:
         self._registry = registry
         self._clock = clock
         self.cache = RunCache(cache_size)
-        self._running: dict[str, _Replayed] = {}
+        # Per step being settled: its run, and the execution's whole history when its spans
+        # are to be emitted once it ends.
+        self._running: dict[str, tuple[OrchestrationRun, list[pb.HistoryEvent] | None]] = {}
 
     def rooms(self) -> list[tuple[Any, float]]:
         return unlimited()
@@ -86,24 +79,24 @@ class LocalOrchestrations:
         actions = run.feed(past or [], events)
         work.started = run.started
         execution = None
-        ends = any(action.complete_orchestration is not None for action in actions)
-        if ends and run.started is not None and run.started.orchestration_span_id:
+        if run.started is not None and run.started.orchestration_span_id and any(
+                action.complete_orchestration is not None for action in actions):
             # Read before committing: continuing as new replaces the history it is read from.
             if past is None:
                 past = [stored.event for stored in await work.past()]
             execution = past + events
-        self._running[item.lock_token] = _Replayed(run, execution)
+        self._running[item.lock_token] = (run, execution)
         return StepResult(actions, run.custom_status)
 
     def settled(
         self, item: OrchestrationWorkItem, work: StepWork, result: StepResult,
         step: OrchestrationStep,
     ) -> None:
-        replayed = self._running.pop(item.lock_token)
+        run, execution = self._running.pop(item.lock_token)
         if not step.completed and not step.reset_history:
-            self.cache.put(item.instance_id, item.step + 1, replayed.run)
-        if replayed.execution is not None:
-            self._emit_spans(item, replayed.execution, work.now, step)
+            self.cache.put(item.instance_id, item.step + 1, run)
+        if execution is not None:
+            self._emit_spans(item, execution, work.now, step)
 
     def failed(self, item: OrchestrationWorkItem, error: BaseException) -> None:
         self._running.pop(item.lock_token, None)

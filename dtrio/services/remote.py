@@ -20,7 +20,7 @@ import trio
 from trio_util import AsyncValue, periodic
 
 from ..errors import FailureDetails, InvalidInput, LeaseLost, StreamStalled, WorkItemTooLarge
-from .lifecycle import GiveBack, Kind, Lifecycle
+from .lifecycle import GiveBack, Kind, Lifecycle, Settled
 
 log = logging.getLogger("dtrio.grpc")
 
@@ -42,11 +42,9 @@ class _Handoff:
     work: Any
     stream: WorkerStream
     since: float = field(default_factory=trio.current_time)
-    answered: trio.Event = field(default_factory=trio.Event)  # a result, or given back
-    result: Any = None
-    given_back: GiveBack | None = None
-    settled: trio.Event = field(default_factory=trio.Event)
-    error: Exception | None = None
+    answered: trio.Event = field(default_factory=trio.Event)  # settled, or to be given back
+    outcome: Settled | None = None
+    error: BaseException | None = None  # why it was not settled
 
 
 class WorkerStream:
@@ -133,7 +131,7 @@ class RemoteWork:
             log.info("worker stream disconnected (%d connected); giving back the %d work "
                      "items it held", len(self._streams), len(stream.held))
             for token, handoff in list(stream.held.items()):
-                self._answer(handoff.kind, token, given_back=GiveBack(
+                self._answer(handoff.kind, token, GiveBack(
                     "its worker went away", with_backoff=False))
 
     async def serve_stream(
@@ -193,29 +191,41 @@ class RemoteWork:
             # worker for as long as it stays connected. It goes back, with backoff.
             self.give_back(kind, token, "its completion named another work item")
             raise InvalidInput(f"completion token {token!r} does not belong to {what}")
+        runner = self._runners[kind].kind
         if failed is not None:
-            result = self._runners[kind].kind.failure(handoff.item, handoff.work, failed)
-        self._answer(kind, token, result=result)
-        await handoff.settled.wait()
-        if handoff.error is not None:
-            raise handoff.error
+            result = runner.failure(handoff.item, handoff.work, failed)
+        self._release(kind, token)
+        # Settled here, in the worker's own call: it answers as soon as its result is stored.
+        try:
+            handoff.outcome = Settled(await runner.settle(handoff.item, handoff.work, result))
+        except BaseException as exc:
+            handoff.error = exc if isinstance(exc, Exception) else GiveBack(
+                "its completion was cut short", with_backoff=False)
+            raise
+        finally:
+            handoff.answered.set()
 
     def give_back(self, kind: str, token: str, why: str) -> None:
         """A worker gives an item back: it goes back to the store with backoff. An unknown
         token is a no-op (already given back, or released when its stream went away)."""
-        self._answer(kind, token, given_back=GiveBack(why, with_backoff=True))
+        self._answer(kind, token, GiveBack(why, with_backoff=True))
 
-    def _answer(self, kind: str, token: str, *, result: Any = None,
-                given_back: GiveBack | None = None) -> None:
+    def _answer(self, kind: str, token: str, given_back: GiveBack) -> None:
+        handoff = self._release(kind, token)
+        if handoff is not None:
+            handoff.error = given_back
+            handoff.answered.set()
+
+    def _release(self, kind: str, token: str) -> _Handoff | None:
+        """The item is no longer the worker's to answer for."""
         handoff = self._offered.pop((kind, token), None)
         if handoff is not None:
             stream = handoff.stream
             del stream.held[token]
             stream.counts[kind] -= 1
             stream.progress = trio.current_time()
-            handoff.result, handoff.given_back = result, given_back
-            handoff.answered.set()
             self._room_grew(stream, kind)
+        return handoff
 
     # -- offering --------------------------------------------------------------------------
 
@@ -257,39 +267,29 @@ class RemoteWork:
         finally:
             # Cancelled (shutting down), it is no longer this worker's either.
             if self._offered.get((kind.name, token)) is handoff:
-                self._answer(kind.name, token, given_back=GiveBack("cancelled", with_backoff=False))
-        if handoff.given_back is not None:
-            raise handoff.given_back
-        return handoff
+                self._release(kind.name, token)
+        if handoff.error is not None:
+            raise handoff.error
+        return handoff.outcome
 
 
 class RemoteRunner:
-    """Runs items of one kind by handing them to connected workers."""
+    """Runs items of one kind by handing them to connected workers; a worker's completion is
+    settled in its own call, so the item comes back settled."""
 
     def __init__(self, remote: RemoteWork, kind: Kind[Any, Any, Any]) -> None:
         self._remote = remote
         self.kind = kind
         self.lifecycle: Lifecycle[Any, Any, Any] | None = None
-        self._settling: dict[str, _Handoff] = {}  # answered, being committed
 
     def rooms(self) -> list[tuple[Any, float]]:
         return self._remote.rooms(self.kind.name)
 
     async def run(self, item: Any, work: Any, names: Any) -> Any:
-        answer = await self._remote.offer(self.kind, item, work, names)
-        if not isinstance(answer, _Handoff):
-            return answer  # it failed without a worker
-        self._settling[self.kind.token(item)] = answer
-        return answer.result
+        return await self._remote.offer(self.kind, item, work, names)
 
     def settled(self, item: Any, work: Any, result: Any, outcome: Any) -> None:
-        handoff = self._settling.pop(self.kind.token(item), None)
-        if handoff is not None:
-            handoff.settled.set()
+        pass
 
     def failed(self, item: Any, error: BaseException) -> None:
-        handoff = self._settling.pop(self.kind.token(item), None)
-        if handoff is not None:
-            handoff.error = error if isinstance(error, Exception) else LeaseLost(
-                f"{self.kind.describe(item)} was not saved: the sidecar is shutting down")
-            handoff.settled.set()
+        pass
