@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import trio
-from trio_util import AsyncBool, compose_values, periodic
+from trio_util import AsyncBool, periodic
 
 from ..errors import LeaseLost, StorageError
 
@@ -124,14 +124,14 @@ class Lifecycle(Generic[Item, Work, Result]):
         self._emptied: trio.Event | None = None
         self._held: dict[str, Item] = {}  # by lease token, while leased here
         self._holding = AsyncBool()
-        self._room = AsyncBool()  # the runner's room changed
-        self._new_room = AsyncBool()  # room for a name filter that had none at the last lease
+        self._room = AsyncBool()  # the runner's room grew (or draining began)
         self._leased_for: set[Any] = set()
         # When each name filter was last given work, in rounds that gave any.
         self._served: dict[Any, int] = {}
         self._rounds = 0
         self._failures: OrderedDict[str, int] = OrderedDict()
-        self._draining = AsyncBool()
+        self._draining = False
+        self._stop = trio.Event()  # draining began
         self._grace = 0.0
         self.finished = trio.Event()
 
@@ -140,13 +140,16 @@ class Lifecycle(Generic[Item, Work, Result]):
         self._room.value = True
         if names not in self._leased_for:
             # Work may be waiting that only these workers take, while the loop, having served
-            # the others, waits for new work.
-            self._new_room.value = True
+            # the others, waits for new work: it counts as new work.
+            self._ready.value = True
 
     def drain(self, grace: float) -> None:
         """Stop leasing; items in flight get `grace` seconds, then are given back."""
         self._grace = grace
-        self._draining.value = True
+        self._draining = True
+        self._stop.set()
+        # Whatever the loop waits for, it wakes and finds it is draining.
+        self._room.value = self._ready.value = True
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -177,36 +180,33 @@ class Lifecycle(Generic[Item, Work, Result]):
     # -- leasing ---------------------------------------------------------------------------
 
     async def _lease_loop(self, items: trio.Nursery) -> None:
-        with compose_values(
-            ready=self._ready, new_room=self._new_room, draining=self._draining, _transform_=any,
-        ) as more_work, compose_values(
-            room=self._room, draining=self._draining, _transform_=any,
-        ) as more_room:
-            failures = 0
-            while not self._draining.value:
-                free = self.limit - self.in_flight
-                rooms = [(n, r) for n, r in self.runner.rooms() if r > 0] if free > 0 else []
-                if not rooms:
-                    self._room.value = False
-                    await more_room.wait_value(True)
-                    continue
-                self._ready.value = self._new_room.value = False
-                try:
-                    drained = await self._lease_round(items, rooms, free)
-                    failures = 0
-                except StorageError as exc:
-                    failures += 1
-                    delay = backoff(failures, first=0.5, cap=30.0)
-                    log.warning("%s work could not be leased (retrying in %.1f s): %s",
-                                self.kind.name, delay, exc)
-                    with trio.move_on_after(delay):
-                        await self._draining.wait_value(True)
-                    continue
-                if drained:
-                    # That was everything available to the runner's room. Newer work, or room
-                    # for workers that had none, wakes this.
-                    self._leased_for = {names for names, _ in rooms}
-                    await more_work.wait_value(True)
+        # The loop waits on one flag at a time, each also set when draining begins: composing
+        # them (trio-util's compose_values) costs more than a lease round here.
+        failures = 0
+        while not self._draining:
+            free = self.limit - self.in_flight
+            rooms = [(n, r) for n, r in self.runner.rooms() if r > 0] if free > 0 else []
+            if not rooms:
+                self._room.value = False
+                await self._room.wait_value(True)
+                continue
+            self._ready.value = False
+            try:
+                drained = await self._lease_round(items, rooms, free)
+                failures = 0
+            except StorageError as exc:
+                failures += 1
+                delay = backoff(failures, first=0.5, cap=30.0)
+                log.warning("%s work could not be leased (retrying in %.1f s): %s",
+                            self.kind.name, delay, exc)
+                with trio.move_on_after(delay):
+                    await self._stop.wait()
+                continue
+            if drained:
+                # That was everything available to the runner's room. Newer work, or room for
+                # workers that had none, wakes this.
+                self._leased_for = {names for names, _ in rooms}
+                await self._ready.wait_value(True)
 
     async def _lease_round(
         self, items: trio.Nursery, rooms: list[tuple[Any, float]], free: int
@@ -284,7 +284,7 @@ class Lifecycle(Generic[Item, Work, Result]):
                     self._emptied.set()
                 self._room.value = True
                 if names not in self._leased_for:
-                    self._new_room.value = True
+                    self._ready.value = True
 
     def _backoff(self, item: Item) -> float:
         key = self.kind.key(item)

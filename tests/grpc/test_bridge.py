@@ -40,8 +40,13 @@ class Servicer:
             self.ended.append("cancelled")
 
     async def get_work_items(self, request: pb.GetWorkItemsRequest, send) -> None:
-        for i in range(200):
-            await send(pb.WorkItem(completion_token=f"{i}:" + "z" * 30_000))
+        count = request.max_concurrent_activity_work_items or 200
+        try:
+            for i in range(count):
+                await send(pb.WorkItem(completion_token=f"{i}:" + "z" * 30_000))
+        except BaseException as exc:
+            self.ended.append(f"send raised {type(exc).__name__}")
+            raise
 
 
 class Stub:
@@ -80,6 +85,21 @@ async def test_a_stream_of_many_messages_arrives_whole_and_in_order() -> None:
             return [item.completionToken.split(":")[0] for item in stream]
 
         assert await client.call(read) == [str(i) for i in range(200)]
+
+
+async def test_a_reader_that_leaves_mid_stream_makes_the_method_s_send_fail() -> None:
+    # Sends are queued without waiting; the method must still learn that nobody reads.
+    servicer = Servicer()
+    async with serving(servicer) as client:
+        stream = client.stub.GetWorkItems(
+            sdk_pb2.GetWorkItemsRequest(maxConcurrentActivityWorkItems=1_000_000))
+        first = await client.call(next, stream)
+        assert first.completionToken.startswith("0:")
+        stream.cancel()
+        with trio.fail_after(10):
+            while not servicer.ended:
+                await trio.sleep(0.05)
+    assert servicer.ended[0].startswith("send raised")
 
 
 async def test_deadlines_and_cancellation_reach_the_method() -> None:
