@@ -33,52 +33,59 @@ ELIGIBLE = "(e.locked_by IS NULL OR i.source = e.locked_by)"
 
 def enqueue(store: SqliteStore, instance_id: str, execution_id: str | None, event: StoredEvent,
             visible_at: int, now: int) -> None:
-    conn = store.conn
-    cur = conn.execute(
-        "INSERT INTO inbox (instance_id, execution_id, event, visible_at) VALUES (?, ?, ?, ?)",
-        (instance_id, execution_id, event.data, visible_at),
-    )
-    store.keep(cur.lastrowid or 0, event)
+    """Put an event in an instance's inbox (the caller knows the instance is live)."""
     # A pending instance becomes ready when its start comes due, not when an early event
     # arrives: the event waits in the inbox for the orchestration to begin.
-    conn.execute(
+    store.conn.execute(
         "UPDATE instances SET ready_at = min(coalesce(ready_at, ?1), ?1) "
         "WHERE instance_id = ?2 AND (status != ?3 OR ready_at IS NULL)",
         (visible_at, instance_id, _PENDING),
     )
+    _inbox_row(store, instance_id, execution_id, event, visible_at, now)
+
+
+def _inbox_row(store: SqliteStore, instance_id: str, execution_id: str | None,
+               event: StoredEvent, visible_at: int, now: int) -> None:
+    cur = store.conn.execute(
+        "INSERT INTO inbox (instance_id, execution_id, event, visible_at) VALUES (?, ?, ?, ?)",
+        (instance_id, execution_id, event.data, visible_at),
+    )
+    store.keep(cur.lastrowid or 0, event)
     store.due("orchestration", visible_at, now)
 
 
 def deliver(store: SqliteStore, message: Message, now: int) -> None:
-    """Put a message in a live instance's inbox; messages to finished ones are dropped.
-    Messages to entities go to the entity's inbox."""
+    """Put a message in a live instance's inbox (of `message.execution_id`, if set); messages to
+    finished or other executions are dropped. Messages to entities go to the entity's inbox."""
     if is_entity_id(message.instance_id):
         deliver_entity(store, message, now)
         return
-    row = store.conn.execute(
-        "SELECT execution_id, status FROM instances WHERE instance_id = ?",
-        (message.instance_id,),
+    # One statement finds the instance live and moves its ready time (see `enqueue`).
+    live = store.conn.execute(
+        "UPDATE instances SET ready_at = CASE WHEN status != ?3 OR ready_at IS NULL "
+        "THEN min(coalesce(ready_at, ?1), ?1) ELSE ready_at END "
+        f"WHERE instance_id = ?2 AND status NOT IN ({TERMINAL_SQL}) "
+        "AND (?4 IS NULL OR execution_id = ?4) RETURNING 1",
+        (message.visible_at, message.instance_id, _PENDING, message.execution_id),
     ).fetchone()
-    if row is None or row[1] in TERMINAL:
-        return
-    if message.execution_id is not None and row[0] != message.execution_id:
-        return
-    enqueue(store, message.instance_id, message.execution_id, message.event,
-            message.visible_at, now)
+    if live is not None:
+        _inbox_row(store, message.instance_id, message.execution_id, message.event,
+                   message.visible_at, now)
 
 
 def insert_instance(store: SqliteStore, new: NewInstance, now: int) -> bool:
     cur = store.conn.execute(
         "INSERT OR IGNORE INTO instances (instance_id, execution_id, name, version, status, "
-        "input, tags, created_at, updated_at, scheduled_start, parent_instance_id) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "input, tags, created_at, updated_at, scheduled_start, parent_instance_id, ready_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (new.instance_id, new.execution_id, new.name, new.version, _PENDING, new.input,
          json.dumps(new.tags) if new.tags else None, now, now,
-         new.visible_at if new.visible_at > now else None, new.parent_instance_id),
+         new.visible_at if new.visible_at > now else None, new.parent_instance_id,
+         new.visible_at),
     )
     if cur.rowcount != 1:
         return False
-    enqueue(store, new.instance_id, new.execution_id, new.started, new.visible_at, now)
+    _inbox_row(store, new.instance_id, new.execution_id, new.started, new.visible_at, now)
     store.changed(new.instance_id)
     return True
 
