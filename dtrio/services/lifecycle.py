@@ -120,6 +120,10 @@ class Lifecycle(Generic[Item, Work, Result]):
         self._owner = owner
         self._lease_us = int(kind.lease_s * 1_000_000)
         self.in_flight = 0
+        # Worker tasks waiting for an item, and the items handed to them.
+        self._idle = 0
+        self._queued, self._queue = trio.open_memory_channel[tuple[Any, Any]](math.inf)
+        self._workers: trio.Nursery | None = None
         # Set when the last item in flight ends while draining.
         self._emptied: trio.Event | None = None
         self._held: dict[str, Item] = {}  # by lease token, while leased here
@@ -155,31 +159,62 @@ class Lifecycle(Generic[Item, Work, Result]):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._renew)
-                async with trio.open_nursery() as items:
-                    task_status.started()
-                    await self._lease_loop(items)
-                    held = self.in_flight
-                    if held:
-                        log.info("draining: %d %s work items in flight get up to %g s to finish",
-                                 held, self.kind.name, self._grace)
-                        self._emptied = trio.Event()
-                        with trio.move_on_after(self._grace):
-                            await self._emptied.wait()
-                    if self.in_flight:
-                        log.warning("drained: %d %s work items did not finish within %g s and "
-                                    "are given back", self.in_flight, self.kind.name,
-                                    self._grace)
-                    elif held:
-                        log.info("drained: every %s work item in flight finished",
-                                 self.kind.name)
-                    items.cancel_scope.cancel()
+                try:
+                    await self._serve_items(task_status)
+                finally:
+                    await self._give_back_queued()
                 nursery.cancel_scope.cancel()
         finally:
             self.finished.set()
 
+    async def _serve_items(self, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as items:
+            self._workers = items
+            task_status.started()
+            await self._lease_loop()
+            held = self.in_flight
+            if held:
+                log.info("draining: %d %s work items in flight get up to %g s to finish",
+                         held, self.kind.name, self._grace)
+                self._emptied = trio.Event()
+                with trio.move_on_after(self._grace):
+                    await self._emptied.wait()
+            if self.in_flight:
+                log.warning("drained: %d %s work items did not finish within %g s and are "
+                            "given back", self.in_flight, self.kind.name, self._grace)
+            elif held:
+                log.info("drained: every %s work item in flight finished", self.kind.name)
+            items.cancel_scope.cancel()
+
+    def _dispatch(self, item: Item, names: Any) -> None:
+        """Run `item` in a worker task: an idle one, or a new one (at most `limit`, since no
+        more are ever in flight). Reusing tasks costs less than a task per item."""
+        if self._idle:
+            self._idle -= 1
+            self._queued.send_nowait((item, names))
+        else:
+            assert self._workers is not None
+            self._workers.start_soon(self._work, item, names)
+
+    async def _work(self, item: Item, names: Any) -> None:
+        while True:
+            await self._run_one(item, names)
+            self._idle += 1
+            item, names = await self._queue.receive()
+
+    async def _give_back_queued(self) -> None:
+        """Items handed to a worker that was cancelled before it took them go back at once."""
+        while True:
+            try:
+                item, _ = self._queue.receive_nowait()
+            except trio.WouldBlock:
+                return
+            await self._give_back(item, 0.0)
+            self.in_flight -= 1
+
     # -- leasing ---------------------------------------------------------------------------
 
-    async def _lease_loop(self, items: trio.Nursery) -> None:
+    async def _lease_loop(self) -> None:
         # The loop waits on one flag at a time, each also set when draining begins: composing
         # them (trio-util's compose_values) costs more than a lease round here.
         failures = 0
@@ -192,7 +227,7 @@ class Lifecycle(Generic[Item, Work, Result]):
                 continue
             self._ready.value = False
             try:
-                drained = await self._lease_round(items, rooms, free)
+                drained = await self._lease_round(rooms, free)
                 failures = 0
             except StorageError as exc:
                 failures += 1
@@ -208,9 +243,7 @@ class Lifecycle(Generic[Item, Work, Result]):
                 self._leased_for = {names for names, _ in rooms}
                 await self._ready.wait_value(True)
 
-    async def _lease_round(
-        self, items: trio.Nursery, rooms: list[tuple[Any, float]], free: int
-    ) -> bool:
+    async def _lease_round(self, rooms: list[tuple[Any, float]], free: int) -> bool:
         if sum(room for _, room in rooms) > free:
             # The limit is what is short, not the runner's room: the name filter served
             # longest ago goes first, or the first would take every freed slot while work that
@@ -227,7 +260,7 @@ class Lifecycle(Generic[Item, Work, Result]):
                 self._served[names] = self._rounds
             self.in_flight += len(batch)
             for item in batch:
-                items.start_soon(self._run_one, item, names)
+                self._dispatch(item, names)
             drained = drained and len(batch) < take
         return drained
 
