@@ -18,7 +18,7 @@ log = logging.getLogger("dtrio.backend")
 
 APPLICATION = "dtrio"
 SCHEMA_VERSION = 1
-# pg_advisory_xact_lock key: processes creating or upgrading the schema take turns.
+# pg_advisory_lock key: processes creating or upgrading the schema take turns.
 _LOCK_KEY = 0x64747269  # "dtri"
 
 _V1 = """
@@ -142,21 +142,26 @@ def check_and_migrate(conn: psycopg.Connection[Any], where: str) -> None:
     with conn.transaction(), conn.cursor() as cur:
         if _version(cur, where) == SCHEMA_VERSION:
             return
-    with conn.transaction(), conn.cursor() as cur:
-        # Held to the end of the transaction: a process that waited finds the work done.
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        version = _version(cur, where)
-        if version == SCHEMA_VERSION:
-            return
-        for migrate in MIGRATIONS[version:]:
-            cur.execute(migrate)
-        if version == 0:
-            cur.execute("INSERT INTO dtrio_meta VALUES ('application', %s)", (APPLICATION,))
-        cur.execute(
-            "INSERT INTO dtrio_meta VALUES ('schema_version', %s) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (str(SCHEMA_VERSION),),
-        )
+    # A session lock, taken before the transaction begins: a process that waited for it starts
+    # a fresh transaction, which sees the tables the other one created (its catalog caches
+    # are renewed; to_regclass in the waiting transaction could still miss them).
+    conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            version = _version(cur, where)
+            if version == SCHEMA_VERSION:
+                return
+            for migrate in MIGRATIONS[version:]:
+                cur.execute(migrate)
+            if version == 0:
+                cur.execute("INSERT INTO dtrio_meta VALUES ('application', %s)", (APPLICATION,))
+            cur.execute(
+                "INSERT INTO dtrio_meta VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     if version == 0:
         log.info("created store %s (schema version %d)", where, SCHEMA_VERSION)
     else:

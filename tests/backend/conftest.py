@@ -28,6 +28,13 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def postgres_db(postgres_url: str) -> Iterator[str]:
+    """The URL of a fresh, empty database for one test."""
+    with fresh_database(postgres_url) as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite-file", "sqlite-memory", "postgres"])
 async def backend_and_clock(
     request: pytest.FixtureRequest, tmp_path
