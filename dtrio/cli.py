@@ -214,7 +214,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser,
         ),
         serve.add_argument(
             "--db", default="dtrio.sqlite3",
-            help="SQLite file (default: ./dtrio.sqlite3; :memory: for a throwaway store)",
+            help="SQLite file (default: ./dtrio.sqlite3; :memory: for a throwaway store), or a "
+            "postgresql:// URL",
         ),
         serve.add_argument(
             "--synchronous", type=str.upper, default="NORMAL", choices=("NORMAL", "FULL"),

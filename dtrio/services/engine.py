@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from ..backend import Backend, open_sqlite_backend
+from ..backend import Backend, open_backend
 from ..client import Client
 from ..clock import Clock
 from ..registry import Registry
@@ -132,7 +132,7 @@ def _build_engine(
 ) -> Engine:
     opts = _options(options, overrides)
     clock = Clock()
-    backend = open_sqlite_backend(db, clock, synchronous=opts.synchronous)
+    backend = open_backend(db, clock, synchronous=opts.synchronous)
     return Engine(registry, backend, clock, opts)
 
 
@@ -177,7 +177,8 @@ async def open_engine(
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the block; leaving the block shuts it down gracefully.
 
-    `db` is a SQLite file (created if missing), or None / ":memory:" for a throwaway store.
+    `db` is a SQLite file (created if missing), None / ":memory:" for a throwaway store, or a
+    `postgresql://` URL.
     Keyword overrides set `EngineOptions` fields (e.g. `max_concurrent_activities=50`).
     """
     # Opening the store here, outside the nursery, lets its errors reach the caller unwrapped.

@@ -2,30 +2,55 @@
 
 Tests talk to the backend only through the `Backend` contract (no SQL, no mocks), so a new
 backend joins the suite by adding one parameter to `backend_and_clock` below. Store-safety tests
-for SQLite files live in test_backend_sqlite_store.py.
+for SQLite files live in test_backend_sqlite_store.py. The PostgreSQL parameter runs on a
+throwaway server (see tests/pg_cluster.py), a fresh database per test.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from backend_contract import Kit
 
-from dtrio.backend import Backend, open_sqlite_backend
+from dtrio.backend import Backend, open_backend
 from dtrio.clock import Clock
 
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from pg_cluster import fresh_database, postgres_server  # noqa: E402
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str) -> Iterator[str]:
+    """The URL of a fresh, empty database for one test."""
+    with fresh_database(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite-file", "sqlite-memory", "postgres"])
 async def backend_and_clock(
     request: pytest.FixtureRequest, tmp_path
 ) -> AsyncIterator[tuple[Backend, Clock]]:
     # Built inside the trio run: Clock reads trio.current_time() (the MockClock, if one is used).
     clock = Clock()
-    if request.param == "sqlite-file":
-        backend = open_sqlite_backend(tmp_path / "store.db", clock)
-    else:
-        backend = open_sqlite_backend(None, clock)
+    if request.param == "postgres":
+        with fresh_database(request.getfixturevalue("postgres_url")) as url:
+            backend = open_backend(url, clock)
+            try:
+                yield backend, clock
+            finally:
+                await backend.aclose()
+        return
+    backend = open_backend(tmp_path / "store.db" if request.param == "sqlite-file" else None,
+                           clock)
     try:
         yield backend, clock
     finally:
@@ -40,5 +65,3 @@ def backend(backend_and_clock: tuple[Backend, Clock]) -> Backend:
 @pytest.fixture
 def kit(backend_and_clock: tuple[Backend, Clock]) -> Kit:
     return Kit(*backend_and_clock)
-
-

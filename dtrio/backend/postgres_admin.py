@@ -1,0 +1,197 @@
+"""Management operations of the PostgreSQL backend: rewind, purge, query (a port of
+`sqlite_admin`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+
+from .. import _pb as pb
+from ..errors import InstanceNotFound, InvalidInput, InvalidOperation
+from ..replay.rewind import sections_open_at_failure
+from ..state import TERMINAL
+from ..wire import decode
+from .base import InstancePage, InstanceQuery, InstanceRecord
+from .postgres_rows import TERMINAL_SQL, delete_instances, prepare_rewind
+from .postgres_store import PostgresStore, Tx
+
+_FAILED = int(pb.OrchestrationStatus.FAILED)
+PURGE_CHUNK = 500
+
+
+class PostgresAdmin:
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+
+    async def rewind_instance(self, instance_id: str, reason: str | None) -> None:
+        def op(tx: Tx) -> None:
+            row = tx.execute(
+                "SELECT status FROM instances WHERE instance_id = %s FOR UPDATE", (instance_id,)
+            ).fetchone()
+            if row is None:
+                raise InstanceNotFound(instance_id)
+            if row[0] != _FAILED:
+                raise InvalidOperation(
+                    f"cannot rewind orchestration {instance_id!r}: it is "
+                    f"{pb.OrchestrationStatus(row[0]).name}, "
+                    "and only FAILED instances can be rewound"
+                )
+            history = [decode(pb.HistoryEvent, r[0]) for r in tx.execute(
+                "SELECT event FROM history WHERE instance_id = %s ORDER BY seq", (instance_id,)
+            ).fetchall()]
+            if sections_open_at_failure(history):
+                raise InvalidOperation(
+                    f"cannot rewind orchestration {instance_id!r}: it failed inside an entity "
+                    "critical section, whose locks were released when it failed; start it again "
+                    "instead"
+                )
+            prepare_rewind(tx, instance_id, reason, None, tx.clock.now_us())
+
+        await self._store.write(op)
+
+    # -- purge -----------------------------------------------------------------------------
+
+    async def purge_instance(self, instance_id: str, *, recursive: bool = True) -> int:
+        """Delete a finished instance (and, with `recursive`, its finished sub-orchestrations).
+        Returns how many were deleted: 0 for unknown or unfinished instances."""
+
+        def op(tx: Tx) -> int:
+            row = tx.execute(
+                "SELECT status FROM instances WHERE instance_id = %s FOR UPDATE", (instance_id,)
+            ).fetchone()
+            if row is None or row[0] not in TERMINAL:
+                return 0
+            doomed, frontier = [instance_id], [instance_id]
+            while recursive and frontier:
+                frontier = [r[0] for r in tx.execute(
+                    "SELECT instance_id FROM instances WHERE parent_instance_id = ANY(%s) "
+                    f"AND status IN ({TERMINAL_SQL})", (frontier,)).fetchall()]
+                doomed += frontier
+            delete_instances(tx, doomed, tx.clock.now_us())
+            return len(doomed)
+
+        return await self._store.write(op)
+
+    async def purge_instances(
+        self, created_from: int | None, created_to: int | None, statuses: frozenset[int] | None
+    ) -> int:
+        """Delete finished instances created in [created_from, created_to) whose status is in
+        `statuses` (any finished status when None), a chunk per transaction."""
+        wanted = TERMINAL if not statuses else frozenset(statuses) & TERMINAL
+        if not wanted:
+            return 0
+        where, args = _created_range(created_from, created_to)
+        sql = (
+            "SELECT instance_id FROM instances "
+            f"WHERE status IN ({','.join(map(str, sorted(wanted)))})"
+            f"{where} LIMIT {PURGE_CHUNK} FOR UPDATE SKIP LOCKED"
+        )
+        total = 0
+        while True:
+            def op(tx: Tx) -> int:
+                ids = [r[0] for r in tx.execute(sql, args).fetchall()]
+                delete_instances(tx, ids, tx.clock.now_us())
+                return len(ids)
+
+            deleted = await self._store.write(op)
+            total += deleted
+            if deleted < PURGE_CHUNK:
+                return total
+            await trio.lowlevel.checkpoint()  # let the engine run between chunks
+
+    # -- query -----------------------------------------------------------------------------
+
+    async def query_instances(self, query: InstanceQuery) -> InstancePage:
+        """A page of instances ordered by (created_at, instance_id): stable under inserts."""
+        if query.page_size < 1:
+            raise InvalidInput("page_size must be at least 1")
+        where, args = _created_range(query.created_from, query.created_to)
+        if query.statuses:
+            where += f" AND status IN ({','.join(str(int(s)) for s in sorted(query.statuses))})"
+        if query.instance_id_prefix:
+            where += " AND left(instance_id, %s) = %s"
+            args += [len(query.instance_id_prefix), query.instance_id_prefix]
+        if query.continuation_token:
+            created, key = _parse_token(query.continuation_token)
+            where += " AND (created_at, instance_id) > (%s, %s)"
+            args += [created, key]
+        columns = record_columns(query.fetch_payloads)
+        rows = await self._store.read(lambda tx: tx.execute(
+            f"SELECT {columns} FROM instances WHERE true{where} "
+            f"ORDER BY created_at, instance_id LIMIT %s",
+            [*args, query.page_size + 1],
+        ).fetchall())
+        more = len(rows) > query.page_size
+        records = [record(r, query.fetch_payloads) for r in rows[: query.page_size]]
+        token = f"{records[-1].created_at}:{records[-1].instance_id}" if more else None
+        return InstancePage(records, token)
+
+    async def list_instance_ids(
+        self, statuses: frozenset[int] | None, completed_from: int | None,
+        completed_to: int | None, page_size: int, last_key: str | None,
+    ) -> tuple[list[str], str | None]:
+        """IDs of finished instances, ordered by completion time, a page at a time; the key is
+        None on the last page."""
+        wanted = TERMINAL if not statuses else frozenset(statuses) & TERMINAL
+        if not wanted:
+            return [], None
+        where = f"status IN ({','.join(map(str, sorted(wanted)))}) AND completed_at IS NOT NULL"
+        args: list[Any] = []
+        if completed_from is not None:
+            where += " AND completed_at >= %s"
+            args.append(completed_from)
+        if completed_to is not None:
+            where += " AND completed_at < %s"
+            args.append(completed_to)
+        if last_key:
+            completed, key = _parse_token(last_key)
+            where += " AND (completed_at, instance_id) > (%s, %s)"
+            args += [completed, key]
+        rows = await self._store.read(lambda tx: tx.execute(
+            f"SELECT instance_id, completed_at FROM instances WHERE {where} "
+            f"ORDER BY completed_at, instance_id LIMIT %s",
+            [*args, page_size + 1],
+        ).fetchall())
+        page = rows[:page_size]
+        more = len(rows) > page_size
+        return [r[0] for r in page], f"{page[-1][1]}:{page[-1][0]}" if more else None
+
+
+def _created_range(created_from: int | None, created_to: int | None) -> tuple[str, list[Any]]:
+    where, args = "", []
+    if created_from is not None:
+        where += " AND created_at >= %s"
+        args.append(created_from)
+    if created_to is not None:
+        where += " AND created_at < %s"
+        args.append(created_to)
+    return where, args
+
+
+def _parse_token(token: str) -> tuple[int, str]:
+    created, sep, key = token.partition(":")
+    if not sep or not created.isdigit():
+        raise InvalidInput(f"continuation token {token!r} is not one this engine issued")
+    return int(created), key
+
+
+_BASE_COLUMNS = (
+    "instance_id, execution_id, name, version, status, created_at, updated_at, completed_at, "
+    "scheduled_start, parent_instance_id, custom_status, failure, tags"
+)
+
+
+def record_columns(payloads: bool) -> str:
+    """Columns for `record`: inputs and outputs only when asked for (they can be large)."""
+    return _BASE_COLUMNS + (", input, output" if payloads else "")
+
+
+def record(row: Any, payloads: bool) -> InstanceRecord:
+    rec = InstanceRecord(*row[:10])
+    rec.custom_status, rec.failure = row[10], row[11]
+    rec.tags = json.loads(row[12]) if row[12] else None
+    if payloads:
+        rec.input, rec.output = row[13], row[14]
+    return rec

@@ -1,0 +1,168 @@
+"""The PostgreSQL schema, its version, and creating it safely when processes start together.
+
+The tables mirror SQLite's (same columns, history events as the same protobuf bytes, `bytea`).
+Times are microseconds since the epoch (`bigint`). Every lease query has an index, including the
+name-filtered ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+
+from ..errors import StorageError
+
+log = logging.getLogger("dtrio.backend")
+
+APPLICATION = "dtrio"
+SCHEMA_VERSION = 1
+# pg_advisory_lock key: processes creating or upgrading the schema take turns.
+_LOCK_KEY = 0x64747269  # "dtri"
+
+_V1 = """
+CREATE TABLE dtrio_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE instances (
+    instance_id text COLLATE "C" PRIMARY KEY,
+    execution_id text NOT NULL,
+    name text NOT NULL,
+    version text,
+    status integer NOT NULL,
+    input text,
+    output text,
+    custom_status text,
+    failure bytea,
+    tags text,
+    created_at bigint NOT NULL,
+    updated_at bigint NOT NULL,
+    completed_at bigint,
+    scheduled_start bigint,
+    parent_instance_id text,
+    step integer NOT NULL DEFAULT 0,
+    history_len integer NOT NULL DEFAULT 0,
+    ready_at bigint,           -- earliest visible_at of its inbox; NULL when the inbox is empty
+    lock_owner text,
+    lock_token text,
+    lock_expires bigint
+);
+CREATE INDEX instances_ready ON instances (ready_at) WHERE ready_at IS NOT NULL;
+CREATE INDEX instances_name_ready ON instances (name, ready_at) WHERE ready_at IS NOT NULL;
+CREATE INDEX instances_lock ON instances (lock_expires) WHERE lock_expires IS NOT NULL;
+CREATE INDEX instances_created ON instances (created_at, instance_id);
+CREATE INDEX instances_completed ON instances (completed_at, instance_id)
+    WHERE completed_at IS NOT NULL;
+CREATE INDEX instances_parent ON instances (parent_instance_id)
+    WHERE parent_instance_id IS NOT NULL;
+CREATE TABLE history (
+    instance_id text NOT NULL,
+    seq integer NOT NULL,
+    event bytea NOT NULL,
+    PRIMARY KEY (instance_id, seq)
+);
+-- Identity columns: an inbox ID is never reused.
+CREATE TABLE inbox (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    instance_id text NOT NULL,
+    execution_id text,
+    event bytea NOT NULL,
+    visible_at bigint NOT NULL
+);
+CREATE INDEX inbox_instance ON inbox (instance_id, visible_at);
+CREATE TABLE activities (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    instance_id text NOT NULL,
+    execution_id text NOT NULL,
+    task_id integer NOT NULL,
+    name text NOT NULL,
+    version text,
+    input text,
+    -- when it may next be leased: its visible time, or its lease's expiry while leased
+    available_at bigint NOT NULL,
+    lock_owner text,
+    lock_token text,
+    attempt integer NOT NULL DEFAULT 0,
+    trace_context bytea
+);
+CREATE INDEX activities_available ON activities (available_at);
+CREATE INDEX activities_name_available ON activities (name, available_at);
+CREATE INDEX activities_instance ON activities (instance_id);
+CREATE TABLE entities (
+    instance_id text COLLATE "C" PRIMARY KEY,  -- @name@key
+    name text NOT NULL,
+    state text,
+    locked_by text,
+    lock_section text,
+    created_at bigint NOT NULL,
+    last_modified bigint NOT NULL,
+    ready_at bigint,
+    lock_owner text,
+    lock_token text,
+    lock_expires bigint
+);
+CREATE INDEX entities_ready ON entities (ready_at) WHERE ready_at IS NOT NULL;
+CREATE INDEX entities_name_ready ON entities (name, ready_at) WHERE ready_at IS NOT NULL;
+CREATE INDEX entities_lock ON entities (lock_expires) WHERE lock_expires IS NOT NULL;
+CREATE INDEX entities_locked_by ON entities (locked_by) WHERE locked_by IS NOT NULL;
+CREATE TABLE entity_inbox (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    instance_id text NOT NULL,
+    source text,
+    event bytea NOT NULL,
+    visible_at bigint NOT NULL,
+    lock_for text
+);
+CREATE INDEX entity_inbox_instance ON entity_inbox (instance_id, id);
+CREATE INDEX entity_inbox_lock_for ON entity_inbox (lock_for) WHERE lock_for IS NOT NULL;
+"""
+
+# Index i upgrades a store from version i to i + 1.
+MIGRATIONS: list[str] = [_V1]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _version(cur: psycopg.Cursor[Any], where: str) -> int:
+    if cur.execute("SELECT to_regclass('dtrio_meta')").fetchone()[0] is None:  # type: ignore[index]
+        return 0
+    meta = dict(cur.execute("SELECT key, value FROM dtrio_meta").fetchall())
+    if meta.get("application") != APPLICATION:
+        raise StorageError(
+            f"{where} has a dtrio_meta table not written by dtrio; refusing to use it")
+    version = int(meta.get("schema_version", "0"))
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"{where} has dtrio schema version {version}, newer than this dtrio supports "
+            f"({SCHEMA_VERSION}); upgrade dtrio"
+        )
+    return version
+
+
+def check_and_migrate(conn: psycopg.Connection[Any], where: str) -> None:
+    """Refuse a newer schema; create or upgrade ours, one process at a time."""
+    with conn.transaction(), conn.cursor() as cur:
+        if _version(cur, where) == SCHEMA_VERSION:
+            return
+    # A session lock, taken before the transaction begins: a process that waited for it starts
+    # a fresh transaction, which sees the tables the other one created (its catalog caches
+    # are renewed; to_regclass in the waiting transaction could still miss them).
+    conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            version = _version(cur, where)
+            if version == SCHEMA_VERSION:
+                return
+            for migrate in MIGRATIONS[version:]:
+                cur.execute(migrate)
+            if version == 0:
+                cur.execute("INSERT INTO dtrio_meta VALUES ('application', %s)", (APPLICATION,))
+            cur.execute(
+                "INSERT INTO dtrio_meta VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    if version == 0:
+        log.info("created store %s (schema version %d)", where, SCHEMA_VERSION)
+    else:
+        log.info("upgraded store %s from schema version %d to %d", where, version, SCHEMA_VERSION)
