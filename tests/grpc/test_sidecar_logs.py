@@ -1,0 +1,102 @@
+"""What `python -m dtrio serve` logs, read from its stderr while the official SDK's worker and
+client use it: each instance's start and end (without its payloads)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sdk_app as app
+from durabletask import client as sdk_client
+from durabletask import worker as sdk_worker
+from sidecar_process import listening_port
+
+ROOT = Path(__file__).resolve().parents[2]
+# dtrio.logs.TEXT_FORMAT: "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+) +(\S+): (.*)")
+
+
+@contextmanager
+def sidecar(
+    log: Path, args: tuple[str, ...] = (), *, env: dict[str, str] | None = None,
+    before: tuple[str, ...] = (),
+) -> Iterator[str]:
+    """`python -m dtrio [before] serve --port 0 --db :memory: [args]`, its stderr to `log` (a
+    file: a debug run writes more than a pipe holds); its address. Stopped by SIGTERM after."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DTRIO_")}
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dtrio", *before, "serve", "--port", "0", "--db", ":memory:",
+             *args], stdout=subprocess.PIPE, stderr=err, text=True,
+            env={**environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    try:
+        yield f"127.0.0.1:{listening_port(process, log)}"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0, log.read_text()
+    finally:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def worker(address: str) -> Iterator[None]:
+    """The official SDK worker with `sdk_app`'s orchestrators and activities, stopped normally
+    after."""
+    running = sdk_worker.TaskHubGrpcWorker(host_address=address)
+    for orchestrator in app.ORCHESTRATORS:
+        running.add_orchestrator(orchestrator)
+    for activity in app.ACTIVITIES:
+        running.add_activity(activity)
+    running.start()
+    try:
+        yield
+    finally:
+        running.stop()
+
+
+def records(log: Path) -> list[tuple[str, str, str]]:
+    """(level, logger, message) of each line of `log` that starts a record."""
+    return [m.groups() for m in map(LINE.fullmatch, log.read_text().splitlines()) if m]
+
+
+def test_each_instance_is_logged_when_it_starts_and_ends_without_its_payloads(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "sidecar.log"
+    with sidecar(log) as address, worker(address):
+        client = sdk_client.TaskHubGrpcClient(host_address=address)
+        ok = client.schedule_new_orchestration(app.sequence, input="input-payload-4c1e")
+        state = client.wait_for_orchestration_completion(ok, timeout=30)
+        assert state is not None and state.serialized_output is not None
+        assert "Hello, Tokyo!" in state.serialized_output
+        waits = client.schedule_new_orchestration(app.approval)
+        client.wait_for_orchestration_start(waits, timeout=30)
+        client.raise_orchestration_event(waits, "approval", data="event-payload-9b2d")
+        state = client.wait_for_orchestration_completion(waits, timeout=30)
+        assert state is not None and "event-payload-9b2d" in (state.serialized_output or "")
+        bad = client.schedule_new_orchestration(app.fails, input="the activity broke")
+        state = client.wait_for_orchestration_completion(bad, timeout=30)
+        assert state is not None and state.runtime_status == sdk_client.OrchestrationStatus.FAILED
+    lines = records(log)
+    engine = [message for level, logger, message in lines
+              if (level, logger) == ("INFO", "dtrio.engine")]
+    for iid, name in ((ok, "sequence"), (waits, "approval")):
+        about = [m for m in engine if m.startswith(f"orchestration {iid} ")]
+        assert about == [f"orchestration {iid} ({name}) started",
+                         f"orchestration {iid} ({name}) finished: COMPLETED"], lines
+    started, finished = [m for m in engine if m.startswith(f"orchestration {bad} ")]
+    assert started == f"orchestration {bad} (fails) started"
+    # The failure's type and message, as the worker reported them.
+    assert finished.startswith(
+        f"orchestration {bad} (fails) finished: FAILED: durabletask.task.TaskFailedError: ")
+    assert finished.endswith("failed: the activity broke"), finished
+    # Inputs, outputs and event data stay out of the log (at the default level, INFO).
+    text = log.read_text()
+    for payload in ("input-payload-4c1e", "Hello, ", "event-payload-9b2d"):
+        assert payload not in text, text
