@@ -75,3 +75,23 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     return handler
+
+
+class _InfoAsDebug(logging.Filter):
+    """Passes its logger's INFO records on as DEBUG ones, dropped unless the logger is on at
+    DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def info_as_debug(name: str) -> None:
+    """From now on the logger `name` logs its INFO lines at DEBUG (once is enough: calling this
+    again changes nothing). For a library whose INFO lines are about nothing out of the
+    ordinary."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _InfoAsDebug) for f in logger.filters):
+        logger.addFilter(_InfoAsDebug())

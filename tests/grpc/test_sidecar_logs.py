@@ -1,8 +1,10 @@
 """What `python -m dtrio serve` logs, read from its stderr while the official SDK's worker and
-client use it: each instance's start and end (without its payloads)."""
+client use it: each instance's start and end (without its payloads); a worker that leaves is
+not a library's INFO line."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -13,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sdk_app as app
+import trio
+from conftest import running_sidecar, sdk_worker_running
 from durabletask import client as sdk_client
 from durabletask import worker as sdk_worker
 from sidecar_process import listening_port
@@ -100,3 +104,20 @@ def test_each_instance_is_logged_when_it_starts_and_ends_without_its_payloads(
     text = log.read_text()
     for payload in ("input-payload-4c1e", "Hello, ", "event-payload-9b2d"):
         assert payload not in text, text
+
+
+async def test_embedded_too_a_worker_leaving_is_no_library_line_at_info(caplog) -> None:
+    # serve_sidecar in an application's own Trio program, under its own logging set-up.
+    caplog.set_level(logging.INFO, logger="dtrio.grpc")
+    caplog.set_level(logging.DEBUG, logger="grpclib.server")  # (and caplog's handler)
+    async with running_sidecar() as running:
+        async with sdk_worker_running(running.address):
+            with trio.fail_after(10):  # bounds a failure only
+                while "worker stream connected" not in caplog.text:
+                    await trio.sleep(0.05)
+        with trio.fail_after(10):
+            while not any(r.name == "grpclib.server" for r in caplog.records):
+                await trio.sleep(0.05)
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "grpclib.server"]
+    assert [(level, message.split(":")[0]) for level, message in lines] == [
+        ("DEBUG", "Request was cancelled")], lines
