@@ -1,6 +1,6 @@
 """What `python -m dtrio serve` logs, read from its stderr while the official SDK's worker and
-client use it: each instance's start and end (without its payloads); a worker that leaves is
-not a library's INFO line."""
+client use it: each instance's start and end (without its payloads), dtrio's own lines at
+DEBUG (not the libraries' frame dumps), and a worker that leaves as one dtrio line."""
 
 from __future__ import annotations
 
@@ -14,16 +14,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import sdk_app as app
 import trio
 from conftest import running_sidecar, sdk_worker_running
 from durabletask import client as sdk_client
 from durabletask import worker as sdk_worker
-from sidecar_process import listening_port
+from sidecar_process import listening_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 # dtrio.logs.TEXT_FORMAT: "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+) +(\S+): (.*)")
+BELOW_WARNING = {"DEBUG", "INFO"}
 
 
 @contextmanager
@@ -104,6 +106,65 @@ def test_each_instance_is_logged_when_it_starts_and_ends_without_its_payloads(
     text = log.read_text()
     for payload in ("input-payload-4c1e", "Hello, ", "event-payload-9b2d"):
         assert payload not in text, text
+
+
+def test_debug_is_dtrio_lines_and_the_libraries_stay_at_warning(tmp_path: Path) -> None:
+    log = tmp_path / "sidecar.log"
+    with sidecar(log, ("--log-level", "debug")) as address, worker(address):
+        client = sdk_client.TaskHubGrpcClient(host_address=address)
+        iid = client.schedule_new_orchestration(app.sequence)
+        state = client.wait_for_orchestration_completion(iid, timeout=30)
+        assert state is not None and state.runtime_status.name == "COMPLETED"
+    lines = records(log)
+    assert ("DEBUG", "dtrio.engine", f"orchestration {iid} (sequence) step 3: events "
+            "[orchestrator_started, task_completed] -> actions [complete_orchestration(id=4)]"
+            ) in lines
+    # Below WARNING, every line is dtrio's: no h2 or hpack frame dumps, no grpclib or asyncio.
+    others = [line for line in lines if line[0] in BELOW_WARNING
+              and not line[1].startswith("dtrio.")]
+    assert others == [], others[:10]
+
+
+@pytest.mark.parametrize("args, before, env", [
+    (("--library-log-level", "debug"), (), {}),
+    ((), ("--library-log-level", "debug"), {}),
+    ((), (), {"DTRIO_LIBRARY_LOG_LEVEL": "debug"}),
+], ids=["flag", "flag before serve", "variable"])
+def test_the_libraries_lines_are_there_when_asked_for(
+    tmp_path: Path, args: tuple[str, ...], before: tuple[str, ...], env: dict[str, str]
+) -> None:
+    log = tmp_path / "sidecar.log"
+    with sidecar(log, args, before=before, env=env) as address:
+        with worker(address):
+            wait_until("the worker connected", lambda: "stream connected" in log.read_text())
+        wait_until("grpclib saw the worker's call end",
+                   lambda: "Request was cancelled" in log.read_text())
+    lines = records(log)
+    assert any(logger == "hpack.hpack" for _, logger, _ in lines)
+    # dtrio's own lines stay at their default level, INFO.
+    assert not any(level == "DEBUG" and logger.startswith("dtrio.")
+                   for level, logger, _ in lines)
+    # A worker that leaves is ordinary: grpclib's line about it comes at DEBUG.
+    cancelled = [(level, logger) for level, logger, message in lines
+                 if message.startswith("Request was cancelled")]
+    assert cancelled == [("DEBUG", "grpclib.server")]
+
+
+@pytest.mark.parametrize("args", [(), ("--library-log-level", "info")])
+def test_a_worker_that_stops_is_one_dtrio_line_not_a_cancelled_request(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    log = tmp_path / "sidecar.log"
+    with sidecar(log, args) as address:
+        with worker(address):
+            wait_until("the worker connected", lambda: "stream connected" in log.read_text())
+        wait_until("the worker's stream ended",
+                   lambda: "stream disconnected" in log.read_text())
+    lines = records(log)
+    assert ("INFO", "dtrio.grpc",
+            "worker stream disconnected (0 connected); giving back the 0 work items it held"
+            ) in lines
+    assert not [line for line in lines if "Request was cancelled" in line[2]], lines
 
 
 async def test_embedded_too_a_worker_leaving_is_no_library_line_at_info(caplog) -> None:
