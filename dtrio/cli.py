@@ -136,7 +136,7 @@ _LEVELS = ("debug", "info", "warning", "error", "critical")
 _LOG_FLAGS = ("log_level", "library_log_level", "log_format")
 _LIBRARY_LEVEL_HELP = (
     "the libraries' lines (grpclib, h2, hpack, asyncio): a level as for --log-level (default: "
-    "warning, or --log-level when higher; at debug, h2 and hpack dump every frame)")
+    "warning, or --log-level when higher; at debug, hpack dumps every header)")
 
 
 class _BadVariable(Exception):

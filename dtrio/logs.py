@@ -5,7 +5,7 @@ Loggers, one per part: `dtrio.engine` (dispatchers, the engine root), `dtrio.bac
 their schema), `dtrio.grpc` (the sidecar), `dtrio.orchestrator.<name>` (orchestrators'
 `ctx.logger`, which never logs while replaying). INFO is the lifecycle of engines and
 instances; DEBUG is per step and per activity. The libraries' loggers (grpclib, h2, hpack,
-asyncio, ...) have levels of their own in `configure_logging`: their DEBUG lines are byte dumps.
+asyncio, ...) have a level of their own in `configure_logging`: hpack, at DEBUG, dumps headers.
 """
 
 from __future__ import annotations

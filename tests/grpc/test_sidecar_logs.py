@@ -119,7 +119,7 @@ def test_debug_is_dtrio_lines_and_the_libraries_stay_at_warning(tmp_path: Path) 
     assert ("DEBUG", "dtrio.engine", f"orchestration {iid} (sequence) step 3: events "
             "[orchestrator_started, task_completed] -> actions [complete_orchestration(id=4)]"
             ) in lines
-    # Below WARNING, every line is dtrio's: no h2 or hpack frame dumps, no grpclib or asyncio.
+    # Below WARNING, every line is dtrio's: no hpack header dumps, no grpclib or asyncio.
     others = [line for line in lines if line[0] in BELOW_WARNING
               and not line[1].startswith("dtrio.")]
     assert others == [], others[:10]
