@@ -132,6 +132,11 @@ def _port(text: str) -> int:
 
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
+# The flags that exist before the command and after `serve`.
+_LOG_FLAGS = ("log_level", "library_log_level", "log_format")
+_LIBRARY_LEVEL_HELP = (
+    "the libraries' lines (grpclib, h2, hpack, asyncio): a level as for --log-level (default: "
+    "warning, or --log-level when higher; at debug, hpack dumps every header)")
 
 
 class _BadVariable(Exception):
@@ -186,7 +191,10 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser,
     parser.add_argument("--version", action="version", version=f"dtrio {__version__}")
     log_level: dict[str, Any] = {"type": str.lower, "choices": _LEVELS, "metavar": "LEVEL"}
     parser.add_argument("--log-level", default=None, **log_level,
-                        help=f"{', '.join(_LEVELS)} (default: warning; info for serve)")
+                        help=f"dtrio's own lines: {', '.join(_LEVELS)} "
+                        "(default: warning; info for serve)")
+    parser.add_argument("--library-log-level", default=None, **log_level,
+                        help=_LIBRARY_LEVEL_HELP)
     parser.add_argument("--log-format", default="text", choices=("text", "json"),
                         help="log lines as text or as JSON objects (default: text)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -224,7 +232,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser,
         ),
         # Given after `serve`; the defaults belong to the same flags before it.
         serve.add_argument("--log-level", default=argparse.SUPPRESS, **log_level,
-                           help=f"{', '.join(_LEVELS)} (default: info)"),
+                           help=f"dtrio's own lines: {', '.join(_LEVELS)} (default: info)"),
+        serve.add_argument("--library-log-level", default=argparse.SUPPRESS, **log_level,
+                           help=_LIBRARY_LEVEL_HELP),
         serve.add_argument("--log-format", default=argparse.SUPPRESS, choices=("text", "json"),
                            help="log lines as text or as JSON objects (default: text)"),
         serve.add_argument(
@@ -265,7 +275,7 @@ def _given(argv: list[str]) -> set[str]:
     variables are not read at all, so a stray DTRIO_PORT cannot stop `--port 4001`."""
     parser, serve, flags = _parser()
     unset = object()
-    parser.set_defaults(log_level=unset, log_format=unset)
+    parser.set_defaults(**dict.fromkeys(_LOG_FLAGS, unset))
     serve.set_defaults(**{a.dest: unset for a in flags if a.default is not argparse.SUPPRESS})
     args = parser.parse_args(argv)
     return {a.dest for a in flags if getattr(args, a.dest) is not unset}
@@ -289,15 +299,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         # The logging flags exist before `serve` too: their variables set the outer defaults,
         # so that either spelling of the flag wins over the variable.
-        outer = {dest: defaults.pop(dest) for dest in ("log_level", "log_format")
-                 if dest in defaults}
+        outer = {dest: defaults.pop(dest) for dest in _LOG_FLAGS if dest in defaults}
         parser.set_defaults(**outer)
         serve.set_defaults(**defaults)
         args = parser.parse_args(argv)
     if args.log_level is None:
         # A server says when it starts, stops and who connects.
         args.log_level = "info" if args.command == "serve" else "warning"
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level, args.log_format, others=args.library_log_level)
     try:
         return args.run(args)
     except BaseException as exc:

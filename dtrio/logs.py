@@ -4,7 +4,8 @@ carries, a JSON formatter, and one call that configures both formats.
 Loggers, one per part: `dtrio.engine` (dispatchers, the engine root), `dtrio.backend` (stores and
 their schema), `dtrio.grpc` (the sidecar), `dtrio.orchestrator.<name>` (orchestrators'
 `ctx.logger`, which never logs while replaying). INFO is the lifecycle of engines and
-instances; DEBUG is per step and per activity.
+instances; DEBUG is per step and per activity. The libraries' loggers (grpclib, h2, hpack,
+asyncio, ...) have a level of their own in `configure_logging`: hpack, at DEBUG, dumps headers.
 """
 
 from __future__ import annotations
@@ -60,18 +61,52 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def configure_logging(
-    level: int | str = "INFO", fmt: str = "text", stream: IO[str] | None = None
+    level: int | str = "INFO", fmt: str = "text", stream: IO[str] | None = None,
+    *, others: int | str | None = None,
 ) -> logging.Handler:
-    """Log every logger's records at `level` and above to `stream` (stderr), as `fmt` "text" or
-    "json" lines. What `python -m dtrio serve --log-level ... --log-format ...` calls; an
-    application that configures logging itself does not need it."""
+    """Log dtrio's records (the `dtrio` logger and those under it) at `level` and above, and
+    every other logger's (the libraries': grpclib, h2, hpack, asyncio, ...) at `others` and
+    above, by default WARNING or `level` when that is higher, to `stream` (stderr), as `fmt`
+    "text" or "json" lines. What `python -m dtrio serve --log-level ... --library-log-level ...
+    --log-format ...` calls; an application that configures logging itself does not need it."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    own = _level(level)
     root = logging.getLogger()
-    root.setLevel(level.upper() if isinstance(level, str) else level)
+    root.setLevel(max(own, logging.WARNING) if others is None else _level(others))
+    logging.getLogger("dtrio").setLevel(own)
     handler = _Handler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     for old in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     return handler
+
+
+def _level(level: int | str) -> int:
+    if isinstance(level, int):
+        return level
+    value = logging.getLevelName(level.upper())
+    if not isinstance(value, int):
+        raise ValueError(f"not a log level: {level!r}")
+    return value
+
+
+class _InfoAsDebug(logging.Filter):
+    """Passes its logger's INFO records on as DEBUG ones, dropped unless the logger is on at
+    DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def info_as_debug(name: str) -> None:
+    """From now on the logger `name` logs its INFO lines at DEBUG (once is enough: calling this
+    again changes nothing). For a library whose INFO lines are about nothing out of the
+    ordinary."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _InfoAsDebug) for f in logger.filters):
+        logger.addFilter(_InfoAsDebug())

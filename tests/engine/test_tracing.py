@@ -428,10 +428,11 @@ def test_replay_safe_logger_is_silent_while_replaying(caplog):
 @pytest.fixture
 def root_logger():
     """configure_logging changes the root logger: put it back as it was."""
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
+    root, own = logging.getLogger(), logging.getLogger("dtrio")
+    level, own_level, handlers = root.level, own.level, list(root.handlers)
     yield root
     root.setLevel(level)
+    own.setLevel(own_level)
     root.handlers[:] = handlers
 
 
@@ -463,3 +464,24 @@ def test_text_lines(root_logger):
     assert stream.getvalue().rstrip().endswith("INFO    dtrio.backend: created store x.sqlite3")
     with pytest.raises(ValueError, match="text, json"):
         logs.configure_logging("INFO", "xml")
+
+
+def test_the_libraries_log_at_warning_unless_asked(root_logger):
+    def written(level, **others):
+        stream = io.StringIO()
+        logs.configure_logging(level, "text", stream, **others)
+        logging.getLogger("dtrio.grpc").debug("dtrio debug")
+        logging.getLogger("dtrio.orchestrator.greet").info("orchestrator info")
+        logging.getLogger("hpack.hpack").debug("library debug")
+        logging.getLogger("grpclib.server").info("library info")
+        logging.getLogger("grpclib.server").warning("library warning")
+        logging.getLogger("dtrio.engine").error("dtrio error")
+        return [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()]
+
+    assert written("DEBUG") == [
+        "dtrio debug", "orchestrator info", "library warning", "dtrio error"]
+    assert written("info", others="debug") == [
+        "orchestrator info", "library debug", "library info", "library warning", "dtrio error"]
+    assert written(logging.ERROR) == ["dtrio error"]  # a higher level counts for both
+    with pytest.raises(ValueError, match="not a log level: 'loud'"):
+        logs.configure_logging("loud")
