@@ -23,7 +23,7 @@ proto:
 bench *args:
     python benchmarks/bench_embedded.py {{args}}
 
-# dtrio beside DBOS and the SDK's reference backend (issue 7), one table;
+# dtrio beside DBOS and the SDK's reference backend, one table;
 # e.g. `just bench-peers --runs 3 --only embedded,latency --sync NORMAL`
 bench-peers *args:
     python benchmarks/bench_peers.py {{args}}

@@ -1,4 +1,4 @@
-"""dtrio side by side with its peers (issue 7): prints one table of medians, ratios and targets.
+"""dtrio side by side with its peers: prints one table of medians, ratios and targets.
 
     python benchmarks/bench_peers.py [--runs 3] [--only embedded,latency,...] [--sync NORMAL,FULL]
 
