@@ -40,9 +40,13 @@ class ActivityWorkItem:
     version: str | None
     input: str | None
     lock_token: str
+    # Attempts of its call so far, this one included: its call's earlier tasks' and its own
+    # deliveries (each lease counts one).
     attempt: int
     # The orchestration span this activity runs under (None: not traced).
     trace_context: pb.TraceContext | None = None
+    # The call it is an attempt of, when the call has a retry policy (None: its own task ID).
+    call_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -196,11 +200,18 @@ class Backend(Protocol):
 
     async def lease_activities(
         self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
-    ) -> list[ActivityWorkItem]: ...
+    ) -> list[ActivityWorkItem]:
+        """Each lease of a task counts one attempt. The task of a call with a retry policy
+        (`ActivityTask.call_id`) counts on from the attempts of the call's earlier tasks in the
+        same execution, and from no fewer than `ActivityTask.retries`."""
+        ...
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None: ...
 
-    async def complete_activity(self, item: ActivityWorkItem, result: StoredEvent) -> None: ...
+    async def complete_activity(self, item: ActivityWorkItem, result: StoredEvent) -> None:
+        """Deliver `result` (taskCompleted or taskFailed); a failed task of a call with a retry
+        policy leaves its attempts for the call's next task."""
+        ...
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None: ...
 
