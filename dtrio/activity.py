@@ -4,11 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Tags on the tasks of a call made with a retry policy (each attempt is a task of its own): the
-# call's ID (its first task's) and how many attempts the orchestrator made before this task.
-CALL_TAG = "dtrio.call"
-RETRY_TAG = "dtrio.retry"
-
 
 @dataclass(frozen=True, slots=True)
 class ActivityContext:

@@ -14,7 +14,6 @@ from typing import Any
 
 from . import _pb as pb
 from . import history as h
-from .activity import CALL_TAG, RETRY_TAG
 from .entities.ids import EntityId
 from .errors import FailureDetails, InvalidInput
 from .events import StoredEvent
@@ -177,7 +176,7 @@ def _schedule_task(
 def _call_of(tags: dict[str, str]) -> tuple[int | None, int]:
     """The call a task belongs to, and the attempts before it, from its tags (none, or tags
     that are not dtrio's numbers: the task is a call of its own)."""
-    call, retries = tags.get(CALL_TAG), tags.get(RETRY_TAG, "0")
+    call, retries = tags.get(h.CALL_TAG), tags.get(h.RETRY_TAG, "0")
     if call is None or not all(v.isascii() and v.isdigit() and len(v) < 10
                                for v in (call, retries)):
         return None, 0

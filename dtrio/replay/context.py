@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .. import _pb as pb
 from .. import payloads
-from ..activity import CALL_TAG, RETRY_TAG
 from ..durations import Duration, fire_time, to_timedelta
 from ..entities.ids import EntityId
 from ..errors import InvalidInput, InvalidOperation
+from ..history import CALL_TAG, RETRY_TAG
 from ..registry import name_of
 from .logger import ReplaySafeLogger
 from .retry import RetryableTask, RetryPolicy
