@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import trio
-from trio_util import AsyncBool, periodic
+from trio_util import AsyncBool
 
 from ..errors import LeaseLost, StorageError
 
@@ -124,6 +124,8 @@ class Lifecycle(Generic[Item, Work, Result]):
         self._emptied: trio.Event | None = None
         self._held: dict[str, Item] = {}  # by lease token, while leased here
         self._holding = AsyncBool()
+        # When the leases of all held items were last renewed (or the first was taken).
+        self._renewed = 0.0
         self._room = AsyncBool()  # the runner's room grew (or draining began)
         self._leased_for: set[Any] = set()
         # When each name filter was last given work, in rounds that gave any.
@@ -192,6 +194,7 @@ class Lifecycle(Generic[Item, Work, Result]):
                 continue
             self._ready.value = False
             try:
+                await self._renew_if_late()
                 drained = await self._lease_round(items, rooms, free)
                 failures = 0
             except StorageError as exc:
@@ -238,6 +241,7 @@ class Lifecycle(Generic[Item, Work, Result]):
         token = kind.token(item)
         if not self._held:
             self._holding.value = True
+            self._renewed = trio.current_time()
         self._held[token] = item
         delay: float | None = None  # seconds before it may be leased again; None: settled
         try:
@@ -336,18 +340,26 @@ class Lifecycle(Generic[Item, Work, Result]):
     async def _renew(self) -> None:
         """Keep the leases of held items alive: an item may take longer than a lease (a slow
         activity, a large orchestration), and only a process or worker that is gone should
-        lose its work."""
+        lose its work. Every third of a lease all of them are renewed; a round the store
+        refused, even in part, is made again within a second or so (backing off), so a lease
+        has two thirds of its time for the store to take a renewal."""
         period = self.kind.lease_s / 3
         while True:
             # Waiting without a deadline while idle lets a MockClock jump straight to timers.
             await self._holding.wait_value(True)
-            async for elapsed, _ in periodic(period):
-                if not self._held:
-                    break
-                if elapsed > 0:
-                    await self._renew_held()
+            failures = 0
+            while self._held:
+                if failures:
+                    await trio.sleep(backoff(failures, first=0.25, cap=min(2.0, period)))
+                else:
+                    await trio.sleep_until(self._renewed + period)
+                if self._held:
+                    failures = 0 if await self._renew_held() else failures + 1
 
-    async def _renew_held(self) -> None:
+    async def _renew_held(self) -> bool:
+        """Renew the lease of every held item; False if the store refused some."""
+        began = trio.current_time()
+        refused: list[StorageError] = []
         for token, item in list(self._held.items()):
             if self._held.get(token) is not item:
                 continue  # settled while an earlier one was renewed
@@ -357,8 +369,20 @@ class Lifecycle(Generic[Item, Work, Result]):
                 if self._held.get(token) is item:
                     log.warning("%s: %s", self.kind.describe(item), exc)
             except StorageError as exc:
-                log.warning("%s: its lease could not be renewed (trying again in %.1f s): %s",
-                            self.kind.describe(item), self.kind.lease_s / 3, exc)
+                refused.append(exc)
+        if refused:
+            log.warning("the leases of %d %s work items could not be renewed (trying again "
+                        "shortly): %s", len(refused), self.kind.name, refused[-1])
+            return False
+        self._renewed = began
+        return True
+
+    async def _renew_if_late(self) -> None:
+        """Before leasing: if renewals are late (a busy event loop, a slow store), the leases
+        held here may be lapsing, and the round about to run could take them again, to run a
+        second time here (the poller wakes on lapsed leases). Renewed first, they cannot."""
+        if self._held and trio.current_time() >= self._renewed + 2 * self.kind.lease_s / 3:
+            await self._renew_held()
 
 
 def unlimited(names: Any = None) -> list[tuple[Any, float]]:
