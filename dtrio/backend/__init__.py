@@ -14,6 +14,7 @@ from .base import (
     Listener,
     NameFilter,
     OrchestrationWorkItem,
+    TakenOver,
 )
 from .sqlite import SqliteBackend, open_sqlite_backend
 
@@ -32,5 +33,6 @@ __all__ = [
     "NameFilter",
     "OrchestrationWorkItem",
     "SqliteBackend",
+    "TakenOver",
     "open_sqlite_backend",
 ]

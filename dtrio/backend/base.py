@@ -62,6 +62,16 @@ class EntityWorkItem:
     messages: list[tuple[int, StoredEvent]]  # (inbox id, event), oldest first
 
 
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """A work item whose lease was ended because its owner is gone."""
+
+    kind: str  # "orchestration", "activity" or "entity"
+    instance_id: str
+    name: str
+    task_id: int | None = None  # an activity's
+
+
 @dataclass(slots=True)
 class EntityRecord:
     instance_id: str
@@ -237,6 +247,15 @@ class Backend(Protocol):
     async def clean_entity_storage(
         self, remove_empty: bool, release_orphaned_locks: bool
     ) -> tuple[int, int]: ...
+
+    async def lease_owners(self) -> set[str]:
+        """The owners of the leases that have not lapsed (of every kind of work item)."""
+        ...
+
+    async def release_owner(self, owner: str) -> list[TakenOver]:
+        """End every lease `owner` holds, as if it had lapsed (the caller knows the owner is
+        gone): the items may be leased again at once, and listeners are told. Returns them."""
+        ...
 
     async def next_due(self) -> int | None: ...
 

@@ -31,10 +31,11 @@ from .base import (
     Listener,
     NameFilter,
     OrchestrationWorkItem,
+    TakenOver,
 )
 from .sqlite_admin import SqliteAdmin, record, record_columns
 from .sqlite_entities import SqliteEntities
-from .sqlite_leases import give_back, renew, take
+from .sqlite_leases import give_back, owners, release_owner, renew, take
 from .sqlite_rows import (
     delete_instances,
     deliver,
@@ -396,6 +397,14 @@ class SqliteBackend:
         self, remove_empty: bool, release_orphaned_locks: bool
     ) -> tuple[int, int]:
         return await self._entities.clean_entity_storage(remove_empty, release_orphaned_locks)
+
+    # -- owners ----------------------------------------------------------------------------
+
+    async def lease_owners(self) -> set[str]:
+        return await owners(self._store)
+
+    async def release_owner(self, owner: str) -> list[TakenOver]:
+        return await release_owner(self._store, owner)
 
     # -- scheduling ------------------------------------------------------------------------
 
