@@ -353,11 +353,23 @@ class Lifecycle(Generic[Item, Work, Result]):
                     await trio.sleep(backoff(failures, first=0.25, cap=min(2.0, period)))
                 else:
                     await trio.sleep_until(self._renewed + period)
-                if self._held:
-                    failures = 0 if await self._renew_held() else failures + 1
+                if not self._held:
+                    break
+                refused = await self._renew_held()
+                if refused is None:
+                    if failures:
+                        log.info("the leases of held %s work items are renewed again",
+                                 self.kind.name)
+                    failures = 0
+                    continue
+                if failures % 10 == 0:  # the first of a run of refusals, then now and then
+                    log.warning("the leases of %d %s work items could not be renewed (trying "
+                                "again shortly): %s", refused[0], self.kind.name, refused[1])
+                failures += 1
 
-    async def _renew_held(self) -> bool:
-        """Renew the lease of every held item; False if the store refused some."""
+    async def _renew_held(self) -> tuple[int, StorageError] | None:
+        """Renew the lease of every held item; how many the store refused, and why (None: it
+        refused none)."""
         began = trio.current_time()
         refused: list[StorageError] = []
         for token, item in list(self._held.items()):
@@ -371,11 +383,9 @@ class Lifecycle(Generic[Item, Work, Result]):
             except StorageError as exc:
                 refused.append(exc)
         if refused:
-            log.warning("the leases of %d %s work items could not be renewed (trying again "
-                        "shortly): %s", len(refused), self.kind.name, refused[-1])
-            return False
+            return len(refused), refused[-1]
         self._renewed = began
-        return True
+        return None
 
     async def _renew_if_late(self) -> None:
         """Before leasing: if renewals are late (a busy event loop, a slow store), the leases
