@@ -12,6 +12,12 @@ from .errors import FailureDetails
 from .events import StoredEvent
 from .wire import history_marker, one_of
 
+# Tags on the tasks of an activity call made with a retry policy (each attempt is a task of its
+# own, recorded in its taskScheduled event): the call's ID (its first task's) and how many
+# attempts the orchestrator made before this task.
+CALL_TAG = "dtrio.call"
+RETRY_TAG = "dtrio.retry"
+
 
 def kind(event: pb.HistoryEvent) -> str:
     """The event's oneof name, e.g. "task_completed"."""

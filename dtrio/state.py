@@ -43,6 +43,10 @@ class ActivityTask:
     visible_at: int
     # The orchestration span this activity's span belongs under (None: not traced).
     trace_context: pb.TraceContext | None = None
+    # A call with a retry policy: the call's ID (its first task's), and the attempts the
+    # orchestrator made before this task. The store adds the redeliveries of those attempts.
+    call_id: int | None = None
+    retries: int = 0
 
 
 @dataclass(slots=True)
@@ -165,8 +169,18 @@ def _schedule_task(
     )))
     b.step.activities.append(ActivityTask(
         b.instance_id, b.execution_id, action.id, body.name, body.version, body.input, b.now_us,
-        trace,
+        trace, *_call_of(body.tags),
     ))
+
+
+def _call_of(tags: dict[str, str]) -> tuple[int | None, int]:
+    """The call a task belongs to, and the attempts before it, from its tags (none, or tags
+    that are not dtrio's numbers: the task is a call of its own)."""
+    call, retries = tags.get(h.CALL_TAG), tags.get(h.RETRY_TAG, "0")
+    if call is None or not all(v.isascii() and v.isdigit() and len(v) < 10
+                               for v in (call, retries)):
+        return None, 0
+    return int(call), int(retries)
 
 
 def _create_timer(

@@ -18,6 +18,7 @@ from .base import (
     Listener,
     NameFilter,
     OrchestrationWorkItem,
+    TakenOver,
 )
 from .sqlite import SqliteBackend, open_sqlite_backend
 
@@ -57,6 +58,7 @@ __all__ = [
     "NameFilter",
     "OrchestrationWorkItem",
     "SqliteBackend",
+    "TakenOver",
     "is_postgres_url",
     "open_backend",
     "open_sqlite_backend",

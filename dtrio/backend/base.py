@@ -40,9 +40,13 @@ class ActivityWorkItem:
     version: str | None
     input: str | None
     lock_token: str
+    # Attempts of its call so far, this one included: its call's earlier tasks' and its own
+    # deliveries (each lease counts one).
     attempt: int
     # The orchestration span this activity runs under (None: not traced).
     trace_context: pb.TraceContext | None = None
+    # The call it is an attempt of, when the call has a retry policy (None: its own task ID).
+    call_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -56,6 +60,16 @@ class EntityWorkItem:
     lock_section: str | None
     lock_token: str
     messages: list[tuple[int, StoredEvent]]  # (inbox id, event), oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """A work item whose lease was ended because its owner is gone."""
+
+    kind: str  # "orchestration", "activity" or "entity"
+    instance_id: str
+    name: str
+    task_id: int | None = None  # an activity's
 
 
 @dataclass(slots=True)
@@ -196,11 +210,18 @@ class Backend(Protocol):
 
     async def lease_activities(
         self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
-    ) -> list[ActivityWorkItem]: ...
+    ) -> list[ActivityWorkItem]:
+        """Each lease of a task counts one attempt. The task of a call with a retry policy
+        (`ActivityTask.call_id`) counts on from the attempts of the call's earlier tasks in the
+        same execution, and from no fewer than `ActivityTask.retries`."""
+        ...
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None: ...
 
-    async def complete_activity(self, item: ActivityWorkItem, result: StoredEvent) -> None: ...
+    async def complete_activity(self, item: ActivityWorkItem, result: StoredEvent) -> None:
+        """Deliver `result` (taskCompleted or taskFailed); a failed task of a call with a retry
+        policy leaves its attempts for the call's next task."""
+        ...
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None: ...
 
@@ -226,6 +247,15 @@ class Backend(Protocol):
     async def clean_entity_storage(
         self, remove_empty: bool, release_orphaned_locks: bool
     ) -> tuple[int, int]: ...
+
+    async def lease_owners(self) -> set[str]:
+        """The owners of the leases that have not lapsed (of every kind of work item)."""
+        ...
+
+    async def release_owner(self, owner: str) -> list[TakenOver]:
+        """End every lease `owner` holds, as if it had lapsed (the caller knows the owner is
+        gone): the items may be leased again at once, and listeners are told. Returns them."""
+        ...
 
     async def next_due(self) -> int | None: ...
 

@@ -33,10 +33,11 @@ from .base import (
     Listener,
     NameFilter,
     OrchestrationWorkItem,
+    TakenOver,
 )
 from .postgres_admin import PostgresAdmin, record, record_columns
 from .postgres_entities import PostgresEntities
-from .postgres_leases import give_back, renew, take
+from .postgres_leases import give_back, owners, release_owner, renew, take
 from .postgres_rows import (
     NEW_TOKEN,
     delete_instances,
@@ -48,6 +49,7 @@ from .postgres_rows import (
     refresh_ready,
     release_entity_locks,
     rewind_child,
+    schedule_calls,
     status_of,
     terminate_children,
 )
@@ -288,12 +290,17 @@ class PostgresBackend:
                     "input, available_at, trace_context) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     [(a.instance_id, a.execution_id, a.task_id, a.name, a.version, a.input,
                       a.visible_at, encode(a.trace_context) if a.trace_context else None)
-                     for a in step.activities],
+                     for a in step.activities if a.call_id is None],
                 )
+                retried = [a for a in step.activities if a.call_id is not None]
+                if retried:
+                    schedule_calls(tx, retried)
                 for a in step.activities:
                     tx.due("activity", a.visible_at, now)
             if completed:
                 tx.execute("DELETE FROM inbox WHERE instance_id = %s", (iid,))
+            if completed or step.reset_history:
+                tx.execute("DELETE FROM activity_calls WHERE instance_id = %s", (iid,))
             if completed or step.continued_as_new:
                 release_entity_locks(tx, iid, now)
 
@@ -324,7 +331,7 @@ class PostgresBackend:
 
         def items(tx: Tx, rows: list[Any], now: int) -> list[Any]:
             return [
-                ActivityWorkItem(*r[:-1], pb.TraceContext.parse(r[-1]) if r[-1] else None)
+                ActivityWorkItem(*r[:-2], pb.TraceContext.parse(r[-2]) if r[-2] else None, r[-1])
                 for r in sorted(rows)
             ]
 
@@ -334,7 +341,7 @@ class PostgresBackend:
             f"activities WHERE available_at <= %(now)s AND ({condition}) ORDER BY available_at "
             "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
             "RETURNING id, instance_id, execution_id, task_id, name, version, input, "
-            "lock_token, attempt, trace_context"
+            "lock_token, attempt, trace_context, call_id"
         ), {"owner": owner, "limit": limit, **params}, lease_us, items)
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None:
@@ -351,6 +358,14 @@ class PostgresBackend:
                 raise LeaseLost(
                     f"lease on activity {item.name!r} #{item.task_id} of {item.instance_id!r} was "
                     "lost; its result was not saved"
+                )
+            if item.call_id is not None and result.event.task_failed is not None:
+                # Its call may be retried: the next task counts on from these attempts.
+                tx.execute(
+                    "INSERT INTO activity_calls (instance_id, execution_id, call_id, attempts) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (instance_id, execution_id, call_id) "
+                    "DO UPDATE SET attempts = EXCLUDED.attempts",
+                    (item.instance_id, item.execution_id, item.call_id, item.attempt),
                 )
             now = tx.clock.now_us()
             deliver(tx, Message(item.instance_id, result, now, item.execution_id), now)
@@ -392,6 +407,12 @@ class PostgresBackend:
         return await self._entities.clean_entity_storage(remove_empty, release_orphaned_locks)
 
     # -- scheduling ------------------------------------------------------------------------
+
+    async def lease_owners(self) -> set[str]:
+        return await owners(self._store)
+
+    async def release_owner(self, owner: str) -> list[TakenOver]:
+        return await release_owner(self._store, owner)
 
     async def next_due(self) -> int | None:
         """The earliest future time at which some work item may become available."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from ..errors import LeaseLost
+from .base import TakenOver
 from .postgres_store import PostgresStore, Tx
 
 Table = Literal["instances", "entities", "activities"]
@@ -71,3 +72,47 @@ async def give_back(store: PostgresStore, table: Table, key: Any, token: str,
         tx.due(kind, now + delay_us, now)
 
     await store.write(op)
+
+
+async def owners(store: PostgresStore) -> set[str]:
+    """The owners of the leases that have not lapsed, in every table."""
+
+    def read(tx: Tx) -> set[str]:
+        now = tx.clock.now_us()
+        return {
+            row[0]
+            for table, (_, expiry, _) in _COLUMNS.items()
+            for row in tx.execute(
+                f"SELECT DISTINCT lock_owner FROM {table} "
+                f"WHERE {expiry} > %s AND lock_owner IS NOT NULL", (now,)).fetchall()
+        }
+
+    return await store.read(read)
+
+
+# Per table: what a work item released from a gone owner is reported as.
+_TAKEN = {
+    "instances": "instance_id, name, NULL::integer",
+    "entities": "instance_id, name, NULL::integer",
+    "activities": "instance_id, name, task_id",
+}
+
+
+async def release_owner(store: PostgresStore, owner: str) -> list[TakenOver]:
+    """End every lease `owner` holds, as `give_back` without delay does."""
+
+    def op(tx: Tx) -> list[TakenOver]:
+        now = tx.clock.now_us()
+        taken: list[TakenOver] = []
+        for table, (_, expiry, kind) in _COLUMNS.items():
+            rows = tx.execute(
+                f"UPDATE {table} SET lock_owner = NULL, lock_token = NULL, {expiry} = %(now)s "
+                f"WHERE {expiry} > %(now)s AND lock_owner = %(owner)s RETURNING {_TAKEN[table]}",
+                {"now": now, "owner": owner},
+            ).fetchall()
+            if rows:
+                tx.due(kind, now, now)
+                taken += [TakenOver(kind, *row) for row in sorted(rows)]
+        return taken
+
+    return await store.write(op)

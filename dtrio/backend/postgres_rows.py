@@ -13,8 +13,9 @@ from ..entities.batch import source_of
 from ..events import StoredEvent
 from ..inbox import Message, NewInstance
 from ..instance_ids import is_entity_id
-from ..state import TERMINAL, ChildRewind
+from ..state import TERMINAL, ActivityTask, ChildRewind
 from ..times import from_us
+from ..wire import encode
 from .postgres_store import Tx
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
@@ -98,7 +99,7 @@ def status_of(tx: Tx, instance_id: str) -> int | None:
 def delete_instances(tx: Tx, instance_ids: list[str], now: int) -> None:
     if not instance_ids:
         return
-    for table in ("history", "inbox", "activities", "instances"):
+    for table in ("history", "inbox", "activities", "activity_calls", "instances"):
         tx.execute(f"DELETE FROM {table} WHERE instance_id = ANY(%s)", (instance_ids,))
     for instance_id in instance_ids:
         tx.changed(instance_id)
@@ -245,3 +246,21 @@ def drop_if_empty(tx: Tx, entity_id: str) -> None:
         "AND NOT EXISTS (SELECT 1 FROM entity_inbox WHERE instance_id = %(id)s)",
         {"id": entity_id},
     )
+
+
+def schedule_calls(tx: Tx, tasks: list[ActivityTask]) -> None:
+    """Queue the tasks of calls with a retry policy: each counts on from the attempts its call's
+    earlier tasks made (and from no fewer than the orchestrator counted), which it takes over."""
+    for a in tasks:
+        row = tx.execute(
+            "DELETE FROM activity_calls WHERE instance_id = %s AND execution_id = %s "
+            "AND call_id = %s RETURNING attempts", (a.instance_id, a.execution_id, a.call_id),
+        ).fetchone()
+        tx.execute(
+            "INSERT INTO activities (instance_id, execution_id, task_id, name, version, input, "
+            "available_at, trace_context, call_id, attempt) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (a.instance_id, a.execution_id, a.task_id, a.name, a.version, a.input, a.visible_at,
+             encode(a.trace_context) if a.trace_context else None, a.call_id,
+             max(a.retries, row[0] if row else 0)),
+        )

@@ -82,7 +82,17 @@ CREATE TABLE activities (
     lock_owner text,
     lock_token text,
     attempt integer NOT NULL DEFAULT 0,
-    trace_context bytea
+    trace_context bytea,
+    -- the call a task is an attempt of (its first task's ID; NULL: a call of its own)
+    call_id integer
+);
+-- Attempts made by the failed tasks of a call with a retry policy, for its next task.
+CREATE TABLE activity_calls (
+    instance_id text NOT NULL,
+    execution_id text NOT NULL,
+    call_id integer NOT NULL,
+    attempts integer NOT NULL,
+    PRIMARY KEY (instance_id, execution_id, call_id)
 );
 CREATE INDEX activities_available ON activities (available_at);
 CREATE INDEX activities_name_available ON activities (name, available_at);

@@ -31,10 +31,11 @@ from .base import (
     Listener,
     NameFilter,
     OrchestrationWorkItem,
+    TakenOver,
 )
 from .sqlite_admin import SqliteAdmin, record, record_columns
 from .sqlite_entities import SqliteEntities
-from .sqlite_leases import give_back, renew, take
+from .sqlite_leases import give_back, owners, release_owner, renew, take
 from .sqlite_rows import (
     delete_instances,
     deliver,
@@ -45,6 +46,7 @@ from .sqlite_rows import (
     refresh_ready,
     release_entity_locks,
     rewind_child,
+    schedule_calls,
     status_of,
     terminate_children,
 )
@@ -279,12 +281,17 @@ class SqliteBackend:
                     "input, available_at, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(a.instance_id, a.execution_id, a.task_id, a.name, a.version, a.input,
                       a.visible_at, encode(a.trace_context) if a.trace_context else None)
-                     for a in step.activities],
+                     for a in step.activities if a.call_id is None],
                 )
+                retried = [a for a in step.activities if a.call_id is not None]
+                if retried:
+                    schedule_calls(store, retried)
                 for a in step.activities:
                     store.due("activity", a.visible_at, now)
             if completed:
                 conn.execute("DELETE FROM inbox WHERE instance_id = ?", (iid,))
+            if completed or step.reset_history:
+                conn.execute("DELETE FROM activity_calls WHERE instance_id = ?", (iid,))
             if completed or step.continued_as_new:
                 # Critical sections end with their execution, however it ended.
                 release_entity_locks(store, iid, now)
@@ -317,7 +324,7 @@ class SqliteBackend:
 
         def items(conn: sqlite3.Connection, rows: list[Any], now: int) -> list[Any]:
             return [
-                ActivityWorkItem(*r[:-1], pb.TraceContext.parse(r[-1]) if r[-1] else None)
+                ActivityWorkItem(*r[:-2], pb.TraceContext.parse(r[-2]) if r[-2] else None, r[-1])
                 for r in sorted(rows)
             ]
 
@@ -326,7 +333,7 @@ class SqliteBackend:
             "available_at = ?1, attempt = attempt + 1 WHERE id IN (SELECT id FROM activities "
             f"WHERE available_at <= ?2 AND ({matching}) ORDER BY available_at LIMIT ?4) "
             "RETURNING id, instance_id, execution_id, task_id, name, version, input, "
-            "lock_token, attempt, trace_context"
+            "lock_token, attempt, trace_context, call_id"
         ), (owner, limit, *params), lease_us, items)
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None:
@@ -344,6 +351,13 @@ class SqliteBackend:
                 raise LeaseLost(
                     f"lease on activity {item.name!r} #{item.task_id} of {item.instance_id!r} was "
                     "lost; its result was not saved"
+                )
+            if item.call_id is not None and result.event.task_failed is not None:
+                # Its call may be retried: the next task counts on from these attempts.
+                conn.execute(
+                    "INSERT OR REPLACE INTO activity_calls (instance_id, execution_id, call_id, "
+                    "attempts) VALUES (?, ?, ?, ?)",
+                    (item.instance_id, item.execution_id, item.call_id, item.attempt),
                 )
             now = store.clock.now_us()
             deliver(store, Message(item.instance_id, result, now, item.execution_id), now)
@@ -383,6 +397,14 @@ class SqliteBackend:
         self, remove_empty: bool, release_orphaned_locks: bool
     ) -> tuple[int, int]:
         return await self._entities.clean_entity_storage(remove_empty, release_orphaned_locks)
+
+    # -- owners ----------------------------------------------------------------------------
+
+    async def lease_owners(self) -> set[str]:
+        return await owners(self._store)
+
+    async def release_owner(self, owner: str) -> list[TakenOver]:
+        return await release_owner(self._store, owner)
 
     # -- scheduling ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 from ..errors import LeaseLost
+from .base import TakenOver
 from .sqlite_store import SqliteStore
 
 Table = Literal["instances", "entities", "activities"]
@@ -72,3 +73,47 @@ async def give_back(store: SqliteStore, table: Table, key: Any, token: str, dela
         store.due(kind, now + delay_us, now)
 
     await store.write(op)
+
+
+async def owners(store: SqliteStore) -> set[str]:
+    """The owners of the leases that have not lapsed, in every table."""
+
+    def read(conn: sqlite3.Connection) -> set[str]:
+        now = store.clock.now_us()
+        return {
+            row[0]
+            for table, (_, expiry, _) in _COLUMNS.items()
+            for row in conn.execute(
+                f"SELECT DISTINCT lock_owner FROM {table} "
+                f"WHERE {expiry} > ? AND lock_owner IS NOT NULL", (now,))
+        }
+
+    return await store.read(read)
+
+
+# Per table: what a work item released from a gone owner is reported as.
+_TAKEN = {
+    "instances": "instance_id, name, NULL",
+    "entities": "instance_id, name, NULL",
+    "activities": "instance_id, name, task_id",
+}
+
+
+async def release_owner(store: SqliteStore, owner: str) -> list[TakenOver]:
+    """End every lease `owner` holds, as `give_back` without delay does."""
+
+    def op(conn: sqlite3.Connection) -> list[TakenOver]:
+        now = store.clock.now_us()
+        taken: list[TakenOver] = []
+        for table, (_, expiry, kind) in _COLUMNS.items():
+            rows = conn.execute(
+                f"UPDATE {table} SET lock_owner = NULL, lock_token = NULL, {expiry} = ?1 "
+                f"WHERE {expiry} > ?1 AND lock_owner = ?2 RETURNING {_TAKEN[table]}",
+                (now, owner),
+            ).fetchall()
+            if rows:
+                store.due(kind, now, now)
+                taken += [TakenOver(kind, *row) for row in sorted(rows)]
+        return taken
+
+    return await store.write(op)

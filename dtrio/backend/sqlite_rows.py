@@ -16,8 +16,9 @@ from ..entities.batch import source_of
 from ..events import StoredEvent
 from ..inbox import Message, NewInstance
 from ..instance_ids import is_entity_id
-from ..state import TERMINAL, ChildRewind
+from ..state import TERMINAL, ActivityTask, ChildRewind
 from ..times import from_us
+from ..wire import encode
 from .sqlite_store import SqliteStore
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
@@ -99,7 +100,7 @@ def status_of(store: SqliteStore, instance_id: str) -> int | None:
 
 def delete_instances(store: SqliteStore, instance_ids: list[str], now: int) -> None:
     rows = [(i,) for i in instance_ids]
-    for table in ("history", "inbox", "activities", "instances"):
+    for table in ("history", "inbox", "activities", "activity_calls", "instances"):
         store.conn.executemany(f"DELETE FROM {table} WHERE instance_id = ?", rows)
     for instance_id in instance_ids:
         store.changed(instance_id)
@@ -260,3 +261,22 @@ def drop_if_empty(store: SqliteStore, entity_id: str) -> None:
         "AND NOT EXISTS (SELECT 1 FROM entity_inbox WHERE instance_id = ?1)",
         (entity_id,),
     )
+
+
+def schedule_calls(store: SqliteStore, tasks: list[ActivityTask]) -> None:
+    """Queue the tasks of calls with a retry policy: each counts on from the attempts its call's
+    earlier tasks made (and from no fewer than the orchestrator counted), which it takes over."""
+    conn = store.conn
+    for a in tasks:
+        key = (a.instance_id, a.execution_id, a.call_id)
+        row = conn.execute(
+            "DELETE FROM activity_calls WHERE instance_id = ? AND execution_id = ? "
+            "AND call_id = ? RETURNING attempts", key,
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO activities (instance_id, execution_id, task_id, name, version, input, "
+            "available_at, trace_context, call_id, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (a.instance_id, a.execution_id, a.task_id, a.name, a.version, a.input, a.visible_at,
+             encode(a.trace_context) if a.trace_context else None, a.call_id,
+             max(a.retries, row[0] if row else 0)),
+        )

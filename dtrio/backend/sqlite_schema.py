@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dtrio.backend")
 
 APPLICATION = "dtrio"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -145,7 +145,19 @@ def _v5(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database) -> None:
+    # A call made with a retry policy is one call over several tasks (an attempt each):
+    # `call_id` names it (its first task's ID; NULL: the task is a call of its own), and
+    # `activity_calls` keeps the attempts of its failed tasks, for its next task to count on.
+    db.execute("ALTER TABLE activities ADD COLUMN call_id INTEGER")
+    db.execute(
+        "CREATE TABLE activity_calls (instance_id TEXT NOT NULL, execution_id TEXT NOT NULL, "
+        "call_id INTEGER NOT NULL, attempts INTEGER NOT NULL, "
+        "PRIMARY KEY (instance_id, execution_id, call_id)) WITHOUT ROWID"
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -24,6 +24,9 @@ log = logging.getLogger("dtrio.grpc")
 HEALTH_PING_INTERVAL = 30.0
 # How long the streams of workers may take to end once the sidecar has drained.
 STREAMS_END_TIMEOUT = 5.0
+# How long a worker may read nothing, or finish nothing while it holds orchestration steps or
+# entity batches, before it counts as gone (a slow worker is not a dead one: longer than a lease).
+STALL_TIMEOUT = 60.0
 
 
 async def serve_sidecar(
@@ -52,7 +55,7 @@ async def serve_sidecar(
     operations fail instead. Entity work goes to workers as `entityRequestV2` work items, or
     with `entity_request_version=1` as `entityRequest` (for workers that take only that form).
     A worker whose stream stops reading, or that finishes nothing for `stall_timeout` seconds
-    (default: the orchestration lease) while it holds orchestration steps or entity batches,
+    (default 60) while it holds orchestration steps or entity batches,
     counts as gone: its stream is ended and its work items go to other workers.
     """
     ping_every = to_seconds(
@@ -68,7 +71,7 @@ async def serve_sidecar(
             "the sidecar serves an engine without in-process workers: "
             "start it with local_workers=False"
         )
-    stall = engine.options.orchestration_lease if stall_timeout is None else to_seconds(
+    stall = STALL_TIMEOUT if stall_timeout is None else to_seconds(
         stall_timeout, "serve_sidecar(stall_timeout=...)", positive=True)
     remote = RemoteWork(
         WorkItemEncoder(max_work_item_size, entity_request_version),

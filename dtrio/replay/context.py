@@ -14,6 +14,7 @@ from .. import payloads
 from ..durations import Duration, fire_time, to_timedelta
 from ..entities.ids import EntityId
 from ..errors import InvalidInput, InvalidOperation
+from ..history import CALL_TAG, RETRY_TAG
 from ..registry import name_of
 from .logger import ReplaySafeLogger
 from .retry import RetryableTask, RetryPolicy
@@ -182,10 +183,17 @@ class OrchestrationContext:
         """
         name = name_of(activity, "activity")
         data = payloads.encode(input, f"input of activity {name!r}")
+        # A retried call is one call: its attempts are tasks of their own, each tagged with the
+        # first one's ID (the call's) and its number, so the store counts the call's attempts
+        # across them and the activity sees one idempotency key.
+        call = self._run.next_id
 
-        def attempt() -> Task[Any]:
+        def attempt(number: int = 1) -> Task[Any]:
             task = DurableTask(f"activity {name!r}")
-            action = pb.ScheduleTaskAction(name=name, input=data, tags=tags or {})
+            task_tags = tags or {}
+            if retry_policy is not None:
+                task_tags = {**task_tags, CALL_TAG: str(call), RETRY_TAG: str(number - 1)}
+            action = pb.ScheduleTaskAction(name=name, input=data, tags=task_tags)
             self._run.emit(pb.OrchestratorAction(schedule_task=action), task)
             return task
 
@@ -229,7 +237,7 @@ class OrchestrationContext:
             raise InvalidInput(f"sub-orchestration instance ID {instance_id!r} starts with '@', "
                                "which the protocol reserves for entities")
 
-        def attempt() -> Task[Any]:
+        def attempt(number: int = 1) -> Task[Any]:
             seq = self._run.next_id
             child_id = instance_id if instance_id is not None else f"{self.instance_id}:{seq:04x}"
             task = DurableTask(f"sub-orchestration {name!r} ({child_id})")

@@ -71,12 +71,14 @@ class RetryPolicy:
 
 class RetryableTask(Task[Any]):
     """Runs attempts one after another until one succeeds or the policy gives up; then it
-    completes with that result or fails with the last failure."""
+    completes with that result or fails with the last failure. `start_attempt(n)` schedules
+    attempt n (from 1): each is a new task, after a durable timer."""
 
     __slots__ = ("_ctx", "_policy", "_start_attempt", "_attempt", "_first", "_timer")
 
     def __init__(
-        self, ctx: OrchestrationContext, policy: RetryPolicy, start_attempt: Callable[[], Task[Any]]
+        self, ctx: OrchestrationContext, policy: RetryPolicy,
+        start_attempt: Callable[[int], Task[Any]],
     ) -> None:
         super().__init__()
         self._ctx = ctx
@@ -85,7 +87,7 @@ class RetryableTask(Task[Any]):
         self._attempt = 1
         self._first = ctx.now
         self._timer: Task[Any] | None = None
-        self._watch(start_attempt())
+        self._watch(start_attempt(1))
 
     def _watch(self, task: Task[Any]) -> None:
         if task.is_complete:
@@ -99,7 +101,7 @@ class RetryableTask(Task[Any]):
         if child is self._timer:
             self._timer = None
             self._attempt += 1
-            self._watch(self._start_attempt())
+            self._watch(self._start_attempt(self._attempt))
             return
         exc = child.exception()
         if exc is None:

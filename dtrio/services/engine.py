@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -19,6 +17,7 @@ from ..backend import Backend, open_backend
 from ..client import Client
 from ..clock import Clock
 from ..registry import Registry
+from . import owners
 from .kinds import Activities, Entities, Orchestrations
 from .lifecycle import Kind, Lifecycle, Runner
 from .local import LocalActivities, LocalEntities, LocalOrchestrations
@@ -71,7 +70,8 @@ class Engine:
         self.backend = backend
         self.clock = clock
         self.options = options
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # What it leases work under: `host:pid:tag:start.space` (see owners.py).
+        self.owner = owners.new_owner()
         self.wakeups = Wakeups()
         backend.listen(self.wakeups.committed)
         self.client = Client(backend, clock, poll_interval=options.max_poll_interval)
@@ -138,12 +138,17 @@ def _build_engine(
 
 async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -> None:
     backend, opts = engine.backend, engine.options
+    owners.started(engine.owner)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 serve_poller, backend, engine.clock, engine.wakeups, opts.max_poll_interval)
             if engine.local:
                 await nursery.start(engine.serve_workers, engine.local)
+            # Work that processes now gone held: looked for now and, when other processes may
+            # share the store (it is polled), every few seconds.
+            await nursery.start(owners.serve_takeover, backend, engine.owner,
+                                None if opts.max_poll_interval is None else owners.INTERVAL)
             log.info("engine %s started on %s (synchronous=%s)", engine.owner,
                      getattr(backend, "where", backend), opts.synchronous.upper())
             task_status.started(engine)
@@ -151,6 +156,7 @@ async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -
             await engine._drain()
             nursery.cancel_scope.cancel()
     finally:
+        owners.stopped(engine.owner)
         await backend.aclose()
         log.info("engine %s stopped", engine.owner)
 

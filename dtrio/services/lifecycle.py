@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import trio
-from trio_util import AsyncBool, periodic
+from trio_util import AsyncBool
 
 from ..errors import LeaseLost, StorageError
 
@@ -128,6 +128,8 @@ class Lifecycle(Generic[Item, Work, Result]):
         self._emptied: trio.Event | None = None
         self._held: dict[str, Item] = {}  # by lease token, while leased here
         self._holding = AsyncBool()
+        # When the leases of all held items were last renewed (or the first was taken).
+        self._renewed = 0.0
         self._room = AsyncBool()  # the runner's room grew (or draining began)
         self._leased_for: set[Any] = set()
         # When each name filter was last given work, in rounds that gave any.
@@ -227,6 +229,7 @@ class Lifecycle(Generic[Item, Work, Result]):
                 continue
             self._ready.value = False
             try:
+                await self._renew_if_late()
                 drained = await self._lease_round(rooms, free)
                 failures = 0
             except StorageError as exc:
@@ -271,6 +274,7 @@ class Lifecycle(Generic[Item, Work, Result]):
         token = kind.token(item)
         if not self._held:
             self._holding.value = True
+            self._renewed = trio.current_time()
         self._held[token] = item
         delay: float | None = None  # seconds before it may be leased again; None: settled
         try:
@@ -369,18 +373,38 @@ class Lifecycle(Generic[Item, Work, Result]):
     async def _renew(self) -> None:
         """Keep the leases of held items alive: an item may take longer than a lease (a slow
         activity, a large orchestration), and only a process or worker that is gone should
-        lose its work."""
+        lose its work. Every third of a lease all of them are renewed; a round the store
+        refused, even in part, is made again within a second or so (backing off), so a lease
+        has two thirds of its time for the store to take a renewal."""
         period = self.kind.lease_s / 3
         while True:
             # Waiting without a deadline while idle lets a MockClock jump straight to timers.
             await self._holding.wait_value(True)
-            async for elapsed, _ in periodic(period):
+            failures = 0
+            while self._held:
+                if failures:
+                    await trio.sleep(backoff(failures, first=0.25, cap=min(2.0, period)))
+                else:
+                    await trio.sleep_until(self._renewed + period)
                 if not self._held:
                     break
-                if elapsed > 0:
-                    await self._renew_held()
+                refused = await self._renew_held()
+                if refused is None:
+                    if failures:
+                        log.info("the leases of held %s work items are renewed again",
+                                 self.kind.name)
+                    failures = 0
+                    continue
+                if failures % 10 == 0:  # the first of a run of refusals, then now and then
+                    log.warning("the leases of %d %s work items could not be renewed (trying "
+                                "again shortly): %s", refused[0], self.kind.name, refused[1])
+                failures += 1
 
-    async def _renew_held(self) -> None:
+    async def _renew_held(self) -> tuple[int, StorageError] | None:
+        """Renew the lease of every held item; how many the store refused, and why (None: it
+        refused none)."""
+        began = trio.current_time()
+        refused: list[StorageError] = []
         for token, item in list(self._held.items()):
             if self._held.get(token) is not item:
                 continue  # settled while an earlier one was renewed
@@ -390,8 +414,18 @@ class Lifecycle(Generic[Item, Work, Result]):
                 if self._held.get(token) is item:
                     log.warning("%s: %s", self.kind.describe(item), exc)
             except StorageError as exc:
-                log.warning("%s: its lease could not be renewed (trying again in %.1f s): %s",
-                            self.kind.describe(item), self.kind.lease_s / 3, exc)
+                refused.append(exc)
+        if refused:
+            return len(refused), refused[-1]
+        self._renewed = began
+        return None
+
+    async def _renew_if_late(self) -> None:
+        """Before leasing: if renewals are late (a busy event loop, a slow store), the leases
+        held here may be lapsing, and the round about to run could take them again, to run a
+        second time here (the poller wakes on lapsed leases). Renewed first, they cannot."""
+        if self._held and trio.current_time() >= self._renewed + 2 * self.kind.lease_s / 3:
+            await self._renew_held()
 
 
 def unlimited(names: Any = None) -> list[tuple[Any, float]]:

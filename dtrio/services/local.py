@@ -140,7 +140,8 @@ class LocalActivities:
                 error_message=f"activity {item.name!r} is not registered with this worker",
                 is_non_retriable=True,
             ))
-        ctx = ActivityContext(item.instance_id, item.task_id, item.name, item.attempt)
+        ctx = ActivityContext(item.instance_id, item.task_id, item.name, item.attempt,
+                              item.call_id)
         try:
             value = payloads.decode(item.input, f"input of activity {item.name!r}")
             if inspect.iscoroutinefunction(fn):

@@ -18,11 +18,12 @@ class EngineOptions:
     max_concurrent_entities: int = 200
     # Most operations and lock messages one entity batch takes from the entity's inbox.
     entity_batch_size: int = 100
-    # How long a worker may hold an orchestration work item before others may take it.
-    orchestration_lease: float | timedelta = 60.0
-    # How long an activity may run without its lease being renewed; running activities in
-    # this process renew it every third of this time, so only a dead process loses it.
-    activity_lease: float | timedelta = 300.0
+    # How long the lease on an orchestration step or entity batch lasts, and on an activity.
+    # Held items are renewed every third of it, however long they run, so only a process that
+    # is gone loses them: to one on this host at once, else when the lease lapses. Short, so
+    # that work a dead process held on another host runs again within seconds.
+    orchestration_lease: float | timedelta = 15.0
+    activity_lease: float | timedelta = 30.0
     # Longest gap between polls for work written by other processes (None: never poll; for
     # stores only this process uses, like the in-memory one).
     max_poll_interval: float | timedelta | None = 1.0

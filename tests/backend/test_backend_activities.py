@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import trio
 from backend_contract import LEASE, SECOND, S, kinds, parse
 
+from dtrio import _pb as pb
 from dtrio import history as h
 from dtrio.errors import LeaseLost
+from dtrio.events import StoredEvent
 
 
 async def schedule(kit, instance_id: str, *task_ids: int, visible_at: int | None = None):
@@ -140,3 +144,29 @@ async def test_abandon_with_stale_token_changes_nothing(kit, autojump_clock):
     assert await kit.backend.lease_activities("a3", 10, LEASE) == []
     await kit.backend.renew_activity(new, LEASE)
     await kit.backend.complete_activity(new, kit.task_completed(1))
+
+
+async def test_a_retried_call_counts_its_attempts_across_its_tasks(kit, autojump_clock):
+    """A call with a retry policy runs as several tasks; each lease of any of them is one more
+    attempt of the call, and the call's ID comes with every one."""
+    _, item = await kit.started_and_leased("i1")
+    call = replace(kit.activity(item, 1), call_id=1, retries=0)
+    await kit.backend.complete_orchestration(item, kit.step(item, activities=[call]))
+    [first] = await kit.backend.lease_activities("a", 10, LEASE)
+    assert (first.attempt, first.call_id) == (1, 1)
+    await kit.backend.abandon_activity(first, 0)  # a redelivery is an attempt too
+    [again] = await kit.backend.lease_activities("a", 10, LEASE)
+    assert again.attempt == 2
+    failed = h.event(kit.clock.now_dt(), task_failed=pb.TaskFailedEvent(
+        task_scheduled_id=1, failure_details=pb.TaskFailureDetails(error_type="E")))
+    await kit.backend.complete_activity(again, StoredEvent.of(failed))
+
+    item = await kit.lease_one("i1")
+    retry = replace(kit.activity(item, 3), call_id=1, retries=1)
+    other = replace(kit.activity(item, 4), call_id=4, retries=0)
+    unknown = replace(kit.activity(item, 5), call_id=5, retries=2)  # earlier attempts unknown
+    await kit.backend.complete_orchestration(
+        item, kit.step(item, activities=[retry, other, kit.activity(item, 6), unknown]))
+    leased = {a.task_id: a for a in await kit.backend.lease_activities("a", 10, LEASE)}
+    assert {t: (a.attempt, a.call_id) for t, a in leased.items()} == {
+        3: (3, 1), 4: (1, 4), 6: (1, None), 5: (3, 5)}

@@ -126,6 +126,8 @@ async def test_a_store_from_before_entities_is_upgraded_with_its_data(tmp_path):
     conn = sqlite3.connect(db)
     conn.execute("DROP TABLE entities")
     conn.execute("DROP TABLE entity_inbox")
+    conn.execute("DROP TABLE activity_calls")  # added by schema version 6
+    conn.execute("ALTER TABLE activities DROP COLUMN call_id")
     conn.execute("UPDATE dtrio_meta SET value = '3' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
@@ -153,6 +155,8 @@ async def test_a_store_from_version_4_keeps_its_queued_entity_messages(tmp_path)
     conn.execute("INSERT INTO entity_inbox (instance_id, source, event, visible_at) "
                  "VALUES ('@blob@kept', NULL, ?, 0)", (event,))
     conn.execute("UPDATE entities SET ready_at = 0 WHERE instance_id = '@blob@kept'")
+    conn.execute("DROP TABLE activity_calls")  # added by schema version 6
+    conn.execute("ALTER TABLE activities DROP COLUMN call_id")
     conn.execute("UPDATE dtrio_meta SET value = '4' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()

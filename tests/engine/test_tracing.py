@@ -376,6 +376,8 @@ async def test_a_store_from_before_tracing_is_upgraded(tmp_path):
     conn.execute("ALTER TABLE activities DROP COLUMN trace_context")
     conn.execute("DROP TABLE entities")  # added by schema version 4
     conn.execute("DROP TABLE entity_inbox")
+    conn.execute("DROP TABLE activity_calls")  # added by schema version 6
+    conn.execute("ALTER TABLE activities DROP COLUMN call_id")
     conn.execute("UPDATE dtrio_meta SET value = '1' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()

@@ -54,7 +54,7 @@ async def test_an_activity_held_longer_than_its_lease_stays_with_its_worker() ->
 
 async def test_a_worker_that_finishes_no_step_within_the_stall_timeout_loses_its_work() -> None:
     async with running_sidecar(
-        engine_options={"orchestration_lease": 0.5, "max_poll_interval": 0.1}
+        engine_options={"orchestration_lease": 0.5, "max_poll_interval": 0.1}, stall_timeout=0.5
     ) as sidecar:
         iid = await sidecar.call(sidecar.client.schedule_new_orchestration, "stuck")
         holder = RawWorker(sidecar.address)
@@ -94,7 +94,7 @@ class _StalledReader:
 
 async def test_a_worker_that_stops_reading_loses_its_work_to_one_that_reads() -> None:
     async with running_sidecar(
-        engine_options={"orchestration_lease": 1.0, "max_poll_interval": 0.1}
+        engine_options={"orchestration_lease": 1.0, "max_poll_interval": 0.1}, stall_timeout=1.0
     ) as sidecar:
         start = sidecar.client.schedule_new_orchestration
         ids = [await sidecar.call(start, app.sequence) for _ in range(50)]

@@ -155,7 +155,7 @@ async def test_stopping_the_sidecar_releases_the_work_it_handed_out() -> None:
             held = await raw.next("orchestratorRequest")
             first.cancel_scope.cancel()
         raw.close()
-        # Free again at once, not when its 60 s lease runs out: the next sidecar hands it out.
+        # Free again at once, not when its 15 s lease runs out: the next sidecar hands it out.
         async with trio.open_nursery() as second:
             port = await second.start(partial(serve_sidecar, engine, "127.0.0.1", 0))
             raw = RawWorker(f"127.0.0.1:{port}")

@@ -54,7 +54,7 @@ async def test_a_killed_worker_process_loses_nothing(sidecar: Sidecar, tmp_path:
             state = await sidecar.call(wait, iid, timeout=15)
             assert state.runtime_status == OrchestrationStatus.COMPLETED
             assert state.serialized_output == str(sum(n * n for n in range(STEPS)))
-        # Far sooner than a lease runs out (60 s for steps, 300 s for activities).
+        # Far sooner than a lease runs out (15 s for steps, 30 s for activities).
         assert trio.current_time() - killed_at < 15
         # What the dead worker was running ran again on the survivor.
         assert held & set(started_activities(survivor))
