@@ -7,7 +7,7 @@ Rows (`--only` takes their names):
             file in WAL mode)
   latency   one three-activity orchestration at a time, p50 and p99, dtrio vs DBOS
   fanout    fan-out/fan-in of 100 and of 10,000 activities in one orchestration (DBOS: one
-            workflow starting 100 child workflows, as the issue's DBOS figure did)
+            workflow starting 100 child workflows)
   sidecar   the official Python SDK worker running 1,000 three-activity orchestrations against
             `python -m dtrio serve` vs against the SDK's in-memory reference backend
             (bench_sidecar.py's machinery)

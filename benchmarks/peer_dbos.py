@@ -129,7 +129,7 @@ def latency(tmp: str, sync: str, count: int = 200) -> dict:
 
 def fan_out_time(tmp: str, sync: str, width: int = 100) -> float:
     """One workflow starting `width` child workflows (one step each) and summing their results,
-    as the issue's DBOS figure did."""
+    the usual way to fan out in DBOS."""
     with _Launched(tmp, sync, "fan"):
         fan_out(2)  # warm
         begin = time.perf_counter()
