@@ -24,12 +24,16 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serializable")
 
 
+# One encoder for every payload: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(value: Any, what: str) -> str | None:
     """Encode `value` for the wire; `what` names it in the error ("input of activity 'x'")."""
     if value is None:
         return None
     try:
-        return json.dumps(value, default=_default, separators=(",", ":"), ensure_ascii=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"{what} cannot be serialized to JSON: {exc}") from None
 
