@@ -114,9 +114,8 @@ class Orchestrations(_Leased):
     def describe(self, item: OrchestrationWorkItem) -> str:
         return f"orchestration {item.instance_id!r}"
 
-    async def open(self, item: OrchestrationWorkItem) -> StepWork | None:
+    def open(self, item: OrchestrationWorkItem) -> StepWork | None:
         if not item.events or item.status in TERMINAL:
-            await self._backend.release_orchestration(item)
             return None
         now = self._clock.now_dt()
         opener = h.step_opener(now)
@@ -131,6 +130,11 @@ class Orchestrations(_Leased):
             elif event.execution_resumed is not None:
                 suspended = False
         return StepWork(item, now, new, events, suspended, self._backend.load_history)
+
+    async def skip(self, item: OrchestrationWorkItem) -> None:
+        """A lease that turned out to have nothing to do (its events were taken by a step
+        that ended the instance) is given back."""
+        await self._backend.release_orchestration(item)
 
     def failure(
         self, item: OrchestrationWorkItem, work: StepWork, details: FailureDetails
@@ -205,8 +209,11 @@ class Activities(_Leased):
     def describe(self, item: ActivityWorkItem) -> str:
         return f"activity {item.name!r} (#{item.task_id}) of {item.instance_id!r}"
 
-    async def open(self, item: ActivityWorkItem) -> ActivityWorkItem:
+    def open(self, item: ActivityWorkItem) -> ActivityWorkItem:
         return item
+
+    async def skip(self, item: ActivityWorkItem) -> None:
+        raise AssertionError("every activity has something to run")
 
     def failure(
         self, item: ActivityWorkItem, work: ActivityWorkItem, details: FailureDetails
@@ -254,17 +261,21 @@ class Entities(_Leased):
     def describe(self, item: EntityWorkItem) -> str:
         return f"entity {item.instance_id}"
 
-    async def open(self, item: EntityWorkItem) -> EntityWork | None:
+    def open(self, item: EntityWorkItem) -> EntityWork | None:
+        work = self._plan(item)
+        return work if work.batch.operations else None
+
+    async def skip(self, item: EntityWorkItem) -> None:
+        """Only lock messages (or nothing): no entity code to run, so no runner is needed."""
+        work = self._plan(item)
+        await self._commit(item, finish_batch(
+            work.batch, pb.EntityBatchResult(entity_state=work.batch.state), work.now))
+
+    def _plan(self, item: EntityWorkItem) -> EntityWork:
         now = self._clock.now_dt()
         messages = [(inbox_id, stored.event) for inbox_id, stored in item.messages]
-        batch = plan_batch(
-            item.instance_id, item.state, item.locked_by, item.lock_section, messages, now)
-        if batch.operations:
-            return EntityWork(batch, now)
-        # Only lock messages (or nothing): no entity code to run, so no runner is needed.
-        await self._commit(item, finish_batch(
-            batch, pb.EntityBatchResult(entity_state=batch.state), now))
-        return None
+        return EntityWork(plan_batch(
+            item.instance_id, item.state, item.locked_by, item.lock_section, messages, now), now)
 
     def failure(
         self, item: EntityWorkItem, work: EntityWork, details: FailureDetails

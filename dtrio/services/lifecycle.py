@@ -75,9 +75,12 @@ class Kind(Protocol[Item, Work, Result]):
 
     async def lease(self, owner: str, limit: int, lease_us: int, names: Any) -> list[Item]: ...
 
-    async def open(self, item: Item) -> Work | None:
-        """What a runner runs, or None when the item turned out to need no runner (it has been
-        settled already)."""
+    def open(self, item: Item) -> Work | None:
+        """What a runner runs, or None when the item turned out to need no runner."""
+        ...
+
+    async def skip(self, item: Item) -> None:
+        """Settle (or give back) an item that `open` found needs no runner."""
         ...
 
     async def settle(self, item: Item, work: Work, result: Result) -> Any:
@@ -278,8 +281,10 @@ class Lifecycle(Generic[Item, Work, Result]):
         self._held[token] = item
         delay: float | None = None  # seconds before it may be leased again; None: settled
         try:
-            work = await kind.open(item)
-            if work is not None:
+            work = kind.open(item)
+            if work is None:
+                await kind.skip(item)
+            else:
                 result = await runner.run(item, work, names)
                 if isinstance(result, Settled):
                     outcome = result.outcome
