@@ -4,6 +4,7 @@ errors answered without harm to the connection."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -23,6 +24,7 @@ BIG = 3 << 20  # over the client's and the server's initial flow-control windows
 
 class Servicer:
     def __init__(self) -> None:
+        self.started = 0  # calls of wait_for_instance_start begun
         self.ended: list[str] = []  # how each call of wait_for_instance_start ended
 
     async def get_instance(self, request: pb.GetInstanceRequest) -> pb.GetInstanceResponse:
@@ -34,10 +36,16 @@ class Servicer:
         ))
 
     async def wait_for_instance_start(self, request: pb.GetInstanceRequest):
+        self.started += 1
         try:
             await trio.sleep_forever()
         finally:
             self.ended.append("cancelled")
+
+    async def until(self, what: Callable[[], bool]) -> None:
+        with trio.fail_after(10):
+            while not what():
+                await trio.sleep(0.01)
 
     async def get_work_items(self, request: pb.GetWorkItemsRequest, send) -> None:
         count = request.max_concurrent_activity_work_items or 200
@@ -50,9 +58,10 @@ class Servicer:
 
 
 class Stub:
-    def __init__(self, channel: grpc.Channel) -> None:
+    def __init__(self, channel: grpc.Channel, target: str) -> None:
         self.stub = stubs.TaskHubSidecarServiceStub(channel)
         self.channel = channel
+        self.channel_target = target
 
     async def call(self, fn: Callable, *args, **kwargs):
         return await trio.to_thread.run_sync(partial(fn, *args, **kwargs))
@@ -62,9 +71,10 @@ class Stub:
 async def serving(servicer: object) -> AsyncIterator[Stub]:
     async with trio.open_nursery() as nursery:
         port = await nursery.start(partial(serve_grpc, servicer, "127.0.0.1", 0))
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        target = f"127.0.0.1:{port}"
+        channel = grpc.insecure_channel(target)
         try:
-            yield Stub(channel)
+            yield Stub(channel, target)
         finally:
             channel.close()
             nursery.cancel_scope.cancel()
@@ -149,3 +159,37 @@ async def test_a_bad_address_is_refused_naming_it(host: str, port: int, message:
     (error,) = refused.value.exceptions
     assert isinstance(error, InvalidInput | OSError)
     assert (error.strerror if isinstance(error, OSError) else str(error)).startswith(message)
+
+
+async def test_asyncio_in_other_threads_is_left_alone_while_serving() -> None:
+    # The official Python SDK's worker runs asyncio.run() in a thread of its own.
+    async def in_a_thread() -> str:
+        await asyncio.sleep(0.01)
+        return type(asyncio.get_running_loop()).__module__
+
+    async with serving(Servicer()) as client:
+        module = await trio.to_thread.run_sync(asyncio.run, in_a_thread())
+        assert module.startswith("asyncio.")
+        request = sdk_pb2.GetInstanceRequest(instanceId="ok")
+        reply = await client.call(client.stub.GetInstance, request)
+        assert reply.orchestrationState.instanceId == "2"
+
+
+def test_serves_from_trio_in_guest_mode_on_an_asyncio_host() -> None:
+    # Any Trio program may host the server: here Trio runs as a guest of asyncio, whose loop
+    # is the thread's running loop whenever Trio code runs.
+    async def trio_main() -> str:
+        async with serving(Servicer()) as client:
+            request = sdk_pb2.GetInstanceRequest(instanceId="ok")
+            reply = await client.call(client.stub.GetInstance, request, timeout=10)
+            return reply.orchestrationState.instanceId
+
+    async def host() -> str:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        trio.lowlevel.start_guest_run(
+            trio_main, run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            run_sync_soon_not_threadsafe=loop.call_soon, done_callback=done.set_result)
+        return (await done).unwrap()
+
+    assert asyncio.run(host()) == "2"
