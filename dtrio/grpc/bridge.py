@@ -3,7 +3,8 @@
 grpclib serves on a stock asyncio loop that a Trio task steps in the Trio thread (`steploop`),
 and every RPC hops at once into Trio to run the servicer's Trio method of the same name in
 snake_case. Cancellation flows both ways: a client that goes away or a deadline that passes
-makes grpclib cancel its handler task, which cancels the Trio task running the method.
+makes grpclib cancel its handler task, which cancels the Trio task running the method; a Trio
+root cancelled with RPCs in flight cancels their methods, and closes the server.
 
 Servicer methods are plain Trio coroutines: unary RPCs are `async def rpc(request) -> reply`,
 server-streaming ones `async def rpc(request, send)` where `await send(message)` writes to the
@@ -339,7 +340,7 @@ async def serve_grpc(
             finally:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + CLOSE_TIMEOUT
-                    await aio.run(_close(server))
+                    await aio.run(_close(server, aio))
 
 
 async def _start(
@@ -350,6 +351,9 @@ async def _start(
     return server
 
 
-async def _close(server: grpclib.server.Server) -> None:
-    server.close()
+async def _close(server: grpclib.server.Server, aio: SteppedLoop) -> None:
+    server.close()  # stops listening, and cancels the calls in flight
+    # Their clients would otherwise wait for a reply until their deadline, if they set one:
+    # with the connection gone they see UNAVAILABLE at once, as from a server that stopped.
+    aio.close_connections()
     await server.wait_closed()

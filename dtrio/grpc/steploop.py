@@ -35,6 +35,7 @@ import select
 import selectors
 import sys
 import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -72,11 +73,30 @@ class _Loop(asyncio.SelectorEventLoop):
     ) -> None:
         super().__init__(selector)
         self._dtrio_scheduled = scheduled
+        self.accepted: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
 
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
         handle = super().call_soon(callback, *args, context=context)
         self._dtrio_scheduled(None)
         return handle
+
+    async def create_server(  # type: ignore[override]
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any
+    ) -> asyncio.Server:
+        """As asyncio's, keeping in `accepted` the transport of every connection accepted."""
+
+        def factory() -> asyncio.BaseProtocol:
+            protocol = protocol_factory()
+            made = protocol.connection_made
+
+            def connection_made(transport: asyncio.BaseTransport) -> None:
+                self.accepted.add(transport)  # type: ignore[arg-type]
+                made(transport)
+
+            protocol.connection_made = connection_made  # type: ignore[method-assign]
+            return protocol
+
+        return await super().create_server(factory, *args, **kwargs)
 
     def call_at(
         self, when: float, callback: Any, *args: Any, context: Any = None
@@ -220,6 +240,13 @@ class SteppedLoop:
         except asyncio.CancelledError:
             scope.cancel()
             raise
+
+    def close_connections(self) -> None:
+        """Close the connections that servers of this loop accepted and still hold: their
+        clients see them end at once. (asyncio's own `Server.close_clients()` is Python
+        3.13's; a server's `wait_closed()` waits for them from 3.12 on.)"""
+        for transport in list(self.loop.accepted):
+            transport.close()
 
     async def _finish(self) -> None:
         """Cancel the asyncio tasks still running, and wait (a bounded time) for them."""

@@ -5,6 +5,8 @@ errors answered without harm to the connection."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -14,6 +16,8 @@ import pytest
 import trio
 from durabletask.internal import orchestrator_service_pb2 as sdk_pb2
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
+from h2.config import H2Configuration
+from h2.connection import H2Connection
 
 from dtrio import _pb as pb
 from dtrio.errors import InvalidInput
@@ -159,6 +163,54 @@ async def test_a_bad_address_is_refused_naming_it(host: str, port: int, message:
     (error,) = refused.value.exceptions
     assert isinstance(error, InvalidInput | OSError)
     assert (error.strerror if isinstance(error, OSError) else str(error)).startswith(message)
+
+
+async def test_a_client_that_disconnects_cancels_the_method() -> None:
+    # The connection drops with the call in flight, without a word (RST_STREAM, GOAWAY) first.
+    servicer = Servicer()
+    async with serving(servicer) as client:
+        port = int(client.channel_target.rsplit(":", 1)[1])
+        h2 = H2Connection(H2Configuration(client_side=True))
+        h2.initiate_connection()
+        h2.send_headers(1, [
+            (":method", "POST"), (":scheme", "http"), (":authority", client.channel_target),
+            (":path", "/TaskHubSidecarService/WaitForInstanceStart"),
+            ("content-type", "application/grpc"), ("te", "trailers"),
+        ])
+        message = sdk_pb2.GetInstanceRequest(instanceId="i").SerializeToString()
+        h2.send_data(1, b"\0" + len(message).to_bytes(4, "big") + message, end_stream=True)
+        connection = await trio.open_tcp_stream("127.0.0.1", port)
+        await connection.send_all(h2.data_to_send())
+        await servicer.until(lambda: servicer.started == 1)
+        connection.socket.setsockopt(  # closing sends a reset, not a polite FIN
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await connection.aclose()
+        await servicer.until(lambda: servicer.ended == ["cancelled"])
+        # The server goes on serving other connections.
+        request = sdk_pb2.GetInstanceRequest(instanceId="ok")
+        reply = await client.call(client.stub.GetInstance, request)
+        assert reply.orchestrationState.instanceId == "2"
+
+
+async def test_cancelling_the_root_with_a_call_in_flight_cancels_it_and_closes_the_server() -> None:
+    servicer = Servicer()
+    with trio.CancelScope() as root:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(serve_grpc, servicer, "127.0.0.1", 0))
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            stub = stubs.TaskHubSidecarServiceStub(channel)
+            call = stub.WaitForInstanceStart.future(sdk_pb2.GetInstanceRequest(instanceId="i"))
+            await servicer.until(lambda: servicer.started == 1)
+            root.cancel()
+    try:
+        assert servicer.ended == ["cancelled"]
+        with pytest.raises(grpc.RpcError) as caught:
+            await trio.to_thread.run_sync(partial(call.result, timeout=10))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(OSError):  # nothing listens any more
+            await trio.open_tcp_stream("127.0.0.1", port)
+    finally:
+        channel.close()
 
 
 async def test_asyncio_in_other_threads_is_left_alone_while_serving() -> None:
