@@ -311,7 +311,9 @@ async def _bind(host: str, port: int) -> socket.socket:
     except socket.gaierror as exc:
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: unknown host {host!r} "
                                  f"({exc.strerror})") from None
-    sock = socket.socket(family, kind, proto)
+    # IPPROTO_TCP, not 0: asyncio and grpclib turn on TCP_NODELAY only for sockets saying so,
+    # and without it every reply waits 40 ms for the client's delayed ACK.
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)

@@ -5,7 +5,9 @@ errors answered without harm to the connection."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import stat
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -213,6 +215,35 @@ async def test_cancelling_the_root_with_a_call_in_flight_cancels_it_and_closes_t
         channel.close()
 
 
+def _accepted_socket_option(peer: tuple[str, int], level: int, option: int) -> int | None:
+    """The option's value on the socket of this process connected to `peer`, if there is one."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                continue
+            with socket.socket(fileno=os.dup(int(name))) as sock:
+                if sock.family == socket.AF_INET and sock.getpeername() == peer:
+                    return sock.getsockopt(level, option)
+        except OSError:  # closed meanwhile, or not connected
+            continue
+    return None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds sockets through /proc")
+async def test_accepted_connections_send_without_delay() -> None:
+    # Without TCP_NODELAY, each small reply of grpclib waits 40 ms for the peer's delayed ACK.
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_grpc, Servicer(), "127.0.0.1", 0))
+        async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+            peer = client.socket.getsockname()
+            with trio.fail_after(10):
+                while (nodelay := _accepted_socket_option(
+                        peer, socket.IPPROTO_TCP, socket.TCP_NODELAY)) is None:
+                    await trio.sleep(0.01)
+            assert nodelay
+        nursery.cancel_scope.cancel()
+
+
 async def test_asyncio_in_other_threads_is_left_alone_while_serving() -> None:
     # The official Python SDK's worker runs asyncio.run() in a thread of its own.
     async def in_a_thread() -> str:
@@ -236,12 +267,23 @@ def test_serves_from_trio_in_guest_mode_on_an_asyncio_host() -> None:
             reply = await client.call(client.stub.GetInstance, request, timeout=10)
             return reply.orchestrationState.instanceId
 
+    async def ticks(done: asyncio.Future) -> int:
+        # Host code meanwhile still finds its running loop (asyncio.sleep looks it up).
+        count = 0
+        while not done.done():
+            await asyncio.sleep(0.001)
+            count += 1
+        return count
+
     async def host() -> str:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
+        ticking = loop.create_task(ticks(done))
         trio.lowlevel.start_guest_run(
             trio_main, run_sync_soon_threadsafe=loop.call_soon_threadsafe,
             run_sync_soon_not_threadsafe=loop.call_soon, done_callback=done.set_result)
-        return (await done).unwrap()
+        result = (await done).unwrap()
+        assert await ticking > 0
+        return result
 
     assert asyncio.run(host()) == "2"
