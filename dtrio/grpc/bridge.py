@@ -1,9 +1,10 @@
-"""grpclib inside the Trio root: the one module where asyncio appears.
+"""grpclib inside the Trio root: with `steploop`, the only modules where asyncio appears.
 
-trio-asyncio runs an asyncio loop as a guest of the Trio run; grpclib serves on it, and every
-RPC hops at once into Trio (`trio_as_aio`) to run the servicer's Trio method of the same name in
+grpclib serves on a stock asyncio loop that a Trio task steps in the Trio thread (`steploop`),
+and every RPC hops at once into Trio to run the servicer's Trio method of the same name in
 snake_case. Cancellation flows both ways: a client that goes away or a deadline that passes
-makes grpclib cancel its handler task, which cancels the Trio task running the method.
+makes grpclib cancel its handler task, which cancels the Trio task running the method; a Trio
+root cancelled with RPCs in flight cancels their methods, and closes the server.
 
 Servicer methods are plain Trio coroutines: unary RPCs are `async def rpc(request) -> reply`,
 server-streaming ones `async def rpc(request, send)` where `await send(message)` writes to the
@@ -24,7 +25,6 @@ from typing import Any
 import grpclib.const
 import grpclib.server
 import trio
-import trio_asyncio
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
@@ -33,31 +33,12 @@ from ..wire import encode
 from ._stubs import TaskHubSidecarServiceBase
 from .inbound import DEFAULT_MAX_MESSAGE_SIZE, MalformedMessage, Skimmer, decode
 from .status import grpc_error
+from .steploop import SteppedLoop, open_stepped_loop
 
 log = logging.getLogger("dtrio.grpc")
 
 # How long closing the server may take: handlers are cancelled and release what they hold.
 CLOSE_TIMEOUT = 10.0
-
-
-def _leave_other_threads_alone() -> None:
-    """Keep trio-asyncio's takeover of asyncio to Trio code.
-
-    Importing trio-asyncio makes every asyncio loop created outside Trio one of its "sync
-    loops", which breaks plain asyncio code in other threads of the process (the Durable Task
-    SDK worker runs `asyncio.run` in a thread of its own, for one). Threads that chose no
-    policy get asyncio's stock one instead; Trio code still gets trio-asyncio's loops. The
-    fallback lives in trio-asyncio's thread-local policy holder, whose class attribute is the
-    value for threads that never set one.
-    """
-    from trio_asyncio import _loop
-
-    holder = getattr(_loop, "_FakedPolicy", None)
-    if holder is not None and holder.policy is None:
-        holder.policy = asyncio.DefaultEventLoopPolicy()
-
-
-_leave_other_threads_alone()
 
 
 class _Codec(ProtoCodec):
@@ -174,22 +155,24 @@ async def _receive(
 
 
 def _unary(
-    rpc: str, method: Callable[..., Awaitable[Any]], limit: int,
+    aio: SteppedLoop, rpc: str, method: Callable[..., Awaitable[Any]], limit: int,
     too_large: Callable[..., Awaitable[Any]] | None,
     malformed: Callable[..., Awaitable[Any]] | None,
 ) -> Callable[[Any], Awaitable[None]]:
+    to_trio = aio.run_trio
+
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
         try:
             request, size = await _receive(stream, rpc, limit, too_large is not None)
         except _Malformed as exc:
             if malformed is not None and exc.identity is not None:
-                await trio_asyncio.trio_as_aio(_call)(rpc, malformed, exc.identity)
+                await to_trio(_call, rpc, malformed, exc.identity)
             raise GRPCError(exc.status, exc.message) from None
         if size > limit:
             assert too_large is not None
-            reply = await trio_asyncio.trio_as_aio(_call)(rpc, too_large, request, size, limit)
+            reply = await to_trio(_call, rpc, too_large, request, size, limit)
         else:
-            reply = await trio_asyncio.trio_as_aio(_call)(rpc, method, request)
+            reply = await to_trio(_call, rpc, method, request)
         await stream.send_message(reply)
 
     return handle
@@ -200,7 +183,8 @@ class _Outbox:
 
     Crossing from Trio to asyncio for every message costs several times what sending it does:
     the Trio side only appends (both run in one thread), and waits only while `HIGH` messages
-    are queued. A failure to write reaches the Trio side at its next send.
+    are queued. A failure to write reaches the Trio side at its next send (as
+    `trio.BrokenResourceError` if the writer was cancelled: the RPC is ending).
     """
 
     HIGH = 64
@@ -216,14 +200,22 @@ class _Outbox:
     async def send(self, message: Any) -> None:
         """Queue `message` (Trio side)."""
         if self._error is not None:
-            raise self._error
+            await self._fail()
         self._queue.append(message)
         self._more.set()
         if len(self._queue) >= self.HIGH:
             self._room = room = trio.Event()
             await room.wait()
             if self._error is not None:
-                raise self._error
+                await self._fail()
+
+    async def _fail(self) -> None:
+        if isinstance(self._error, Exception):
+            raise self._error
+        # asyncio's cancellation is no exception for Trio code to see: the RPC is ending, and
+        # the method is being cancelled, unless it ran outside its call.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        raise trio.BrokenResourceError("the stream was closed") from None
 
     def close(self) -> None:
         """No more messages: the writer returns once the queue is written."""
@@ -251,14 +243,14 @@ class _Outbox:
 
 
 def _server_stream(
-    rpc: str, method: Callable[..., Awaitable[Any]], limit: int
+    aio: SteppedLoop, rpc: str, method: Callable[..., Awaitable[Any]], limit: int
 ) -> Callable[[Any], Awaitable[None]]:
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
         request, _ = await _receive(stream, rpc, limit, False)
         outbox = _Outbox(stream)
         writer = asyncio.get_running_loop().create_task(outbox.write())
         try:
-            await trio_asyncio.trio_as_aio(_call)(rpc, method, request, outbox.send)
+            await aio.run_trio(_call, rpc, method, request, outbox.send)
         except BaseException:
             writer.cancel()
             raise
@@ -279,9 +271,10 @@ def _unimplemented(rpc: str) -> Callable[[Any], Awaitable[None]]:
 
 
 def handlers(
-    servicer: object, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    servicer: object, aio: SteppedLoop, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 ) -> dict[str, grpclib.const.Handler]:
-    """grpclib handlers for every TaskHubSidecarService RPC, each running `servicer`'s method.
+    """grpclib handlers for every TaskHubSidecarService RPC, each running `servicer`'s method
+    in Trio through `aio`.
 
     A request over `max_message_size` bytes is refused, unless the servicer has a method named
     `<rpc>_too_large(request, size, limit)`: that one gets the request's identifying fields.
@@ -295,11 +288,11 @@ def handlers(
         if method is None:
             func = _unimplemented(rpc)
         elif handler.cardinality is grpclib.const.Cardinality.UNARY_STREAM:
-            func = _server_stream(rpc, method, max_message_size)
+            func = _server_stream(aio, rpc, method, max_message_size)
         else:
             too_large = getattr(servicer, f"{_snake(rpc)}_too_large", None)
             malformed = getattr(servicer, f"{_snake(rpc)}_malformed", None)
-            func = _unary(rpc, method, max_message_size, too_large, malformed)
+            func = _unary(aio, rpc, method, max_message_size, too_large, malformed)
         mapping[path] = grpclib.const.Handler(
             func, handler.cardinality, handler.request_type, handler.reply_type
         )
@@ -318,7 +311,9 @@ async def _bind(host: str, port: int) -> socket.socket:
     except socket.gaierror as exc:
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: unknown host {host!r} "
                                  f"({exc.strerror})") from None
-    sock = socket.socket(family, kind, proto)
+    # IPPROTO_TCP, not 0: asyncio and grpclib turn on TCP_NODELAY only for sockets saying so,
+    # and without it every reply waits 40 ms for the client's delayed ACK.
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
@@ -337,18 +332,17 @@ async def serve_grpc(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve TaskHubSidecarService until cancelled; `started()` gives the bound port."""
-    mapping = handlers(servicer, max_message_size)
     # The server closes the socket when it closes; `with` covers a failure to start it.
     with await _bind(host, port) as sock:
-        async with trio_asyncio.open_loop():
-            server = await trio_asyncio.aio_as_trio(_start)(mapping, sock)
+        async with open_stepped_loop() as aio:
+            server = await aio.run(_start(handlers(servicer, aio, max_message_size), sock))
             try:
                 task_status.started(sock.getsockname()[1])
                 await trio.sleep_forever()
             finally:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + CLOSE_TIMEOUT
-                    await trio_asyncio.aio_as_trio(_close)(server)
+                    await aio.run(_close(server, aio))
 
 
 async def _start(
@@ -359,6 +353,9 @@ async def _start(
     return server
 
 
-async def _close(server: grpclib.server.Server) -> None:
-    server.close()
+async def _close(server: grpclib.server.Server, aio: SteppedLoop) -> None:
+    server.close()  # stops listening, and cancels the calls in flight
+    # Their clients would otherwise wait for a reply until their deadline, if they set one:
+    # with the connection gone they see UNAVAILABLE at once, as from a server that stopped.
+    aio.close_connections()
     await server.wait_closed()

@@ -49,7 +49,7 @@ async def sleeps_with_asyncio(ctx, _):
 
 @registry.orchestrator
 async def awaits_a_future(ctx, _):
-    loop = asyncio.SelectorEventLoop()  # not new_event_loop(), which trio-asyncio refuses here
+    loop = asyncio.SelectorEventLoop()
     try:
         await loop.create_future()
     finally:
