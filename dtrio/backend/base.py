@@ -148,6 +148,19 @@ class Committed:
     next_due: int | None = None  # the earliest later time at which something written is due
     instances: set[str] = field(default_factory=set)  # whose status or execution changed
 
+    def due(self, kind: str, visible_at: int, now: int) -> None:
+        """Note that work of `kind` ("orchestration", "activity", "entity") becomes due at
+        `visible_at`."""
+        if visible_at > now:
+            if self.next_due is None or visible_at < self.next_due:
+                self.next_due = visible_at
+        elif kind == "orchestration":
+            self.orchestration = True
+        elif kind == "activity":
+            self.activity = True
+        else:
+            self.entity = True
+
 
 Listener = Callable[[Committed], None]
 

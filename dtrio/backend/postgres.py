@@ -35,7 +35,7 @@ from .base import (
     OrchestrationWorkItem,
     TakenOver,
 )
-from .postgres_admin import PostgresAdmin, record, record_columns
+from .postgres_admin import PostgresAdmin
 from .postgres_entities import PostgresEntities
 from .postgres_leases import give_back, owners, release_owner, renew, take
 from .postgres_rows import (
@@ -55,6 +55,7 @@ from .postgres_rows import (
 )
 from .postgres_schema import check_and_migrate
 from .postgres_store import PostgresStore, Tx, describe
+from .tables import record, record_columns
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
 DEFAULT_POOL_SIZE = 8

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import trio
@@ -13,9 +12,10 @@ from ..errors import InstanceNotFound, InvalidInput, InvalidOperation
 from ..replay.rewind import sections_open_at_failure
 from ..state import TERMINAL
 from ..wire import decode
-from .base import InstancePage, InstanceQuery, InstanceRecord
+from .base import InstancePage, InstanceQuery
 from .postgres_rows import TERMINAL_SQL, delete_instances, prepare_rewind
 from .postgres_store import PostgresStore, Tx
+from .tables import parse_token, record, record_columns
 
 _FAILED = int(pb.OrchestrationStatus.FAILED)
 PURGE_CHUNK = 500
@@ -114,7 +114,7 @@ class PostgresAdmin:
             where += " AND left(instance_id, %s) = %s"
             args += [len(query.instance_id_prefix), query.instance_id_prefix]
         if query.continuation_token:
-            created, key = _parse_token(query.continuation_token)
+            created, key = parse_token(query.continuation_token)
             where += " AND (created_at, instance_id) > (%s, %s)"
             args += [created, key]
         columns = record_columns(query.fetch_payloads)
@@ -146,7 +146,7 @@ class PostgresAdmin:
             where += " AND completed_at < %s"
             args.append(completed_to)
         if last_key:
-            completed, key = _parse_token(last_key)
+            completed, key = parse_token(last_key)
             where += " AND (completed_at, instance_id) > (%s, %s)"
             args += [completed, key]
         rows = await self._store.read(lambda tx: tx.execute(
@@ -168,30 +168,3 @@ def _created_range(created_from: int | None, created_to: int | None) -> tuple[st
         where += " AND created_at < %s"
         args.append(created_to)
     return where, args
-
-
-def _parse_token(token: str) -> tuple[int, str]:
-    created, sep, key = token.partition(":")
-    if not sep or not created.isdigit():
-        raise InvalidInput(f"continuation token {token!r} is not one this engine issued")
-    return int(created), key
-
-
-_BASE_COLUMNS = (
-    "instance_id, execution_id, name, version, status, created_at, updated_at, completed_at, "
-    "scheduled_start, parent_instance_id, custom_status, failure, tags"
-)
-
-
-def record_columns(payloads: bool) -> str:
-    """Columns for `record`: inputs and outputs only when asked for (they can be large)."""
-    return _BASE_COLUMNS + (", input, output" if payloads else "")
-
-
-def record(row: Any, payloads: bool) -> InstanceRecord:
-    rec = InstanceRecord(*row[:10])
-    rec.custom_status, rec.failure = row[10], row[11]
-    rec.tags = json.loads(row[12]) if row[12] else None
-    if payloads:
-        rec.input, rec.output = row[13], row[14]
-    return rec

@@ -13,15 +13,11 @@ from typing import Any, Literal, TypeVar
 from ..errors import LeaseLost
 from .base import TakenOver
 from .postgres_store import PostgresStore, Tx
+from .tables import LEASE_COLUMNS
 
 Table = Literal["instances", "entities", "activities"]
 T = TypeVar("T")
 
-_COLUMNS = {
-    "instances": ("instance_id", "lock_expires", "orchestration"),
-    "entities": ("instance_id", "lock_expires", "entity"),
-    "activities": ("id", "available_at", "activity"),
-}
 
 
 async def take(
@@ -43,7 +39,7 @@ async def take(
 async def renew(store: PostgresStore, table: Table, key: Any, token: str, lease_us: int,
                 what: str) -> None:
     """Move the lease's expiry; LeaseLost (naming `what`) if the lease is no longer `token`."""
-    key_column, expiry, _ = _COLUMNS[table]
+    key_column, expiry, _ = LEASE_COLUMNS[table]
 
     def op(tx: Tx) -> None:
         cur = tx.execute(
@@ -60,7 +56,7 @@ async def give_back(store: PostgresStore, table: Table, key: Any, token: str,
                     delay_us: int) -> None:
     """End the lease `token`; the row may be leased again after `delay_us`. Nothing happens if
     the lease is no longer `token`."""
-    key_column, expiry, kind = _COLUMNS[table]
+    key_column, expiry, kind = LEASE_COLUMNS[table]
 
     def op(tx: Tx) -> None:
         now = tx.clock.now_us()
@@ -81,7 +77,7 @@ async def owners(store: PostgresStore) -> set[str]:
         now = tx.clock.now_us()
         return {
             row[0]
-            for table, (_, expiry, _) in _COLUMNS.items()
+            for table, (_, expiry, _) in LEASE_COLUMNS.items()
             for row in tx.execute(
                 f"SELECT DISTINCT lock_owner FROM {table} "
                 f"WHERE {expiry} > %s AND lock_owner IS NOT NULL", (now,)).fetchall()
@@ -90,7 +86,8 @@ async def owners(store: PostgresStore) -> set[str]:
     return await store.read(read)
 
 
-# Per table: what a work item released from a gone owner is reported as.
+# Per table: what a work item released from a gone owner is reported as (typed for this
+# dialect, so not shared).
 _TAKEN = {
     "instances": "instance_id, name, NULL::integer",
     "entities": "instance_id, name, NULL::integer",
@@ -104,7 +101,7 @@ async def release_owner(store: PostgresStore, owner: str) -> list[TakenOver]:
     def op(tx: Tx) -> list[TakenOver]:
         now = tx.clock.now_us()
         taken: list[TakenOver] = []
-        for table, (_, expiry, kind) in _COLUMNS.items():
+        for table, (_, expiry, kind) in LEASE_COLUMNS.items():
             rows = tx.execute(
                 f"UPDATE {table} SET lock_owner = NULL, lock_token = NULL, {expiry} = %(now)s "
                 f"WHERE {expiry} > %(now)s AND lock_owner = %(owner)s RETURNING {_TAKEN[table]}",

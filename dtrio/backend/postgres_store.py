@@ -118,16 +118,7 @@ class Tx:
     def due(self, kind: str, visible_at: int, now: int) -> None:
         """Note that work of `kind` ("orchestration", "activity", "entity") becomes due at
         `visible_at`."""
-        notes = self.notes
-        if visible_at > now:
-            if notes.next_due is None or visible_at < notes.next_due:
-                notes.next_due = visible_at
-        elif kind == "orchestration":
-            notes.orchestration = True
-        elif kind == "activity":
-            notes.activity = True
-        else:
-            notes.entity = True
+        self.notes.due(kind, visible_at, now)
 
     def changed(self, instance_id: str) -> None:
         """Note that an instance's status or execution changed (its waiters look again)."""

@@ -33,7 +33,7 @@ from .base import (
     OrchestrationWorkItem,
     TakenOver,
 )
-from .sqlite_admin import SqliteAdmin, record, record_columns
+from .sqlite_admin import SqliteAdmin
 from .sqlite_entities import SqliteEntities
 from .sqlite_leases import give_back, owners, release_owner, renew, take
 from .sqlite_rows import (
@@ -52,6 +52,7 @@ from .sqlite_rows import (
 )
 from .sqlite_schema import check_and_migrate
 from .sqlite_store import SqliteStore
+from .tables import record, record_columns
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
 

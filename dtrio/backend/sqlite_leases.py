@@ -14,17 +14,10 @@ from typing import Any, Literal, TypeVar
 from ..errors import LeaseLost
 from .base import TakenOver
 from .sqlite_store import SqliteStore
+from .tables import LEASE_COLUMNS
 
 Table = Literal["instances", "entities", "activities"]
 T = TypeVar("T")
-
-# Per table: the key column, the expiry column, and the kind of work item it holds.
-_COLUMNS = {
-    "instances": ("instance_id", "lock_expires", "orchestration"),
-    "entities": ("instance_id", "lock_expires", "entity"),
-    "activities": ("id", "available_at", "activity"),
-}
-
 
 async def take(
     store: SqliteStore, update: str, params: Sequence[Any], lease_us: int,
@@ -45,7 +38,7 @@ async def take(
 async def renew(store: SqliteStore, table: Table, key: Any, token: str, lease_us: int,
                 what: str) -> None:
     """Move the lease's expiry; LeaseLost (naming `what`) if the lease is no longer `token`."""
-    key_column, expiry, _ = _COLUMNS[table]
+    key_column, expiry, _ = LEASE_COLUMNS[table]
 
     def op(conn: sqlite3.Connection) -> None:
         cur = conn.execute(
@@ -61,7 +54,7 @@ async def renew(store: SqliteStore, table: Table, key: Any, token: str, lease_us
 async def give_back(store: SqliteStore, table: Table, key: Any, token: str, delay_us: int) -> None:
     """End the lease `token`; the row may be leased again after `delay_us` (the expiry column
     then holds the backoff). Nothing happens if the lease is no longer `token`."""
-    key_column, expiry, kind = _COLUMNS[table]
+    key_column, expiry, kind = LEASE_COLUMNS[table]
 
     def op(conn: sqlite3.Connection) -> None:
         now = store.clock.now_us()
@@ -82,7 +75,7 @@ async def owners(store: SqliteStore) -> set[str]:
         now = store.clock.now_us()
         return {
             row[0]
-            for table, (_, expiry, _) in _COLUMNS.items()
+            for table, (_, expiry, _) in LEASE_COLUMNS.items()
             for row in conn.execute(
                 f"SELECT DISTINCT lock_owner FROM {table} "
                 f"WHERE {expiry} > ? AND lock_owner IS NOT NULL", (now,))
@@ -105,7 +98,7 @@ async def release_owner(store: SqliteStore, owner: str) -> list[TakenOver]:
     def op(conn: sqlite3.Connection) -> list[TakenOver]:
         now = store.clock.now_us()
         taken: list[TakenOver] = []
-        for table, (_, expiry, kind) in _COLUMNS.items():
+        for table, (_, expiry, kind) in LEASE_COLUMNS.items():
             rows = conn.execute(
                 f"UPDATE {table} SET lock_owner = NULL, lock_token = NULL, {expiry} = ?1 "
                 f"WHERE {expiry} > ?1 AND lock_owner = ?2 RETURNING {_TAKEN[table]}",
