@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
+
+import trio
 
 from .. import _pb as pb
 from .._pb.google import protobuf as google_protobuf
 from ..backend import EntityQuery, EntityRecord, InstanceQuery
 from ..commands import FINISHED
 from ..entities.ids import EntityId, id_prefix
-from ..errors import FailureDetails, InstanceNotFound, InvalidInput, MessageTooLarge
+from ..errors import FailureDetails, InstanceNotFound, InvalidInput, MessageTooLarge, StreamStalled
 from ..instance_ids import validate_instance_id
 from ..services import Engine
 from ..services.kinds import ActivityResult, StepResult
-from ..services.remote import RemoteWork, Send
+from ..services.remote import RemoteWork, WorkerStream
 from ..times import from_us, to_us
 from ..wire import one_of, varint
 from .filters import work_item_filters
@@ -59,11 +62,39 @@ def _too_large_failure(size: int, limit: int) -> FailureDetails:
     return FailureDetails("MessageTooLarge", _too_large(size, limit), is_non_retriable=True)
 
 
+Send = Callable[[bytes], Awaitable[None]]
+
+
+async def forward(
+    send: Send, ping: bytes, ping_interval: float, stall: float, stream: WorkerStream
+) -> None:
+    """Write a worker's work items as they come, and a health ping after each silence. A write
+    that does not drain within `stall` seconds means the worker stopped reading."""
+    while True:
+        try:
+            # Work already queued needs no timeout (and no cancel scope per message).
+            message = stream.queued.receive_nowait()
+        except trio.WouldBlock:
+            message = ping
+            with trio.move_on_after(ping_interval):
+                message = await stream.queued.receive()
+        if message is None:
+            return
+        with trio.move_on_after(stall) as scope:
+            await send(message)
+        if scope.cancelled_caught:
+            raise StreamStalled(f"the worker read nothing for {stall:g} s")
+
+
 class Servicer:
-    def __init__(self, engine: Engine, remote: RemoteWork) -> None:
+    def __init__(
+        self, engine: Engine, remote: RemoteWork, *, ping: bytes, ping_interval: float,
+        stall_timeout: float,
+    ) -> None:
         self._commands = engine.client.commands
         self._client = engine.client
         self._remote = remote
+        self._ping, self._ping_interval, self._stall = ping, ping_interval, stall_timeout
 
     async def hello(self, request: google_protobuf.Empty) -> google_protobuf.Empty:
         return google_protobuf.Empty()
@@ -278,7 +309,8 @@ class Servicer:
             "activity": request.max_concurrent_activity_work_items,
             "entity": request.max_concurrent_entity_work_items,
         }
-        await self._remote.serve_stream(hints, work_item_filters(request), send)
+        await self._remote.serve_stream(hints, work_item_filters(request), partial(
+            forward, send, self._ping, self._ping_interval, self._stall))
 
     async def complete_orchestrator_task(
         self, request: pb.OrchestratorResponse

@@ -12,7 +12,7 @@ from ..durations import Duration, to_seconds
 from ..errors import InvalidInput
 from ..logs import info_as_debug
 from ..services import Engine
-from ..services.remote import RemoteWork
+from ..services.remote import RemoteRunner, RemoteWork
 from .bridge import serve_grpc
 from .inbound import DEFAULT_MAX_MESSAGE_SIZE
 from .servicer import Servicer
@@ -74,10 +74,8 @@ async def serve_sidecar(
     stall = STALL_TIMEOUT if stall_timeout is None else to_seconds(
         stall_timeout, "serve_sidecar(stall_timeout=...)", positive=True)
     remote = RemoteWork(
-        WorkItemEncoder(max_work_item_size, entity_request_version),
-        ping=HEALTH_PING, ping_interval=ping_every, stall_timeout=stall,
-    )
-    runners = {name: remote.runner(kind) for name, kind in engine.kinds.items()}
+        WorkItemEncoder(max_work_item_size, entity_request_version), stall_timeout=stall)
+    runners = {name: RemoteRunner(remote, kind) for name, kind in engine.kinds.items()}
     # grpclib's INFO lines say that a caller cancelled its call or let its deadline pass: a
     # worker that stops, a client that gives up waiting. Callers do that; the lines that
     # matter (a worker's stream connected or disconnected) are dtrio's own.
@@ -86,7 +84,9 @@ async def serve_sidecar(
         workers = await nursery.start(engine.serve_workers, runners)
         remote.bind(workers.lifecycles)
         bound = await nursery.start(partial(
-            serve_grpc, Servicer(engine, remote), host, port, max_message_size=max_message_size
+            serve_grpc, Servicer(engine, remote, ping=HEALTH_PING, ping_interval=ping_every,
+                                 stall_timeout=stall),
+            host, port, max_message_size=max_message_size
         ))
         log.info("sidecar listening on %s:%d", host, bound)
         task_status.started(bound)

@@ -103,12 +103,10 @@ class Runner(Protocol[Item, Work, Result]):
     async def run(self, item: Item, work: Work, names: Any) -> Result: ...
 
     def settled(self, item: Item, work: Work, result: Result, outcome: Any) -> None:
-        """Told after `result` was committed."""
-        ...
+        """Told after `result` was committed (runners that subclass this may leave it out)."""
 
     def failed(self, item: Item, error: BaseException) -> None:
         """Told when a result the runner gave could not be committed."""
-        ...
 
 
 class Lifecycle(Generic[Item, Work, Result]):

@@ -23,7 +23,7 @@ from ..registry import Registry
 from ..replay import OrchestrationRun
 from ..state import OrchestrationStep
 from .kinds import ActivityResult, EntityWork, StepResult, StepWork
-from .lifecycle import unlimited
+from .lifecycle import Runner, unlimited
 
 log = logging.getLogger("dtrio.engine")
 _S = pb.OrchestrationStatus
@@ -115,7 +115,7 @@ class LocalOrchestrations:
                           extra=work_item("orchestration", item.instance_id))
 
 
-class LocalActivities:
+class LocalActivities(Runner[ActivityWorkItem, ActivityWorkItem, ActivityResult]):
     def __init__(self, registry: Registry, clock: Clock) -> None:
         self._registry = registry
         self._clock = clock
@@ -153,14 +153,9 @@ class LocalActivities:
             return ActivityResult(failure=h.failure_to_pb(h.failure_from_exception(exc)))
         return ActivityResult(data)
 
-    def settled(self, item: ActivityWorkItem, work: Any, result: Any, outcome: Any) -> None:
-        pass
-
-    def failed(self, item: ActivityWorkItem, error: BaseException) -> None:
-        pass
 
 
-class LocalEntities:
+class LocalEntities(Runner[EntityWorkItem, EntityWork, pb.EntityBatchResult]):
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
 
@@ -171,9 +166,3 @@ class LocalEntities:
         self, item: EntityWorkItem, work: EntityWork, names: Any
     ) -> pb.EntityBatchResult:
         return await run_batch(self._registry.entities, work.batch, work.now)
-
-    def settled(self, item: EntityWorkItem, work: Any, result: Any, outcome: Any) -> None:
-        pass
-
-    def failed(self, item: EntityWorkItem, error: BaseException) -> None:
-        pass

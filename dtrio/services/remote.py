@@ -1,18 +1,17 @@
 """The remote runner: work run by connected workers (the SDKs, through `dtrio.grpc`).
 
 Each worker holds one stream. Running an item offers it to a stream taking its name, and waits
-for the completion that names its lease token; the lifecycle then settles it as it settles local
-work. A stream that goes away, or stops making progress, gives back what it holds at once. The
-transport is injected: work items are encoded by the `encode` function given, and sent by the
-`send` function of each stream.
+for the completion that names its lease token; the completion is settled in the worker's own
+call. A stream that goes away, or stops making progress, gives back what it holds at once. The
+transport is injected: `encode` makes a work item's message, and the transport's `forward`
+writes a stream's outbox to its worker.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,7 @@ import trio
 from trio_util import AsyncValue, periodic
 
 from ..errors import FailureDetails, InvalidInput, LeaseLost, StreamStalled, WorkItemTooLarge
-from .lifecycle import GiveBack, Kind, Lifecycle, Settled
+from .lifecycle import GiveBack, Kind, Lifecycle, Runner, Settled
 
 log = logging.getLogger("dtrio.grpc")
 
@@ -30,135 +29,95 @@ DEFAULT_WORKER_LIMIT = 100
 
 # (kind name, item, what the kind opened) -> the encoded work item
 Encode = Callable[[str, Any, Any], Awaitable[bytes]]
-Send = Callable[[bytes], Awaitable[None]]
 
 
 @dataclass(eq=False, slots=True)
 class _Handoff:
     """An item with a worker, until the worker completes it or gives it back."""
 
-    kind: str
+    kind: Kind[Any, Any, Any]
     item: Any
     work: Any
     stream: WorkerStream
     since: float = field(default_factory=trio.current_time)
-    answered: trio.Event = field(default_factory=trio.Event)  # settled, or to be given back
-    outcome: Settled | None = None
-    error: BaseException | None = None  # why it was not settled
+    answered: trio.Event = field(default_factory=trio.Event)
+    outcome: Settled | BaseException | None = None  # the exception: why it was not settled
 
 
 class WorkerStream:
     """One connected worker: what it takes (per kind, how many and which names; None: all),
-    what it holds, and its outbox (None in it ends the stream)."""
+    what it holds, and its outbox of work items (None in it ends the stream)."""
 
     def __init__(self, limits: Mapping[str, int], filters: Mapping[str, Any]) -> None:
         self.limits, self.filters = dict(limits), dict(filters)
         self.counts = dict.fromkeys(self.limits, 0)
         self.held: dict[str, _Handoff] = {}
         self.progress = trio.current_time()  # when it last answered for an item
-        self.outbox, self._queued = trio.open_memory_channel[bytes | None](math.inf)
+        self.outbox, self.queued = trio.open_memory_channel[bytes | None](math.inf)
 
     def free(self, kind: str) -> int:
         return self.limits[kind] - self.counts[kind]
-
-    async def forward(self, send: Send, ping: bytes, ping_interval: float, stall: float) -> None:
-        """Write work items as they come, and a health ping after each silence. A write that
-        does not drain within `stall` seconds means the worker stopped reading."""
-        while True:
-            try:
-                # Work already queued needs no timeout (and no cancel scope per message).
-                message = self._queued.receive_nowait()
-            except trio.WouldBlock:
-                message = ping
-                with trio.move_on_after(ping_interval):
-                    message = await self._queued.receive()
-            if message is None:
-                return
-            with trio.move_on_after(stall) as scope:
-                await send(message)
-            if scope.cancelled_caught:
-                raise StreamStalled(f"the worker read nothing for {stall:g} s")
 
 
 class RemoteWork:
     """Connected worker streams, and one runner per kind of work that hands items to them."""
 
-    def __init__(
-        self, encode: Encode, *, ping: bytes, ping_interval: float, stall_timeout: float,
-    ) -> None:
-        self._encode, self._ping, self._ping_interval = encode, ping, ping_interval
-        self._stall = stall_timeout
+    def __init__(self, encode: Encode, *, stall_timeout: float) -> None:
+        self._encode, self._stall = encode, stall_timeout
         self._streams: list[WorkerStream] = []
         self.connected_streams = AsyncValue(0)
-        self._runners: dict[str, RemoteRunner] = {}
+        self._lifecycles: Mapping[str, Lifecycle[Any, Any, Any]] = {}
         self._offered: dict[tuple[str, str], _Handoff] = {}  # by (kind, lease token)
         self._closing = False
 
-    def runner(self, kind: Kind[Any, Any, Any]) -> RemoteRunner:
-        runner = self._runners[kind.name] = RemoteRunner(self, kind)
-        return runner
-
     def bind(self, lifecycles: Mapping[str, Lifecycle[Any, Any, Any]]) -> None:
         """The lifecycles the runners serve, told whenever a worker's room grows."""
-        for name, lifecycle in lifecycles.items():
-            self._runners[name].lifecycle = lifecycle
+        self._lifecycles = lifecycles
 
     def _room_grew(self, stream: WorkerStream, kind: str) -> None:
-        lifecycle = self._runners[kind].lifecycle
-        if lifecycle is not None:
-            lifecycle.room_changed(stream.filters.get(kind))
+        if kind in self._lifecycles:
+            self._lifecycles[kind].room_changed(stream.filters.get(kind))
 
-    # -- streams ---------------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def connect(
-        self, hints: Mapping[str, int], filters: Mapping[str, Any]
-    ) -> AsyncIterator[WorkerStream]:
-        """A stream for one worker; leaving gives back whatever it still holds. `hints` are the
-        most items of each kind the worker takes at once (0: unstated)."""
+    async def serve_stream(
+        self, hints: Mapping[str, int], filters: Mapping[str, Any],
+        forward: Callable[[WorkerStream], Awaitable[None]],
+    ) -> None:
+        """Feed one worker's stream (`forward` writes its outbox) until it goes away, stalls,
+        or the sidecar closes; then give back whatever it still holds. `hints` are the most
+        items of each kind the worker takes at once (0: unstated)."""
+        if self._closing:
+            return
         stream = WorkerStream(
-            {kind: hints.get(kind) or DEFAULT_WORKER_LIMIT for kind in self._runners}, filters)
+            {kind: hints.get(kind) or DEFAULT_WORKER_LIMIT for kind in self._lifecycles}, filters)
         self._streams.append(stream)
         self.connected_streams.value = len(self._streams)
-        for kind in self._runners:
-            self._room_grew(stream, kind)
         log.info("worker stream connected (%d connected)", len(self._streams))
         try:
-            yield stream
+            for kind in self._lifecycles:
+                self._room_grew(stream, kind)  # (work it takes may be waiting in the store)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch, stream)
+                await forward(stream)
+                nursery.cancel_scope.cancel()
+        except StreamStalled as exc:
+            log.warning("worker stream treated as gone: %s", exc)
+            raise
         finally:
             self._streams.remove(stream)
             self.connected_streams.value = len(self._streams)
             log.info("worker stream disconnected (%d connected); giving back the %d work "
                      "items it held", len(self._streams), len(stream.held))
-            for token, handoff in list(stream.held.items()):
-                self._answer(handoff.kind, token, GiveBack(
-                    "its worker went away", with_backoff=False))
-
-    async def serve_stream(
-        self, hints: Mapping[str, int], filters: Mapping[str, Any], send: Send
-    ) -> None:
-        """Feed one worker's stream until it goes away, stalls, or the sidecar closes."""
-        if self._closing:
-            return
-        async with self.connect(hints, filters) as stream, trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch, stream)
-            try:
-                await stream.forward(send, self._ping, self._ping_interval, self._stall)
-            except StreamStalled as exc:
-                log.warning("worker stream treated as gone: %s; its %d work items go to other "
-                            "workers", exc, len(stream.held))
-                raise
-            nursery.cancel_scope.cancel()
+            for handoff in list(stream.held.values()):
+                self._answer(handoff, GiveBack("its worker went away", with_backoff=False))
 
     async def _watch(self, stream: WorkerStream) -> None:
         """A stream counts as gone when it holds orchestration steps or entity batches and has
         answered for nothing for the stall timeout. (An activity may run for hours; a step
         may not.)"""
         async for _ in periodic(self._stall / 4):
-            now = trio.current_time()
-            oldest = min((h.since for h in stream.held.values() if h.kind != "activity"),
-                         default=now)
-            if now - max(oldest, stream.progress) >= self._stall:
+            oldest = min((h.since for h in stream.held.values() if h.kind.name != "activity"),
+                         default=math.inf)
+            if trio.current_time() - max(oldest, stream.progress) >= self._stall:
                 raise StreamStalled(
                     f"it finished no work item for {self._stall:g} s while holding some")
 
@@ -168,15 +127,12 @@ class RemoteWork:
         for stream in self._streams:
             stream.outbox.send_nowait(None)
 
-    # -- answers from workers --------------------------------------------------------------
-
     async def complete(
         self, kind: str, token: str, result: Any, *, matches: Callable[[Any], bool] = bool,
         what: str = "", failed: FailureDetails | None = None,
     ) -> None:
-        """Hand a worker's result to its item (or, with `failed`, fail the item instead), and
-        wait until that is committed or refused. An empty token (older SDKs) is matched by
-        `matches`."""
+        """Settle a worker's result for its item (or, with `failed`, fail the item) and return
+        once that is committed or refused. An empty token (older SDKs) is found by `matches`."""
         if not token:
             token = next((t for (k, t), h in self._offered.items()
                           if k == kind and matches(h.item)), "")
@@ -191,15 +147,14 @@ class RemoteWork:
             # worker for as long as it stays connected. It goes back, with backoff.
             self.give_back(kind, token, "its completion named another work item")
             raise InvalidInput(f"completion token {token!r} does not belong to {what}")
-        runner = self._runners[kind].kind
+        item, work = handoff.item, handoff.work
         if failed is not None:
-            result = runner.failure(handoff.item, handoff.work, failed)
-        self._release(kind, token)
-        # Settled here, in the worker's own call: it answers as soon as its result is stored.
+            result = handoff.kind.failure(item, work, failed)
+        self._release(handoff)
         try:
-            handoff.outcome = Settled(await runner.settle(handoff.item, handoff.work, result))
+            handoff.outcome = Settled(await handoff.kind.settle(item, work, result))
         except BaseException as exc:
-            handoff.error = exc if isinstance(exc, Exception) else GiveBack(
+            handoff.outcome = exc if isinstance(exc, Exception) else GiveBack(
                 "its completion was cut short", with_backoff=False)
             raise
         finally:
@@ -208,26 +163,22 @@ class RemoteWork:
     def give_back(self, kind: str, token: str, why: str) -> None:
         """A worker gives an item back: it goes back to the store with backoff. An unknown
         token is a no-op (already given back, or released when its stream went away)."""
-        self._answer(kind, token, GiveBack(why, with_backoff=True))
+        if (handoff := self._offered.get((kind, token))) is not None:
+            self._answer(handoff, GiveBack(why, with_backoff=True))
 
-    def _answer(self, kind: str, token: str, given_back: GiveBack) -> None:
-        handoff = self._release(kind, token)
-        if handoff is not None:
-            handoff.error = given_back
-            handoff.answered.set()
+    def _answer(self, handoff: _Handoff, given_back: GiveBack) -> None:
+        self._release(handoff)
+        handoff.outcome = given_back
+        handoff.answered.set()
 
-    def _release(self, kind: str, token: str) -> _Handoff | None:
+    def _release(self, handoff: _Handoff) -> None:
         """The item is no longer the worker's to answer for."""
-        handoff = self._offered.pop((kind, token), None)
-        if handoff is not None:
-            stream = handoff.stream
+        kind, token, stream = handoff.kind.name, handoff.kind.token(handoff.item), handoff.stream
+        if self._offered.pop((kind, token), None) is handoff:
             del stream.held[token]
             stream.counts[kind] -= 1
             stream.progress = trio.current_time()
             self._room_grew(stream, kind)
-        return handoff
-
-    # -- offering --------------------------------------------------------------------------
 
     def rooms(self, kind: str) -> list[tuple[Any, float]]:
         """Room per name filter that streams take `kind` by. Work is leased by those names, so
@@ -241,13 +192,13 @@ class RemoteWork:
         return sorted(rooms.items(), key=lambda room: room[0] is None)
 
     async def offer(self, kind: Kind[Any, Any, Any], item: Any, work: Any, names: Any) -> Any:
-        """Hand an item to a stream taking `names`: of those with room, the one holding the
-        fewest (so work spreads over the workers). The worker's result, once it answers."""
-        takers = [s for s in self._streams
-                  if s.filters.get(kind.name) == names and s.free(kind.name) > 0]
-        if not takers:
+        """Hand an item to the stream taking `names` that holds the fewest (so work spreads
+        over the workers); the item settled, once its worker answers."""
+        def takers() -> list[WorkerStream]:
+            return [s for s in self._streams
+                    if s.filters.get(kind.name) == names and s.free(kind.name) > 0]
+        if not takers():
             raise GiveBack("no connected worker has room for it", with_backoff=False)
-        stream = min(takers, key=lambda s: (s.counts[kind.name], -s.free(kind.name)))
         try:
             message = await self._encode(kind.name, item, work)
         except WorkItemTooLarge as exc:
@@ -255,41 +206,32 @@ class RemoteWork:
             log.warning("%s failed: %s", kind.describe(item), exc)
             return kind.failure(item, work, FailureDetails(
                 "WorkItemTooLarge", str(exc), is_non_retriable=True))
-        if stream not in self._streams or stream.free(kind.name) <= 0:
+        streams = takers()  # again: encoding may have let a worker go away or fill up
+        if not streams:
             raise GiveBack("its worker went away", with_backoff=False)
+        stream = min(streams, key=lambda s: (s.counts[kind.name], -s.free(kind.name)))
         token = kind.token(item)
         handoff = self._offered[kind.name, token] = stream.held[token] = _Handoff(
-            kind.name, item, work, stream)
+            kind, item, work, stream)
         stream.counts[kind.name] += 1
         stream.outbox.send_nowait(message)
         try:
             await handoff.answered.wait()
         finally:
-            # Cancelled (shutting down), it is no longer this worker's either.
-            if self._offered.get((kind.name, token)) is handoff:
-                self._release(kind.name, token)
-        if handoff.error is not None:
-            raise handoff.error
+            self._release(handoff)  # cancelled (shutting down): no longer the worker's either
+        if isinstance(handoff.outcome, BaseException):
+            raise handoff.outcome
         return handoff.outcome
 
 
-class RemoteRunner:
-    """Runs items of one kind by handing them to connected workers; a worker's completion is
-    settled in its own call, so the item comes back settled."""
+class RemoteRunner(Runner[Any, Any, Any]):
+    """Runs items of one kind by handing them to connected workers."""
 
     def __init__(self, remote: RemoteWork, kind: Kind[Any, Any, Any]) -> None:
-        self._remote = remote
-        self.kind = kind
-        self.lifecycle: Lifecycle[Any, Any, Any] | None = None
+        self.remote, self.kind = remote, kind
 
     def rooms(self) -> list[tuple[Any, float]]:
-        return self._remote.rooms(self.kind.name)
+        return self.remote.rooms(self.kind.name)
 
     async def run(self, item: Any, work: Any, names: Any) -> Any:
-        return await self._remote.offer(self.kind, item, work, names)
-
-    def settled(self, item: Any, work: Any, result: Any, outcome: Any) -> None:
-        pass
-
-    def failed(self, item: Any, error: BaseException) -> None:
-        pass
+        return await self.remote.offer(self.kind, item, work, names)
