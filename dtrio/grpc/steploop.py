@@ -74,6 +74,7 @@ class _Loop(asyncio.SelectorEventLoop):
         super().__init__(selector)
         self._dtrio_scheduled = scheduled
         self.accepted: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
+        self.corked: list[_Corked] = []  # transports written to during this step
 
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
         handle = super().call_soon(callback, *args, context=context)
@@ -91,7 +92,7 @@ class _Loop(asyncio.SelectorEventLoop):
 
             def connection_made(transport: asyncio.BaseTransport) -> None:
                 self.accepted.add(transport)  # type: ignore[arg-type]
-                made(transport)
+                made(_Corked(transport, self.corked))  # type: ignore[arg-type]
 
             protocol.connection_made = connection_made  # type: ignore[method-assign]
             return protocol
@@ -104,6 +105,48 @@ class _Loop(asyncio.SelectorEventLoop):
         handle = super().call_at(when, callback, *args, context=context)
         self._dtrio_scheduled(handle)
         return handle
+
+
+class _Corked:
+    """A connection's transport whose writes during a step are sent together when the step
+    ends. grpclib writes each HTTP/2 frame as h2 makes it (headers, data, trailers: three
+    writes per reply), and asyncio sends each write at once: one system call each. A step
+    handles many calls' frames; sent together, they cost one."""
+
+    __slots__ = ("_transport", "_chunks", "_corked")
+
+    def __init__(self, transport: asyncio.WriteTransport, corked: list[_Corked]) -> None:
+        self._transport = transport
+        self._chunks: list[bytes] = []
+        self._corked = corked
+
+    def write(self, data: bytes) -> None:
+        if not self._chunks:
+            self._corked.append(self)
+        self._chunks.append(data)
+
+    def flush(self) -> None:
+        chunks, self._chunks = self._chunks, []
+        if chunks and not self._transport.is_closing():
+            self._transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def writelines(self, data: Any) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._chunks.clear()
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._chunks))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class SteppedLoop:
@@ -177,6 +220,9 @@ class SteppedLoop:
             self.loop.stop()
             self.loop.run_forever()
         finally:
+            corked = self.loop.corked
+            while corked:
+                corked.pop().flush()
             sniffio.thread_local.name = library
             if host is not None:
                 asyncio._set_running_loop(host)

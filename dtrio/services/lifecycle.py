@@ -414,8 +414,10 @@ class Lifecycle(Generic[Item, Work, Result]):
             try:
                 await self.kind.renew(item, self._lease_us)
             except LeaseLost as exc:
-                if self._held.get(token) is item:
-                    log.warning("%s: %s", self.kind.describe(item), exc)
+                # Settled while this renewal was on its way (a worker's completion is settled in
+                # the worker's call, before the item's task hears of it); if the lease was truly
+                # lost, settling it says so.
+                log.debug("%s: %s", self.kind.describe(item), exc)
             except StorageError as exc:
                 refused.append(exc)
         if refused:

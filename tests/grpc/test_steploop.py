@@ -66,6 +66,37 @@ async def test_callbacks_and_timers_scheduled_from_trio_or_threads_wake_the_loop
             await ran.wait()
 
 
+class _Replies(asyncio.Protocol):
+    """Answers each message with three writes and, after "bye", closes in the same step."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for part in (b"<", data, b">"):
+            self.transport.write(part)  # type: ignore[attr-defined]
+        if data == b"bye":
+            self.transport.close()
+
+
+async def test_writes_of_a_step_reach_the_peer_in_order_and_before_a_close() -> None:
+    async with open_stepped_loop() as aio:
+        server = await aio.run(aio.loop.create_server(_Replies, "127.0.0.1", 0))
+        port = server.sockets[0].getsockname()[1]
+        with trio.fail_after(5):
+            peer = await trio.open_tcp_stream("127.0.0.1", port)
+            received = b""
+            for message in (b"one", b"two"):
+                await peer.send_all(message)
+                while not received.endswith(b"<" + message + b">"):
+                    received += await peer.receive_some()
+            await peer.send_all(b"bye")
+            while chunk := await peer.receive_some():
+                received += chunk
+        assert received == b"<one><two><bye>"
+        server.close()
+
+
 async def test_results_and_errors_cross_both_ways() -> None:
     async def trio_double(n: int) -> int:
         await trio.sleep(0)
