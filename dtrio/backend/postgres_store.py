@@ -37,6 +37,7 @@ from ..clock import Clock
 from ..errors import StorageError
 from ..events import StoredEvent
 from .base import Committed, Listener
+from .dialect import POSTGRES, percent_style
 
 T = TypeVar("T")
 
@@ -85,6 +86,7 @@ class Tx:
     parsed events it wrote (kept once it commits)."""
 
     __slots__ = ("_written", "clock", "cur", "kept", "notes")
+    dialect = POSTGRES
 
     def __init__(self, cur: psycopg.Cursor[Any], clock: Now, written: Written) -> None:
         self.cur = cur
@@ -108,12 +110,16 @@ class Tx:
         if event is not None:
             self.keep(new, event)
 
-    def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
-        return self.cur.execute(sql, params)  # type: ignore[arg-type]
+    def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor[Any]:
+        return self.cur.execute(percent_style(sql), params)  # type: ignore[arg-type]
 
     def executemany(self, sql: str, rows: list[Any]) -> None:
         if rows:
-            self.cur.executemany(sql, rows)  # type: ignore[arg-type]
+            self.cur.executemany(percent_style(sql), rows)  # type: ignore[arg-type]
+
+    def insert(self, sql: str, params: Any) -> int:
+        """Run an INSERT of one row into a table keyed by `id`; its new id."""
+        return self.execute(sql + " RETURNING id", params).fetchone()[0]  # type: ignore[index]
 
     def due(self, kind: str, visible_at: int, now: int) -> None:
         """Note that work of `kind` ("orchestration", "activity", "entity") becomes due at
@@ -189,6 +195,8 @@ def describe(exc: psycopg.Error) -> str:
 
 
 class PostgresStore:
+    dialect = POSTGRES
+
     def __init__(self, pool: ConnectionPool, clock: Clock, where: str, size: int) -> None:
         self.pool = pool
         self.clock = clock
