@@ -35,11 +35,13 @@ from .base import (
     OrchestrationWorkItem,
     TakenOver,
 )
+from .dialect import POSTGRES
 from .postgres_admin import PostgresAdmin
 from .postgres_entities import PostgresEntities
 from .postgres_leases import give_back, owners, release_owner, renew, take
-from .postgres_rows import (
-    NEW_TOKEN,
+from .postgres_schema import check_and_migrate
+from .postgres_store import PostgresStore, Tx, describe
+from .statements_rows import (
     delete_instances,
     deliver,
     enqueue,
@@ -53,8 +55,6 @@ from .postgres_rows import (
     status_of,
     terminate_children,
 )
-from .postgres_schema import check_and_migrate
-from .postgres_store import PostgresStore, Tx, describe
 from .tables import record, record_columns
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
@@ -203,7 +203,7 @@ class PostgresBackend:
             return sorted(leased.values(), key=lambda i: i.instance_id)
 
         return await take(self._store, (
-            f"UPDATE instances SET lock_owner = %(owner)s, lock_token = {NEW_TOKEN}, "
+            f"UPDATE instances SET lock_owner = %(owner)s, lock_token = {POSTGRES.new_token}, "
             "lock_expires = %(expires)s WHERE instance_id IN (SELECT instance_id FROM instances "
             "WHERE ready_at <= %(now)s AND (lock_expires IS NULL OR lock_expires <= %(now)s) "
             f"AND ({condition}) ORDER BY ready_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
@@ -337,7 +337,7 @@ class PostgresBackend:
             ]
 
         return await take(self._store, (
-            f"UPDATE activities SET lock_owner = %(owner)s, lock_token = {NEW_TOKEN}, "
+            f"UPDATE activities SET lock_owner = %(owner)s, lock_token = {POSTGRES.new_token}, "
             "available_at = %(expires)s, attempt = attempt + 1 WHERE id IN (SELECT id FROM "
             f"activities WHERE available_at <= %(now)s AND ({condition}) ORDER BY available_at "
             "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "

@@ -11,10 +11,11 @@ from ..errors import InvalidInput, LeaseLost
 from ..inbox import Message
 from ..state import TERMINAL
 from .base import EntityPage, EntityQuery, EntityRecord, EntityWorkItem
+from .dialect import POSTGRES
 from .postgres_leases import give_back, renew, take
-from .postgres_rows import (
+from .postgres_store import PostgresStore, Tx
+from .statements_rows import (
     ELIGIBLE,
-    NEW_TOKEN,
     TERMINAL_SQL,
     deliver,
     deliver_entity,
@@ -24,7 +25,6 @@ from .postgres_rows import (
     release_entity_locks,
     status_of,
 )
-from .postgres_store import PostgresStore, Tx
 
 log = logging.getLogger("dtrio.backend")
 
@@ -63,7 +63,7 @@ class PostgresEntities:
             return leased
 
         return await take(self._store, (
-            f"UPDATE entities SET lock_owner = %(owner)s, lock_token = {NEW_TOKEN}, "
+            f"UPDATE entities SET lock_owner = %(owner)s, lock_token = {POSTGRES.new_token}, "
             "lock_expires = %(expires)s WHERE instance_id IN (SELECT instance_id FROM entities "
             "WHERE ready_at <= %(now)s AND (lock_expires IS NULL OR lock_expires <= %(now)s) "
             f"AND ({condition}) ORDER BY ready_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "

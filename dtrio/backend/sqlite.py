@@ -36,7 +36,9 @@ from .base import (
 from .sqlite_admin import SqliteAdmin
 from .sqlite_entities import SqliteEntities
 from .sqlite_leases import give_back, owners, release_owner, renew, take
-from .sqlite_rows import (
+from .sqlite_schema import check_and_migrate
+from .sqlite_store import SqliteStore
+from .statements_rows import (
     delete_instances,
     deliver,
     enqueue,
@@ -50,8 +52,6 @@ from .sqlite_rows import (
     status_of,
     terminate_children,
 )
-from .sqlite_schema import check_and_migrate
-from .sqlite_store import SqliteStore
 from .tables import record, record_columns
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)

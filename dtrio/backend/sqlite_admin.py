@@ -13,8 +13,8 @@ from ..replay.rewind import sections_open_at_failure
 from ..state import TERMINAL
 from ..wire import decode
 from .base import InstancePage, InstanceQuery
-from .sqlite_rows import TERMINAL_SQL, delete_instances, prepare_rewind
 from .sqlite_store import SqliteStore
+from .statements_rows import TERMINAL_SQL, delete_instances, prepare_rewind
 from .tables import parse_token, record, record_columns
 
 _FAILED = int(pb.OrchestrationStatus.FAILED)

@@ -13,7 +13,8 @@ from ..inbox import Message
 from ..state import TERMINAL
 from .base import EntityPage, EntityQuery, EntityRecord, EntityWorkItem
 from .sqlite_leases import give_back, renew, take
-from .sqlite_rows import (
+from .sqlite_store import SqliteStore
+from .statements_rows import (
     ELIGIBLE,
     TERMINAL_SQL,
     deliver,
@@ -24,7 +25,6 @@ from .sqlite_rows import (
     release_entity_locks,
     status_of,
 )
-from .sqlite_store import SqliteStore
 
 log = logging.getLogger("dtrio.backend")
 
