@@ -35,12 +35,11 @@ from .base import (
     OrchestrationWorkItem,
     TakenOver,
 )
-from .dialect import POSTGRES
 from .postgres_admin import PostgresAdmin
 from .postgres_entities import PostgresEntities
-from .postgres_leases import give_back, owners, release_owner, renew, take
 from .postgres_schema import check_and_migrate
 from .postgres_store import PostgresStore, Tx, describe
+from .statements_leases import give_back, owners, release_owner, renew, take
 from .statements_rows import (
     delete_instances,
     deliver,
@@ -69,24 +68,6 @@ def masked(url: str) -> str:
     netloc = parts.netloc.rpartition("@")
     user = netloc[0].partition(":")[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
-
-
-def matching(names: NameFilter | None) -> tuple[str, dict[str, Any]]:
-    """An SQL condition on the `name` and `version` columns, with its named parameters: rows a
-    worker taking `names` (None: every name) takes."""
-    if names is None:
-        return "true", {}
-    params: dict[str, Any] = {}
-    any_version = [name for name, versions in names if not versions]
-    parts = []
-    if any_version:
-        params["any_names"] = any_version
-        parts.append("name = ANY(%(any_names)s)")
-    for n, (name, versions) in enumerate(sorted(names)):
-        if versions:
-            params[f"n{n}"], params[f"v{n}"] = name, sorted(versions)
-            parts.append(f"(name = %(n{n})s AND coalesce(version, '') = ANY(%(v{n})s))")
-    return " OR ".join(parts) or "false", params
 
 
 class PostgresBackend:
@@ -189,26 +170,24 @@ class PostgresBackend:
     async def lease_orchestrations(
         self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
     ) -> list[OrchestrationWorkItem]:
-        condition, params = matching(names)
+        in_list = self._store.dialect.in_list
 
         def items(tx: Tx, rows: list[Any], now: int) -> list[Any]:
             leased = {r[0]: OrchestrationWorkItem(*r, []) for r in rows}
             if leased:
+                which, ids = in_list("instance_id", list(leased))
                 for instance_id, inbox_id, event in tx.execute(
-                    "SELECT instance_id, id, event FROM inbox WHERE instance_id = ANY(%s) "
-                    "AND visible_at <= %s ORDER BY id",
-                    (list(leased), now),
+                    f"SELECT instance_id, id, event FROM inbox WHERE {which} "
+                    "AND visible_at <= ? ORDER BY id",
+                    (*ids, now),
                 ):
                     leased[instance_id].events.append((inbox_id, tx.leased(inbox_id, event)))
             return sorted(leased.values(), key=lambda i: i.instance_id)
 
-        return await take(self._store, (
-            f"UPDATE instances SET lock_owner = %(owner)s, lock_token = {POSTGRES.new_token}, "
-            "lock_expires = %(expires)s WHERE instance_id IN (SELECT instance_id FROM instances "
-            "WHERE ready_at <= %(now)s AND (lock_expires IS NULL OR lock_expires <= %(now)s) "
-            f"AND ({condition}) ORDER BY ready_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-            "RETURNING instance_id, execution_id, name, status, lock_token, step"
-        ), {"owner": owner, "limit": limit, **params}, lease_us, items)
+        return await take(
+            self._store, "instances", owner, limit, lease_us, names,
+            "instance_id, execution_id, name, status, lock_token, step", items,
+        )
 
     async def load_history(self, instance_id: str) -> list[StoredEvent]:
         rows = await self._store.read(lambda tx: tx.execute(
@@ -328,22 +307,17 @@ class PostgresBackend:
     async def lease_activities(
         self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
     ) -> list[ActivityWorkItem]:
-        condition, params = matching(names)
-
         def items(tx: Tx, rows: list[Any], now: int) -> list[Any]:
             return [
                 ActivityWorkItem(*r[:-2], pb.TraceContext.parse(r[-2]) if r[-2] else None, r[-1])
                 for r in sorted(rows)
             ]
 
-        return await take(self._store, (
-            f"UPDATE activities SET lock_owner = %(owner)s, lock_token = {POSTGRES.new_token}, "
-            "available_at = %(expires)s, attempt = attempt + 1 WHERE id IN (SELECT id FROM "
-            f"activities WHERE available_at <= %(now)s AND ({condition}) ORDER BY available_at "
-            "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-            "RETURNING id, instance_id, execution_id, task_id, name, version, input, "
-            "lock_token, attempt, trace_context, call_id"
-        ), {"owner": owner, "limit": limit, **params}, lease_us, items)
+        return await take(
+            self._store, "activities", owner, limit, lease_us, names,
+            "id, instance_id, execution_id, task_id, name, version, input, lock_token, attempt, "
+            "trace_context, call_id", items, also=", attempt = attempt + 1",
+        )
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None:
         await renew(self._store, "activities", item.id, item.lock_token, lease_us,

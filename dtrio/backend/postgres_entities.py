@@ -11,9 +11,8 @@ from ..errors import InvalidInput, LeaseLost
 from ..inbox import Message
 from ..state import TERMINAL
 from .base import EntityPage, EntityQuery, EntityRecord, EntityWorkItem
-from .dialect import POSTGRES
-from .postgres_leases import give_back, renew, take
 from .postgres_store import PostgresStore, Tx
+from .statements_leases import give_back, renew, take
 from .statements_rows import (
     ELIGIBLE,
     TERMINAL_SQL,
@@ -45,30 +44,24 @@ class PostgresEntities:
         self, owner: str, limit: int, lease_us: int, batch_size: int,
         names: frozenset[str] | None = None,
     ) -> list[EntityWorkItem]:
-        if names is None:
-            condition, params = "true", {}
-        else:
-            condition, params = "name = ANY(%(names)s)", {"names": sorted(names)}
-
         def items(tx: Tx, rows: list[Any], now: int) -> list[EntityWorkItem]:
             leased = sorted((EntityWorkItem(*r, []) for r in rows), key=lambda i: i.instance_id)
             for item in leased:
                 for inbox_id, event in tx.execute(
                     "SELECT i.id, i.event FROM entity_inbox i JOIN entities e USING (instance_id) "
-                    f"WHERE i.instance_id = %s AND i.visible_at <= %s AND {ELIGIBLE} "
-                    "ORDER BY i.id LIMIT %s",
+                    f"WHERE i.instance_id = ? AND i.visible_at <= ? AND {ELIGIBLE} "
+                    "ORDER BY i.id LIMIT ?",
                     (item.instance_id, now, batch_size),
                 ):
                     item.messages.append((inbox_id, tx.leased(-inbox_id, event)))
             return leased
 
-        return await take(self._store, (
-            f"UPDATE entities SET lock_owner = %(owner)s, lock_token = {POSTGRES.new_token}, "
-            "lock_expires = %(expires)s WHERE instance_id IN (SELECT instance_id FROM entities "
-            "WHERE ready_at <= %(now)s AND (lock_expires IS NULL OR lock_expires <= %(now)s) "
-            f"AND ({condition}) ORDER BY ready_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-            "RETURNING instance_id, name, state, locked_by, lock_section, lock_token"
-        ), {"owner": owner, "limit": limit, **params}, lease_us, items)
+        # Entities have no versions: any version of each name.
+        any_version = None if names is None else frozenset((n, frozenset()) for n in names)
+        return await take(
+            self._store, "entities", owner, limit, lease_us, any_version,
+            "instance_id, name, state, locked_by, lock_section, lock_token", items,
+        )
 
     async def renew_entity(self, item: EntityWorkItem, lease_us: int) -> None:
         await renew(self._store, "entities", item.instance_id, item.lock_token, lease_us,

@@ -33,11 +33,12 @@ from .base import (
     OrchestrationWorkItem,
     TakenOver,
 )
+from .dialect import Tx
 from .sqlite_admin import SqliteAdmin
 from .sqlite_entities import SqliteEntities
-from .sqlite_leases import give_back, owners, release_owner, renew, take
 from .sqlite_schema import check_and_migrate
 from .sqlite_store import SqliteStore
+from .statements_leases import give_back, owners, release_owner, renew, take
 from .statements_rows import (
     delete_instances,
     deliver,
@@ -55,26 +56,6 @@ from .statements_rows import (
 from .tables import record, record_columns
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
-
-
-def _matching(names: NameFilter | None, first: int) -> tuple[str, list[str]]:
-    """An SQL condition on the `name` and `version` columns, with parameters numbered from
-    `first`: rows a worker taking `names` (None: every name) takes."""
-    if names is None:
-        return "1", []
-    params: list[str] = []
-
-    def mark(value: str) -> str:
-        params.append(value)
-        return f"?{first + len(params) - 1}"
-
-    any_version = [name for name, versions in names if not versions]
-    parts = [f"name IN ({', '.join(map(mark, any_version))})"] if any_version else []
-    for name, versions in names:
-        if versions:
-            parts.append(f"(name = {mark(name)} AND coalesce(version, '') IN "
-                         f"({', '.join(map(mark, sorted(versions)))}))")
-    return " OR ".join(parts) or "0", params
 
 
 class SqliteBackend:
@@ -179,28 +160,24 @@ class SqliteBackend:
     async def lease_orchestrations(
         self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
     ) -> list[OrchestrationWorkItem]:
-        store = self._store
-        matching, params = _matching(names, 5)
+        in_list = self._store.dialect.in_list
 
-        def items(conn: sqlite3.Connection, rows: list[Any], now: int) -> list[Any]:
+        def items(tx: Tx, rows: list[Any], now: int) -> list[Any]:
             leased = {r[0]: OrchestrationWorkItem(*r, []) for r in rows}
             if leased:
-                marks = ",".join("?" * len(leased))
-                for instance_id, inbox_id, event in conn.execute(
-                    f"SELECT instance_id, id, event FROM inbox WHERE instance_id IN ({marks}) "
-                    f"AND visible_at <= ? ORDER BY id",
-                    (*leased, now),
+                which, ids = in_list("instance_id", list(leased))
+                for instance_id, inbox_id, event in tx.execute(
+                    f"SELECT instance_id, id, event FROM inbox WHERE {which} "
+                    "AND visible_at <= ? ORDER BY id",
+                    (*ids, now),
                 ):
-                    leased[instance_id].events.append((inbox_id, store.leased(inbox_id, event)))
-            return list(leased.values())
+                    leased[instance_id].events.append((inbox_id, tx.leased(inbox_id, event)))
+            return sorted(leased.values(), key=lambda i: i.instance_id)
 
-        return await take(store, (
-            "UPDATE instances SET lock_owner = ?3, lock_token = hex(randomblob(12)), "
-            "lock_expires = ?1 WHERE instance_id IN (SELECT instance_id FROM instances "
-            "WHERE ready_at <= ?2 AND (lock_expires IS NULL OR lock_expires <= ?2) "
-            f"AND ({matching}) ORDER BY ready_at LIMIT ?4) "
-            "RETURNING instance_id, execution_id, name, status, lock_token, step"
-        ), (owner, limit, *params), lease_us, items)
+        return await take(
+            self._store, "instances", owner, limit, lease_us, names,
+            "instance_id, execution_id, name, status, lock_token, step", items,
+        )
 
     async def load_history(self, instance_id: str) -> list[StoredEvent]:
         rows = await self._store.read(lambda conn: conn.execute(
@@ -321,21 +298,17 @@ class SqliteBackend:
     async def lease_activities(
         self, owner: str, limit: int, lease_us: int, names: NameFilter | None = None
     ) -> list[ActivityWorkItem]:
-        matching, params = _matching(names, 5)
-
-        def items(conn: sqlite3.Connection, rows: list[Any], now: int) -> list[Any]:
+        def items(tx: Tx, rows: list[Any], now: int) -> list[Any]:
             return [
                 ActivityWorkItem(*r[:-2], pb.TraceContext.parse(r[-2]) if r[-2] else None, r[-1])
                 for r in sorted(rows)
             ]
 
-        return await take(self._store, (
-            "UPDATE activities SET lock_owner = ?3, lock_token = hex(randomblob(12)), "
-            "available_at = ?1, attempt = attempt + 1 WHERE id IN (SELECT id FROM activities "
-            f"WHERE available_at <= ?2 AND ({matching}) ORDER BY available_at LIMIT ?4) "
-            "RETURNING id, instance_id, execution_id, task_id, name, version, input, "
-            "lock_token, attempt, trace_context, call_id"
-        ), (owner, limit, *params), lease_us, items)
+        return await take(
+            self._store, "activities", owner, limit, lease_us, names,
+            "id, instance_id, execution_id, task_id, name, version, input, lock_token, attempt, "
+            "trace_context, call_id", items, also=", attempt = attempt + 1",
+        )
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None:
         await renew(self._store, "activities", item.id, item.lock_token, lease_us,

@@ -12,8 +12,9 @@ from ..errors import InvalidInput, LeaseLost
 from ..inbox import Message
 from ..state import TERMINAL
 from .base import EntityPage, EntityQuery, EntityRecord, EntityWorkItem
-from .sqlite_leases import give_back, renew, take
+from .dialect import Tx
 from .sqlite_store import SqliteStore
+from .statements_leases import give_back, renew, take
 from .statements_rows import (
     ELIGIBLE,
     TERMINAL_SQL,
@@ -50,32 +51,24 @@ class SqliteEntities:
         self, owner: str, limit: int, lease_us: int, batch_size: int,
         names: frozenset[str] | None = None,
     ) -> list[EntityWorkItem]:
-        store = self._store
-        if names is None:
-            matching, params = "1", []
-        else:
-            matching = f"name IN ({','.join(f'?{i}' for i in range(5, 5 + len(names)))})"
-            params = sorted(names)
-
-        def items(conn: sqlite3.Connection, rows: list[Any], now: int) -> list[EntityWorkItem]:
-            leased = [EntityWorkItem(*r, []) for r in rows]
+        def items(tx: Tx, rows: list[Any], now: int) -> list[EntityWorkItem]:
+            leased = sorted((EntityWorkItem(*r, []) for r in rows), key=lambda i: i.instance_id)
             for item in leased:
-                for inbox_id, event in conn.execute(
+                for inbox_id, event in tx.execute(
                     "SELECT i.id, i.event FROM entity_inbox i JOIN entities e USING (instance_id) "
                     f"WHERE i.instance_id = ? AND i.visible_at <= ? AND {ELIGIBLE} "
                     "ORDER BY i.id LIMIT ?",
                     (item.instance_id, now, batch_size),
                 ):
-                    item.messages.append((inbox_id, store.leased(-inbox_id, event)))
+                    item.messages.append((inbox_id, tx.leased(-inbox_id, event)))
             return leased
 
-        return await take(store, (
-            "UPDATE entities SET lock_owner = ?3, lock_token = hex(randomblob(12)), "
-            "lock_expires = ?1 WHERE instance_id IN (SELECT instance_id FROM entities "
-            "WHERE ready_at <= ?2 AND (lock_expires IS NULL OR lock_expires <= ?2) "
-            f"AND ({matching}) ORDER BY ready_at LIMIT ?4) "
-            "RETURNING instance_id, name, state, locked_by, lock_section, lock_token"
-        ), (owner, limit, *params), lease_us, items)
+        # Entities have no versions: any version of each name.
+        any_version = None if names is None else frozenset((n, frozenset()) for n in names)
+        return await take(
+            self._store, "entities", owner, limit, lease_us, any_version,
+            "instance_id, name, state, locked_by, lock_section, lock_token", items,
+        )
 
     async def renew_entity(self, item: EntityWorkItem, lease_us: int) -> None:
         await renew(self._store, "entities", item.instance_id, item.lock_token, lease_us,
