@@ -1,8 +1,8 @@
 """The PostgreSQL backend: a store many processes can share, selected by a `postgresql://` URL.
 
 Composed like the SQLite backend: `PostgresStore` (the pool, its worker threads and group commit),
-the row-level steps in `postgres_rows`, and the entity and management operations
-(`PostgresEntities`, `PostgresAdmin`), which this class hands on to.
+the row-level steps in `statements_rows`, the entity operations (`EntityStatements`) and the
+management operations (`PostgresAdmin`), which this class hands on to.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from psycopg_pool import ConnectionPool
 
 from .. import _pb as pb
 from ..clock import Clock
-from ..entities.batch import EntityStep
 from ..errors import InstanceAlreadyExists, InstanceNotFound, LeaseLost, StorageError
 from ..events import StoredEvent
 from ..inbox import Message, NewInstance
@@ -23,10 +22,6 @@ from ..state import TERMINAL, OrchestrationStep
 from ..wire import encode
 from .base import (
     ActivityWorkItem,
-    EntityPage,
-    EntityQuery,
-    EntityRecord,
-    EntityWorkItem,
     InstancePage,
     InstanceQuery,
     InstanceRecord,
@@ -36,9 +31,9 @@ from .base import (
     TakenOver,
 )
 from .postgres_admin import PostgresAdmin
-from .postgres_entities import PostgresEntities
 from .postgres_schema import check_and_migrate
 from .postgres_store import PostgresStore, Tx, describe
+from .statements_entities import EntityStatements
 from .statements_leases import give_back, owners, release_owner, renew, take
 from .statements_rows import (
     delete_instances,
@@ -70,11 +65,10 @@ def masked(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
-class PostgresBackend:
+class PostgresBackend(EntityStatements):
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
         self.where = store.where
-        self._entities = PostgresEntities(store)
         self._admin = PostgresAdmin(store)
 
     def listen(self, listener: Listener) -> None:
@@ -349,37 +343,6 @@ class PostgresBackend:
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None:
         await give_back(self._store, "activities", item.id, item.lock_token, delay_us)
-
-    # -- entities --------------------------------------------------------------------------
-
-    async def send_entity_message(self, message: Message) -> None:
-        await self._entities.send_entity_message(message)
-
-    async def lease_entities(
-        self, owner: str, limit: int, lease_us: int, batch_size: int,
-        names: frozenset[str] | None = None,
-    ) -> list[EntityWorkItem]:
-        return await self._entities.lease_entities(owner, limit, lease_us, batch_size, names)
-
-    async def renew_entity(self, item: EntityWorkItem, lease_us: int) -> None:
-        await self._entities.renew_entity(item, lease_us)
-
-    async def complete_entity(self, item: EntityWorkItem, step: EntityStep) -> None:
-        await self._entities.complete_entity(item, step)
-
-    async def abandon_entity(self, item: EntityWorkItem, delay_us: int) -> None:
-        await self._entities.abandon_entity(item, delay_us)
-
-    async def get_entity(self, instance_id: str, *, include_state: bool) -> EntityRecord | None:
-        return await self._entities.get_entity(instance_id, include_state=include_state)
-
-    async def query_entities(self, query: EntityQuery) -> EntityPage:
-        return await self._entities.query_entities(query)
-
-    async def clean_entity_storage(
-        self, remove_empty: bool, release_orphaned_locks: bool
-    ) -> tuple[int, int]:
-        return await self._entities.clean_entity_storage(remove_empty, release_orphaned_locks)
 
     # -- scheduling ------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """The SQLite backend: the default store, a file in WAL mode or an in-memory database.
 
 Composed of plain parts: `SqliteStore` (the connection and its transactions), the row-level
-steps in `sqlite_rows`, and the entity and management operations (`SqliteEntities`,
-`SqliteAdmin`), which this class hands on to.
+steps in `statements_rows`, the entity operations (`EntityStatements`, shared with PostgreSQL)
+and the management operations (`SqliteAdmin`), which this class hands on to.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 
 from .. import _pb as pb
 from ..clock import Clock
-from ..entities.batch import EntityStep
 from ..errors import InstanceAlreadyExists, InstanceNotFound, LeaseLost, StorageError
 from ..events import StoredEvent
 from ..inbox import Message, NewInstance
@@ -21,10 +20,6 @@ from ..state import TERMINAL, OrchestrationStep
 from ..wire import encode
 from .base import (
     ActivityWorkItem,
-    EntityPage,
-    EntityQuery,
-    EntityRecord,
-    EntityWorkItem,
     InstancePage,
     InstanceQuery,
     InstanceRecord,
@@ -35,9 +30,9 @@ from .base import (
 )
 from .dialect import Tx
 from .sqlite_admin import SqliteAdmin
-from .sqlite_entities import SqliteEntities
 from .sqlite_schema import check_and_migrate
 from .sqlite_store import SqliteStore
+from .statements_entities import EntityStatements
 from .statements_leases import give_back, owners, release_owner, renew, take
 from .statements_rows import (
     delete_instances,
@@ -58,11 +53,10 @@ from .tables import record, record_columns
 _PENDING = int(pb.OrchestrationStatus.PENDING)
 
 
-class SqliteBackend:
+class SqliteBackend(EntityStatements):
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
         self.where = store.where
-        self._entities = SqliteEntities(store)
         self._admin = SqliteAdmin(store)
 
     def listen(self, listener: Listener) -> None:
@@ -340,37 +334,6 @@ class SqliteBackend:
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None:
         await give_back(self._store, "activities", item.id, item.lock_token, delay_us)
-
-    # -- entities --------------------------------------------------------------------------
-
-    async def send_entity_message(self, message: Message) -> None:
-        await self._entities.send_entity_message(message)
-
-    async def lease_entities(
-        self, owner: str, limit: int, lease_us: int, batch_size: int,
-        names: frozenset[str] | None = None,
-    ) -> list[EntityWorkItem]:
-        return await self._entities.lease_entities(owner, limit, lease_us, batch_size, names)
-
-    async def renew_entity(self, item: EntityWorkItem, lease_us: int) -> None:
-        await self._entities.renew_entity(item, lease_us)
-
-    async def complete_entity(self, item: EntityWorkItem, step: EntityStep) -> None:
-        await self._entities.complete_entity(item, step)
-
-    async def abandon_entity(self, item: EntityWorkItem, delay_us: int) -> None:
-        await self._entities.abandon_entity(item, delay_us)
-
-    async def get_entity(self, instance_id: str, *, include_state: bool) -> EntityRecord | None:
-        return await self._entities.get_entity(instance_id, include_state=include_state)
-
-    async def query_entities(self, query: EntityQuery) -> EntityPage:
-        return await self._entities.query_entities(query)
-
-    async def clean_entity_storage(
-        self, remove_empty: bool, release_orphaned_locks: bool
-    ) -> tuple[int, int]:
-        return await self._entities.clean_entity_storage(remove_empty, release_orphaned_locks)
 
     # -- owners ----------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""Entity storage of the PostgreSQL backend: entities, their inboxes, leases and locks (a port of
-`sqlite_entities`)."""
+"""The entity operations of the backend: entities, their inboxes, leases and locks (the row-level
+steps they share with instances are in `statements_rows`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..errors import InvalidInput, LeaseLost
 from ..inbox import Message
 from ..state import TERMINAL
 from .base import EntityPage, EntityQuery, EntityRecord, EntityWorkItem
-from .postgres_store import PostgresStore, Tx
+from .dialect import Store, Tx
 from .statements_leases import give_back, renew, take
 from .statements_rows import (
     ELIGIBLE,
@@ -31,9 +31,8 @@ log = logging.getLogger("dtrio.backend")
 _EXISTS = "(e.state IS NOT NULL OR e.locked_by IS NOT NULL)"
 
 
-class PostgresEntities:
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
+class EntityStatements:
+    _store: Store
 
     async def send_entity_message(self, message: Message) -> None:
         await self._store.write(lambda tx: deliver_entity(tx, message, tx.clock.now_us()))
@@ -72,7 +71,8 @@ class PostgresEntities:
             now = tx.clock.now_us()
             eid = item.instance_id
             if tx.execute(
-                "SELECT 1 FROM entities WHERE instance_id = %s AND lock_token = %s FOR UPDATE",
+                "SELECT 1 FROM entities WHERE instance_id = ? AND lock_token = ?"
+                + tx.dialect.for_update,
                 (eid, item.lock_token),
             ).fetchone() is None:
                 raise LeaseLost(f"lease on entity {eid!r} was lost; its batch was not saved")
@@ -80,17 +80,17 @@ class PostgresEntities:
             locked_by, section = step.locked_by, step.lock_section
             before = (item.locked_by, item.lock_section)
             if locked_by is not None and status_of(tx, locked_by) in (None, *TERMINAL):
-                # The holder finished while the batch ran, or before its request got here:
-                # nobody would ever release this lock (see sqlite_entities).
+                # The holder finished while the batch ran (its locks were released then), or
+                # before its request got here: nobody would ever release this lock, so it is
+                # not kept and the request goes no further.
                 messages = [m for m in messages if not _lock_message_of(m, section)]
                 locked_by = section = None
-            if step.consumed:
-                tx.execute("DELETE FROM entity_inbox WHERE id = ANY(%s)", (list(step.consumed),))
+            tx.executemany("DELETE FROM entity_inbox WHERE id = ?", [(i,) for i in step.consumed])
             changed = step.operations > 0 or (locked_by, section) != before
             tx.execute(
-                "UPDATE entities SET state = %s, locked_by = %s, lock_section = %s, "
-                "last_modified = CASE WHEN %s THEN %s ELSE last_modified END, lock_owner = NULL, "
-                "lock_token = NULL, lock_expires = NULL WHERE instance_id = %s",
+                "UPDATE entities SET state = ?, locked_by = ?, lock_section = ?, "
+                "last_modified = CASE WHEN ? THEN ? ELSE last_modified END, lock_owner = NULL, "
+                "lock_token = NULL, lock_expires = NULL WHERE instance_id = ?",
                 (step.state, locked_by, section, changed, now, eid),
             )
             for message in messages:
@@ -110,21 +110,21 @@ class PostgresEntities:
 
     # -- reading and cleaning --------------------------------------------------------------
 
-    async def _records(
+    async def _entity_records(
         self, where: str, args: list[Any], include_state: bool, limit: int
     ) -> list[EntityRecord]:
         rows = await self._store.read(lambda tx: tx.execute(
             "SELECT e.instance_id, e.name, e.created_at, e.last_modified, e.locked_by, "
             "(SELECT count(*) FROM entity_inbox i WHERE i.instance_id = e.instance_id), "
             f"{'e.state' if include_state else 'NULL'} FROM entities e WHERE {where} "
-            "ORDER BY e.instance_id LIMIT %s",
+            "ORDER BY e.instance_id LIMIT ?",
             [*args, limit],
         ).fetchall())
         return [EntityRecord(*r) for r in rows]
 
     async def get_entity(self, instance_id: str, *, include_state: bool) -> EntityRecord | None:
-        found = await self._records(
-            f"e.instance_id = %s AND {_EXISTS}", [instance_id], include_state, 1)
+        found = await self._entity_records(
+            f"e.instance_id = ? AND {_EXISTS}", [instance_id], include_state, 1)
         return found[0] if found else None
 
     async def query_entities(self, query: EntityQuery) -> EntityPage:
@@ -134,21 +134,22 @@ class PostgresEntities:
         where = "true" if query.include_transient else _EXISTS
         args: list[Any] = []
         if query.instance_id_prefix:
-            where += " AND left(e.instance_id, %s) = %s"
+            where += " AND substr(e.instance_id, 1, ?) = ?"
             args += [len(query.instance_id_prefix), query.instance_id_prefix]
         if query.modified_from is not None:
-            where += " AND e.last_modified >= %s"
+            where += " AND e.last_modified >= ?"
             args.append(query.modified_from)
         if query.modified_to is not None:
-            where += " AND e.last_modified < %s"
+            where += " AND e.last_modified < ?"
             args.append(query.modified_to)
         if query.continuation_token:
             if not query.continuation_token.startswith("@"):
                 raise InvalidInput(f"continuation token {query.continuation_token!r} is not "
                                    "one this engine issued")
-            where += " AND e.instance_id > %s"
+            where += " AND e.instance_id > ?"
             args.append(query.continuation_token)
-        records = await self._records(where, args, query.include_state, query.page_size + 1)
+        records = await self._entity_records(
+            where, args, query.include_state, query.page_size + 1)
         more = len(records) > query.page_size
         page = records[: query.page_size]
         return EntityPage(page, page[-1].instance_id if more else None)
@@ -166,7 +167,8 @@ class PostgresEntities:
                 orphaned = [r[0] for r in tx.execute(
                     "SELECT DISTINCT e.locked_by FROM entities e LEFT JOIN instances o "
                     "ON o.instance_id = e.locked_by WHERE e.locked_by IS NOT NULL AND "
-                    f"(o.instance_id IS NULL OR o.status IN ({TERMINAL_SQL}))").fetchall()]
+                    f"(o.instance_id IS NULL OR o.status IN ({TERMINAL_SQL})) "
+                    "ORDER BY e.locked_by").fetchall()]
                 for orchestration_id in orphaned:
                     released += release_entity_locks(tx, orchestration_id, now)
             removed = 0
