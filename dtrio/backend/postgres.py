@@ -2,7 +2,7 @@
 
 Composed like the SQLite backend: `PostgresStore` (the pool, its worker threads and group commit),
 the row-level steps in `statements_rows`, the entity operations (`EntityStatements`) and the
-management operations (`PostgresAdmin`), which this class hands on to.
+management operations (`AdminStatements`), both shared.
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ from ..state import TERMINAL, OrchestrationStep
 from ..wire import encode
 from .base import (
     ActivityWorkItem,
-    InstancePage,
-    InstanceQuery,
     InstanceRecord,
     Listener,
     NameFilter,
     OrchestrationWorkItem,
     TakenOver,
 )
-from .postgres_admin import PostgresAdmin
 from .postgres_schema import check_and_migrate
 from .postgres_store import PostgresStore, Tx, describe
+from .statements_admin import AdminStatements
 from .statements_entities import EntityStatements
 from .statements_leases import give_back, owners, release_owner, renew, take
 from .statements_rows import (
@@ -65,11 +63,10 @@ def masked(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
-class PostgresBackend(EntityStatements):
+class PostgresBackend(EntityStatements, AdminStatements):
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
         self.where = store.where
-        self._admin = PostgresAdmin(store)
 
     def listen(self, listener: Listener) -> None:
         self._store.listen(listener)
@@ -137,27 +134,6 @@ class PostgresBackend(EntityStatements):
             return True
 
         return await self._store.write(op)
-
-    async def rewind_instance(self, instance_id: str, reason: str | None) -> None:
-        await self._admin.rewind_instance(instance_id, reason)
-
-    async def purge_instance(self, instance_id: str, *, recursive: bool = True) -> int:
-        return await self._admin.purge_instance(instance_id, recursive=recursive)
-
-    async def purge_instances(
-        self, created_from: int | None, created_to: int | None, statuses: frozenset[int] | None
-    ) -> int:
-        return await self._admin.purge_instances(created_from, created_to, statuses)
-
-    async def query_instances(self, query: InstanceQuery) -> InstancePage:
-        return await self._admin.query_instances(query)
-
-    async def list_instance_ids(
-        self, statuses: frozenset[int] | None, completed_from: int | None,
-        completed_to: int | None, page_size: int, last_key: str | None,
-    ) -> tuple[list[str], str | None]:
-        return await self._admin.list_instance_ids(
-            statuses, completed_from, completed_to, page_size, last_key)
 
     # -- orchestration work items ----------------------------------------------------------
 

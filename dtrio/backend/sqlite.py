@@ -1,8 +1,8 @@
 """The SQLite backend: the default store, a file in WAL mode or an in-memory database.
 
 Composed of plain parts: `SqliteStore` (the connection and its transactions), the row-level
-steps in `statements_rows`, the entity operations (`EntityStatements`, shared with PostgreSQL)
-and the management operations (`SqliteAdmin`), which this class hands on to.
+steps in `statements_rows`, the entity operations (`EntityStatements`)
+and the management operations (`AdminStatements`), both shared.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from ..state import TERMINAL, OrchestrationStep
 from ..wire import encode
 from .base import (
     ActivityWorkItem,
-    InstancePage,
-    InstanceQuery,
     InstanceRecord,
     Listener,
     NameFilter,
@@ -29,9 +27,9 @@ from .base import (
     TakenOver,
 )
 from .dialect import Tx
-from .sqlite_admin import SqliteAdmin
 from .sqlite_schema import check_and_migrate
 from .sqlite_store import SqliteStore
+from .statements_admin import AdminStatements
 from .statements_entities import EntityStatements
 from .statements_leases import give_back, owners, release_owner, renew, take
 from .statements_rows import (
@@ -53,11 +51,10 @@ from .tables import record, record_columns
 _PENDING = int(pb.OrchestrationStatus.PENDING)
 
 
-class SqliteBackend(EntityStatements):
+class SqliteBackend(EntityStatements, AdminStatements):
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
         self.where = store.where
-        self._admin = SqliteAdmin(store)
 
     def listen(self, listener: Listener) -> None:
         self._store.listen(listener)
@@ -127,27 +124,6 @@ class SqliteBackend(EntityStatements):
             return True
 
         return await store.write(op)
-
-    async def rewind_instance(self, instance_id: str, reason: str | None) -> None:
-        await self._admin.rewind_instance(instance_id, reason)
-
-    async def purge_instance(self, instance_id: str, *, recursive: bool = True) -> int:
-        return await self._admin.purge_instance(instance_id, recursive=recursive)
-
-    async def purge_instances(
-        self, created_from: int | None, created_to: int | None, statuses: frozenset[int] | None
-    ) -> int:
-        return await self._admin.purge_instances(created_from, created_to, statuses)
-
-    async def query_instances(self, query: InstanceQuery) -> InstancePage:
-        return await self._admin.query_instances(query)
-
-    async def list_instance_ids(
-        self, statuses: frozenset[int] | None, completed_from: int | None,
-        completed_to: int | None, page_size: int, last_key: str | None,
-    ) -> tuple[list[str], str | None]:
-        return await self._admin.list_instance_ids(
-            statuses, completed_from, completed_to, page_size, last_key)
 
     # -- orchestration work items ----------------------------------------------------------
 

@@ -1,5 +1,4 @@
-"""Management operations of the PostgreSQL backend: rewind, purge, query (a port of
-`sqlite_admin`)."""
+"""The management operations of the backend: rewind, purge, query."""
 
 from __future__ import annotations
 
@@ -13,33 +12,30 @@ from ..replay.rewind import sections_open_at_failure
 from ..state import TERMINAL
 from ..wire import decode
 from .base import InstancePage, InstanceQuery
-from .postgres_store import PostgresStore, Tx
-from .statements_rows import TERMINAL_SQL, delete_instances, prepare_rewind
+from .dialect import Store, Tx
+from .statements_rows import TERMINAL_SQL, delete_instances, prepare_rewind, status_of
 from .tables import parse_token, record, record_columns
 
 _FAILED = int(pb.OrchestrationStatus.FAILED)
 PURGE_CHUNK = 500
 
 
-class PostgresAdmin:
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
+class AdminStatements:
+    _store: Store
 
     async def rewind_instance(self, instance_id: str, reason: str | None) -> None:
         def op(tx: Tx) -> None:
-            row = tx.execute(
-                "SELECT status FROM instances WHERE instance_id = %s FOR UPDATE", (instance_id,)
-            ).fetchone()
-            if row is None:
+            status = status_of(tx, instance_id, lock=True)
+            if status is None:
                 raise InstanceNotFound(instance_id)
-            if row[0] != _FAILED:
+            if status != _FAILED:
                 raise InvalidOperation(
                     f"cannot rewind orchestration {instance_id!r}: it is "
-                    f"{pb.OrchestrationStatus(row[0]).name}, "
+                    f"{pb.OrchestrationStatus(status).name}, "
                     "and only FAILED instances can be rewound"
                 )
             history = [decode(pb.HistoryEvent, r[0]) for r in tx.execute(
-                "SELECT event FROM history WHERE instance_id = %s ORDER BY seq", (instance_id,)
+                "SELECT event FROM history WHERE instance_id = ? ORDER BY seq", (instance_id,)
             ).fetchall()]
             if sections_open_at_failure(history):
                 raise InvalidOperation(
@@ -58,16 +54,14 @@ class PostgresAdmin:
         Returns how many were deleted: 0 for unknown or unfinished instances."""
 
         def op(tx: Tx) -> int:
-            row = tx.execute(
-                "SELECT status FROM instances WHERE instance_id = %s FOR UPDATE", (instance_id,)
-            ).fetchone()
-            if row is None or row[0] not in TERMINAL:
+            if status_of(tx, instance_id, lock=True) not in TERMINAL:
                 return 0
             doomed, frontier = [instance_id], [instance_id]
             while recursive and frontier:
+                parents, params = tx.dialect.in_list("parent_instance_id", frontier)
                 frontier = [r[0] for r in tx.execute(
-                    "SELECT instance_id FROM instances WHERE parent_instance_id = ANY(%s) "
-                    f"AND status IN ({TERMINAL_SQL})", (frontier,)).fetchall()]
+                    f"SELECT instance_id FROM instances WHERE {parents} "
+                    f"AND status IN ({TERMINAL_SQL})", params).fetchall()]
                 doomed += frontier
             delete_instances(tx, doomed, tx.clock.now_us())
             return len(doomed)
@@ -82,11 +76,11 @@ class PostgresAdmin:
         wanted = TERMINAL if not statuses else frozenset(statuses) & TERMINAL
         if not wanted:
             return 0
-        where, args = _created_range(created_from, created_to)
+        where, args = _since("created_at", created_from, created_to)
         sql = (
             "SELECT instance_id FROM instances "
             f"WHERE status IN ({','.join(map(str, sorted(wanted)))})"
-            f"{where} LIMIT {PURGE_CHUNK} FOR UPDATE SKIP LOCKED"
+            f"{where} LIMIT {PURGE_CHUNK}{self._store.dialect.skip_locked}"
         )
         total = 0
         while True:
@@ -107,22 +101,15 @@ class PostgresAdmin:
         """A page of instances ordered by (created_at, instance_id): stable under inserts."""
         if query.page_size < 1:
             raise InvalidInput("page_size must be at least 1")
-        where, args = _created_range(query.created_from, query.created_to)
+        where, args = _since("created_at", query.created_from, query.created_to)
         if query.statuses:
             where += f" AND status IN ({','.join(str(int(s)) for s in sorted(query.statuses))})"
         if query.instance_id_prefix:
-            where += " AND left(instance_id, %s) = %s"
+            where += " AND substr(instance_id, 1, ?) = ?"
             args += [len(query.instance_id_prefix), query.instance_id_prefix]
-        if query.continuation_token:
-            created, key = parse_token(query.continuation_token)
-            where += " AND (created_at, instance_id) > (%s, %s)"
-            args += [created, key]
-        columns = record_columns(query.fetch_payloads)
-        rows = await self._store.read(lambda tx: tx.execute(
-            f"SELECT {columns} FROM instances WHERE true{where} "
-            f"ORDER BY created_at, instance_id LIMIT %s",
-            [*args, query.page_size + 1],
-        ).fetchall())
+        rows = await self._page(
+            f"SELECT {record_columns(query.fetch_payloads)} FROM instances", "created_at",
+            where, args, query.continuation_token, query.page_size)
         more = len(rows) > query.page_size
         records = [record(r, query.fetch_payloads) for r in rows[: query.page_size]]
         token = f"{records[-1].created_at}:{records[-1].instance_id}" if more else None
@@ -137,34 +124,36 @@ class PostgresAdmin:
         wanted = TERMINAL if not statuses else frozenset(statuses) & TERMINAL
         if not wanted:
             return [], None
-        where = f"status IN ({','.join(map(str, sorted(wanted)))}) AND completed_at IS NOT NULL"
-        args: list[Any] = []
-        if completed_from is not None:
-            where += " AND completed_at >= %s"
-            args.append(completed_from)
-        if completed_to is not None:
-            where += " AND completed_at < %s"
-            args.append(completed_to)
-        if last_key:
-            completed, key = parse_token(last_key)
-            where += " AND (completed_at, instance_id) > (%s, %s)"
-            args += [completed, key]
-        rows = await self._store.read(lambda tx: tx.execute(
-            f"SELECT instance_id, completed_at FROM instances WHERE {where} "
-            f"ORDER BY completed_at, instance_id LIMIT %s",
-            [*args, page_size + 1],
-        ).fetchall())
+        where, args = _since("completed_at", completed_from, completed_to)
+        where += (f" AND status IN ({','.join(map(str, sorted(wanted)))}) "
+                  "AND completed_at IS NOT NULL")
+        rows = await self._page("SELECT instance_id, completed_at FROM instances",
+                                "completed_at", where, args, last_key, page_size)
         page = rows[:page_size]
         more = len(rows) > page_size
         return [r[0] for r in page], f"{page[-1][1]}:{page[-1][0]}" if more else None
 
+    async def _page(self, select: str, time_column: str, where: str, args: list[Any],
+                    token: str | None, page_size: int) -> list[Any]:
+        """Rows of `select` ordered by (`time_column`, instance_id), from the continuation token
+        on, one more than a page (telling whether another page follows)."""
+        if token:
+            after, key = parse_token(token)
+            where += f" AND ({time_column}, instance_id) > (?, ?)"
+            args = [*args, after, key]
+        return await self._store.read(lambda tx: tx.execute(
+            f"{select} WHERE true{where} ORDER BY {time_column}, instance_id LIMIT ?",
+            [*args, page_size + 1],
+        ).fetchall())
 
-def _created_range(created_from: int | None, created_to: int | None) -> tuple[str, list[Any]]:
+
+def _since(column: str, start: int | None, end: int | None) -> tuple[str, list[Any]]:
+    """A condition that `column` lies in [start, end) (either end open when None)."""
     where, args = "", []
-    if created_from is not None:
-        where += " AND created_at >= %s"
-        args.append(created_from)
-    if created_to is not None:
-        where += " AND created_at < %s"
-        args.append(created_to)
+    if start is not None:
+        where += f" AND {column} >= ?"
+        args.append(start)
+    if end is not None:
+        where += f" AND {column} < ?"
+        args.append(end)
     return where, args
