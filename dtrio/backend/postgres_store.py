@@ -38,6 +38,7 @@ from ..errors import StorageError
 from ..events import StoredEvent
 from .base import Committed, Listener
 from .dialect import POSTGRES, percent_style
+from .write_queue import WriteQueue
 
 T = TypeVar("T")
 
@@ -194,7 +195,7 @@ def describe(exc: psycopg.Error) -> str:
     return message
 
 
-class PostgresStore:
+class PostgresStore(WriteQueue):
     dialect = POSTGRES
 
     def __init__(self, pool: ConnectionPool, clock: Clock, where: str, size: int) -> None:
@@ -269,17 +270,8 @@ class PostgresStore:
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in a transaction shared with every write queued in the same scheduling tick."""
         self.check_open()
-        # Cancelled may be raised only before the op is queued: once queued, a neighbour's flush
-        # may commit it, so a write that raised Cancelled would have happened after all.
-        await trio.lowlevel.checkpoint_if_cancelled()
         op = _Op(fn)
-        self._queue.append(op)
-        try:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        except BaseException:
-            if not op.taken:
-                self._queue.remove(op)
-            raise
+        await self._join(op)
         with trio.CancelScope(shield=True):
             if op.taken:
                 assert op.done is not None

@@ -24,6 +24,7 @@ from ..errors import StorageError
 from ..events import StoredEvent
 from .base import Committed, Listener
 from .dialect import SQLITE, Tx
+from .write_queue import WriteQueue
 
 T = TypeVar("T")
 
@@ -41,7 +42,7 @@ class _Op:
         self.result: Any = None
 
 
-class SqliteStore:
+class SqliteStore(WriteQueue):
     dialect = SQLITE
 
     def __init__(self, conn: sqlite3.Connection, clock: Clock, where: str) -> None:
@@ -113,17 +114,8 @@ class SqliteStore:
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in a transaction shared with every write queued in the same scheduling tick."""
         self.check_open()
-        # Cancelled may be raised only before the op is queued: once queued, a neighbour's flush
-        # may commit it, so a write that raised Cancelled would have happened after all.
-        await trio.lowlevel.checkpoint_if_cancelled()
         op = _Op(fn)
-        self._queue.append(op)
-        try:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        except BaseException:
-            if not op.done:
-                self._queue.remove(op)
-            raise
+        await self._join(op)
         if not op.done:
             self._flush()
         if op.error is not None:
