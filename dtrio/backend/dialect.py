@@ -52,9 +52,8 @@ POSTGRES = Dialect(
 
 @functools.lru_cache(maxsize=1024)
 def percent_style(sql: str) -> str:
-    """A statement with `?` marks in psycopg's spelling (`%s`); statements still written in it
-    pass unchanged."""
-    return sql.replace("?", "%s")
+    """A statement with `?` marks in psycopg's spelling (`%s`, and `%` written `%%`)."""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 class Cursor(Protocol):

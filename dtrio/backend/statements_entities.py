@@ -29,6 +29,11 @@ log = logging.getLogger("dtrio.backend")
 
 # Entities that exist for queries: with a state or a lock (others only have messages waiting).
 _EXISTS = "(e.state IS NOT NULL OR e.locked_by IS NOT NULL)"
+# The messages an entity may process now, oldest first, up to a batch.
+_MESSAGES = (
+    "SELECT i.id, i.event FROM entity_inbox i JOIN entities e USING (instance_id) "
+    f"WHERE i.instance_id = ? AND i.visible_at <= ? AND {ELIGIBLE} ORDER BY i.id LIMIT ?"
+)
 
 
 class EntityStatements:
@@ -47,10 +52,7 @@ class EntityStatements:
             leased = sorted((EntityWorkItem(*r, []) for r in rows), key=lambda i: i.instance_id)
             for item in leased:
                 for inbox_id, event in tx.execute(
-                    "SELECT i.id, i.event FROM entity_inbox i JOIN entities e USING (instance_id) "
-                    f"WHERE i.instance_id = ? AND i.visible_at <= ? AND {ELIGIBLE} "
-                    "ORDER BY i.id LIMIT ?",
-                    (item.instance_id, now, batch_size),
+                    _MESSAGES, (item.instance_id, now, batch_size)
                 ):
                     item.messages.append((inbox_id, tx.leased(-inbox_id, event)))
             return leased

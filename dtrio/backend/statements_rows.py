@@ -33,21 +33,25 @@ ELIGIBLE = "(e.locked_by IS NULL OR i.source = e.locked_by)"
 # The earlier of `ready_at` and the time given twice as parameters, a NULL `ready_at` counting as
 # never (SQLite's min() and PostgreSQL's least() disagree on NULL, so neither is used).
 EARLIER = "CASE WHEN ready_at <= ? THEN ready_at ELSE ? END"
+# Makes a pending instance ready by a time (given twice) rather than at its scheduled start.
+WAKE_PENDING = f"UPDATE instances SET ready_at = {EARLIER} WHERE instance_id = ?"
 
 
 # -- instances and their inboxes -----------------------------------------------------------
 
 
+# A pending instance becomes ready when its start comes due, not when an early event arrives:
+# the event waits in the inbox for the orchestration to begin.
+_ENQUEUE = (
+    f"UPDATE instances SET ready_at = {EARLIER} "
+    "WHERE instance_id = ? AND (status != ? OR ready_at IS NULL)"
+)
+
+
 def enqueue(tx: Tx, instance_id: str, execution_id: str | None, event: StoredEvent,
             visible_at: int, now: int) -> None:
     """Put an event in an instance's inbox (the caller knows the instance is live)."""
-    # A pending instance becomes ready when its start comes due, not when an early event
-    # arrives: the event waits in the inbox for the orchestration to begin.
-    tx.execute(
-        f"UPDATE instances SET ready_at = {EARLIER} "
-        "WHERE instance_id = ? AND (status != ? OR ready_at IS NULL)",
-        (visible_at, visible_at, instance_id, _PENDING),
-    )
+    tx.execute(_ENQUEUE, (visible_at, visible_at, instance_id, _PENDING))
     _inbox_row(tx, instance_id, execution_id, event, visible_at, now)
 
 
@@ -162,18 +166,19 @@ def refresh_ready(tx: Tx, instance_id: str, now: int) -> None:
         tx.due("orchestration", ready[0], now)
 
 
+_LIVE_CHILDREN = (
+    "SELECT instance_id, status FROM instances WHERE parent_instance_id = ? "
+    f"AND status NOT IN ({TERMINAL_SQL}) ORDER BY instance_id"
+)
+
+
 def terminate_children(tx: Tx, instance_id: str, output: str | None, now: int) -> None:
-    children = tx.execute(
-        f"SELECT instance_id, status FROM instances WHERE parent_instance_id = ? "
-        f"AND status NOT IN ({TERMINAL_SQL}) ORDER BY instance_id",
-        (instance_id,),
-    ).fetchall()
+    children = tx.execute(_LIVE_CHILDREN, (instance_id,)).fetchall()
     for child_id, status in children:
         event = h.execution_terminated(from_us(now), output, recurse=True)
         enqueue(tx, child_id, None, StoredEvent.made(event), now, now)
         if status == _PENDING:
-            tx.execute(f"UPDATE instances SET ready_at = {EARLIER} WHERE instance_id = ?",
-                       (now, now, child_id))
+            tx.execute(WAKE_PENDING, (now, now, child_id))
 
 
 def prepare_rewind(tx: Tx, instance_id: str, reason: str | None,
@@ -240,13 +245,15 @@ def deliver_entity(tx: Tx, message: Message, now: int) -> None:
         tx.due("entity", at, now)
 
 
+_REFRESH_ENTITY = (
+    "UPDATE entities AS e SET ready_at = (SELECT min(i.visible_at) FROM entity_inbox i "
+    f"WHERE i.instance_id = e.instance_id AND {ELIGIBLE}) "
+    "WHERE e.instance_id = ? RETURNING ready_at"
+)
+
+
 def refresh_entity(tx: Tx, instance_id: str, now: int) -> None:
-    ready = tx.execute(
-        "UPDATE entities AS e SET ready_at = (SELECT min(i.visible_at) FROM entity_inbox i "
-        f"WHERE i.instance_id = e.instance_id AND {ELIGIBLE}) "
-        "WHERE e.instance_id = ? RETURNING ready_at",
-        (instance_id,),
-    ).fetchone()
+    ready = tx.execute(_REFRESH_ENTITY, (instance_id,)).fetchone()
     if ready is not None and ready[0] is not None:
         tx.due("entity", ready[0], now)
 
