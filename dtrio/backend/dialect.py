@@ -22,7 +22,6 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
-    name: str
     # An SQL expression for a fresh lease token, evaluated once per row.
     new_token: str
     # Appended to a SELECT that reads a row the transaction goes on to change: "" where a
@@ -41,12 +40,10 @@ class Dialect:
         return f"{column} IN ({','.join('?' * len(values))})", list(values)
 
 
-SQLITE = Dialect(
-    "sqlite", new_token="hex(randomblob(12))", for_update="", skip_locked="", arrays=False
-)
+SQLITE = Dialect(new_token="hex(randomblob(12))", for_update="", skip_locked="", arrays=False)
 POSTGRES = Dialect(
-    "postgresql", new_token="md5(random()::text || clock_timestamp()::text)",
-    for_update=" FOR UPDATE", skip_locked=" FOR UPDATE SKIP LOCKED", arrays=True,
+    new_token="md5(random()::text || clock_timestamp()::text)", for_update=" FOR UPDATE",
+    skip_locked=" FOR UPDATE SKIP LOCKED", arrays=True,
 )
 
 
@@ -107,7 +104,7 @@ class Store(Protocol):
     def listen(self, listener: Listener) -> None: ...
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
-        """In a transaction that writes nothing."""
+        """Reads only, seeing the last commit."""
         ...
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
