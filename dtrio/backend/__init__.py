@@ -20,7 +20,8 @@ from .base import (
     OrchestrationWorkItem,
     TakenOver,
 )
-from .sqlite import SqliteBackend, open_sqlite_backend
+from .sqlite import open_sqlite_backend
+from .statements import SqlBackend
 
 
 def is_postgres_url(db: object) -> bool:
@@ -57,7 +58,7 @@ __all__ = [
     "Listener",
     "NameFilter",
     "OrchestrationWorkItem",
-    "SqliteBackend",
+    "SqlBackend",
     "TakenOver",
     "is_postgres_url",
     "open_backend",

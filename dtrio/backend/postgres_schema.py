@@ -21,7 +21,24 @@ SCHEMA_VERSION = 1
 # pg_advisory_lock key: processes creating or upgrading the schema take turns.
 _LOCK_KEY = 0x64747269  # "dtri"
 
-_V1 = """
+
+
+def _leased(table: str) -> str:
+    """The end of a table whose rows are leased by instance ID (instances, entities): when a row
+    is next ready (the earliest visible_at of the inbox messages it may process now; NULL when
+    none) and its lease, with the indexes that leases use. Part of version 1, like `_V1`: a
+    change is a new migration."""
+    return f"""    ready_at bigint,
+    lock_owner text,
+    lock_token text,
+    lock_expires bigint
+);
+CREATE INDEX {table}_ready ON {table} (ready_at) WHERE ready_at IS NOT NULL;
+CREATE INDEX {table}_name_ready ON {table} (name, ready_at) WHERE ready_at IS NOT NULL;
+CREATE INDEX {table}_lock ON {table} (lock_expires) WHERE lock_expires IS NOT NULL;"""
+
+
+_V1 = f"""
 CREATE TABLE dtrio_meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE instances (
     instance_id text COLLATE "C" PRIMARY KEY,
@@ -41,14 +58,7 @@ CREATE TABLE instances (
     parent_instance_id text,
     step integer NOT NULL DEFAULT 0,
     history_len integer NOT NULL DEFAULT 0,
-    ready_at bigint,           -- earliest visible_at of its inbox; NULL when the inbox is empty
-    lock_owner text,
-    lock_token text,
-    lock_expires bigint
-);
-CREATE INDEX instances_ready ON instances (ready_at) WHERE ready_at IS NOT NULL;
-CREATE INDEX instances_name_ready ON instances (name, ready_at) WHERE ready_at IS NOT NULL;
-CREATE INDEX instances_lock ON instances (lock_expires) WHERE lock_expires IS NOT NULL;
+{_leased('instances')}
 CREATE INDEX instances_created ON instances (created_at, instance_id);
 CREATE INDEX instances_completed ON instances (completed_at, instance_id)
     WHERE completed_at IS NOT NULL;
@@ -105,14 +115,7 @@ CREATE TABLE entities (
     lock_section text,
     created_at bigint NOT NULL,
     last_modified bigint NOT NULL,
-    ready_at bigint,
-    lock_owner text,
-    lock_token text,
-    lock_expires bigint
-);
-CREATE INDEX entities_ready ON entities (ready_at) WHERE ready_at IS NOT NULL;
-CREATE INDEX entities_name_ready ON entities (name, ready_at) WHERE ready_at IS NOT NULL;
-CREATE INDEX entities_lock ON entities (lock_expires) WHERE lock_expires IS NOT NULL;
+{_leased('entities')}
 CREATE INDEX entities_locked_by ON entities (locked_by) WHERE locked_by IS NOT NULL;
 CREATE TABLE entity_inbox (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

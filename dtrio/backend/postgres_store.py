@@ -37,6 +37,8 @@ from ..clock import Clock
 from ..errors import StorageError
 from ..events import StoredEvent
 from .base import Committed, Listener
+from .dialect import POSTGRES, percent_style
+from .write_queue import WriteQueue
 
 T = TypeVar("T")
 
@@ -85,6 +87,7 @@ class Tx:
     parsed events it wrote (kept once it commits)."""
 
     __slots__ = ("_written", "clock", "cur", "kept", "notes")
+    dialect = POSTGRES
 
     def __init__(self, cur: psycopg.Cursor[Any], clock: Now, written: Written) -> None:
         self.cur = cur
@@ -108,12 +111,16 @@ class Tx:
         if event is not None:
             self.keep(new, event)
 
-    def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
-        return self.cur.execute(sql, params)  # type: ignore[arg-type]
+    def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor[Any]:
+        return self.cur.execute(percent_style(sql), params)  # type: ignore[arg-type]
 
     def executemany(self, sql: str, rows: list[Any]) -> None:
         if rows:
-            self.cur.executemany(sql, rows)  # type: ignore[arg-type]
+            self.cur.executemany(percent_style(sql), rows)  # type: ignore[arg-type]
+
+    def insert(self, sql: str, params: Any) -> int:
+        """Run an INSERT of one row into a table keyed by `id`; its new id."""
+        return self.execute(sql + " RETURNING id", params).fetchone()[0]  # type: ignore[index]
 
     def due(self, kind: str, visible_at: int, now: int) -> None:
         """Note that work of `kind` ("orchestration", "activity", "entity") becomes due at
@@ -188,7 +195,9 @@ def describe(exc: psycopg.Error) -> str:
     return message
 
 
-class PostgresStore:
+class PostgresStore(WriteQueue):
+    dialect = POSTGRES
+
     def __init__(self, pool: ConnectionPool, clock: Clock, where: str, size: int) -> None:
         self.pool = pool
         self.clock = clock
@@ -261,17 +270,8 @@ class PostgresStore:
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in a transaction shared with every write queued in the same scheduling tick."""
         self.check_open()
-        # Cancelled may be raised only before the op is queued: once queued, a neighbour's flush
-        # may commit it, so a write that raised Cancelled would have happened after all.
-        await trio.lowlevel.checkpoint_if_cancelled()
         op = _Op(fn)
-        self._queue.append(op)
-        try:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        except BaseException:
-            if not op.taken:
-                self._queue.remove(op)
-            raise
+        await self._join(op)
         with trio.CancelScope(shield=True):
             if op.taken:
                 assert op.done is not None

@@ -5,13 +5,16 @@ Statements run on the Trio thread in short transactions: a commit in WAL mode wi
 synchronous=NORMAL costs tens of microseconds, less than a hop to a worker thread, and storage
 work never leaves the event loop idle (so trio's MockClock cannot jump while it runs).
 Concurrent writes are group-committed: one transaction, a savepoint each.
+
+The store is also the `Tx` its operations run in: one connection, one transaction at a time, so
+`execute` is the connection's own (no wrapper on any statement).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -20,6 +23,8 @@ from ..clock import Clock
 from ..errors import StorageError
 from ..events import StoredEvent
 from .base import Committed, Listener
+from .dialect import SQLITE, Tx
+from .write_queue import WriteQueue
 
 T = TypeVar("T")
 
@@ -30,16 +35,20 @@ _WRITTEN_KEPT = 50_000
 class _Op:
     __slots__ = ("done", "error", "fn", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, fn: Callable[[Tx], Any]) -> None:
         self.fn = fn
         self.done = False
         self.error: BaseException | None = None
         self.result: Any = None
 
 
-class SqliteStore:
+class SqliteStore(WriteQueue):
+    dialect = SQLITE
+
     def __init__(self, conn: sqlite3.Connection, clock: Clock, where: str) -> None:
         self.conn = conn
+        self.execute = conn.execute
+        self.executemany = conn.executemany
         self.clock = clock
         self.where = where
         self._queue: list[_Op] = []
@@ -55,6 +64,10 @@ class SqliteStore:
 
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def insert(self, sql: str, params: Sequence[Any]) -> int:
+        """Run an INSERT of one row into a table keyed by `id`; its new id."""
+        return self.conn.execute(sql, params).lastrowid or 0
 
     # -- what a transaction makes due ------------------------------------------------------
 
@@ -88,37 +101,28 @@ class SqliteStore:
         if self._closed:
             raise StorageError(f"the store {self.where} is closed")
 
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` outside any transaction (a read sees the last commit)."""
         self.check_open()
         try:
-            result = fn(self.conn)
+            result = fn(self)
         except sqlite3.Error as exc:
             raise self._refused("read", exc) from None
         await trio.lowlevel.checkpoint()
         return result
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in a transaction shared with every write queued in the same scheduling tick."""
         self.check_open()
-        # Cancelled may be raised only before the op is queued: once queued, a neighbour's flush
-        # may commit it, so a write that raised Cancelled would have happened after all.
-        await trio.lowlevel.checkpoint_if_cancelled()
         op = _Op(fn)
-        self._queue.append(op)
-        try:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        except BaseException:
-            if not op.done:
-                self._queue.remove(op)
-            raise
+        await self._join(op)
         if not op.done:
             self._flush()
         if op.error is not None:
             raise op.error
         return op.result  # type: ignore[no-any-return]
 
-    async def lease(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def lease(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in a transaction of its own, never cancelled once begun: leases taken are
         always handed to the caller."""
         self.check_open()
@@ -127,7 +131,7 @@ class SqliteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = fn(conn)
+                result = fn(self)
                 conn.execute("COMMIT")
             except BaseException:
                 # A failed COMMIT (a full disk) has already rolled back on its own.
@@ -150,7 +154,7 @@ class SqliteStore:
             for op in ops:
                 conn.execute("SAVEPOINT op")
                 try:
-                    op.result = op.fn(conn)
+                    op.result = op.fn(self)
                     self._tx_written += self._op_written
                 except Exception as exc:
                     # One failing write must not take the rest of the batch down with it.

@@ -12,9 +12,9 @@ import trio
 
 import dtrio
 from dtrio.backend import is_postgres_url, open_backend
-from dtrio.backend.postgres import PostgresBackend, masked
+from dtrio.backend.dialect import POSTGRES, SQLITE
+from dtrio.backend.postgres import masked
 from dtrio.backend.postgres_schema import SCHEMA_VERSION
-from dtrio.backend.sqlite import SqliteBackend
 from dtrio.clock import Clock
 from dtrio.errors import StorageError
 
@@ -35,11 +35,11 @@ async def test_open_backend_picks_by_url(postgres_db, tmp_path):
     clock = Clock()
     pg = open_backend(postgres_db, clock)
     try:
-        assert isinstance(pg, PostgresBackend)
+        assert pg.dialect is POSTGRES
     finally:
         await pg.aclose()
     lite = open_backend(tmp_path / "x.db", clock)
-    assert isinstance(lite, SqliteBackend)
+    assert lite.dialect is SQLITE
     await lite.aclose()
 
 
