@@ -18,6 +18,7 @@ import trio
 from trio_util import wait_any
 
 from . import __version__
+from .console import add_commands as add_operator_commands
 from .errors import DtrioError
 from .logs import configure_logging
 
@@ -267,6 +268,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser,
         ),
     ]
     serve.set_defaults(run=_serve)
+    add_operator_commands(commands)
     return parser, serve, flags
 
 

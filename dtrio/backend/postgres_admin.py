@@ -8,14 +8,14 @@ from typing import Any
 import trio
 
 from .. import _pb as pb
-from ..errors import InstanceNotFound, InvalidInput, InvalidOperation
+from ..errors import InstanceNotFound, InvalidOperation
 from ..replay.rewind import sections_open_at_failure
 from ..state import TERMINAL
 from ..wire import decode
 from .base import InstancePage, InstanceQuery
 from .postgres_rows import TERMINAL_SQL, delete_instances, prepare_rewind
 from .postgres_store import PostgresStore, Tx
-from .tables import parse_token, record, record_columns
+from .tables import POSTGRES, count_sql, page_of, page_sql, parse_token
 
 _FAILED = int(pb.OrchestrationStatus.FAILED)
 PURGE_CHUNK = 500
@@ -105,28 +105,14 @@ class PostgresAdmin:
 
     async def query_instances(self, query: InstanceQuery) -> InstancePage:
         """A page of instances ordered by (created_at, instance_id): stable under inserts."""
-        if query.page_size < 1:
-            raise InvalidInput("page_size must be at least 1")
-        where, args = _created_range(query.created_from, query.created_to)
-        if query.statuses:
-            where += f" AND status IN ({','.join(str(int(s)) for s in sorted(query.statuses))})"
-        if query.instance_id_prefix:
-            where += " AND left(instance_id, %s) = %s"
-            args += [len(query.instance_id_prefix), query.instance_id_prefix]
-        if query.continuation_token:
-            created, key = parse_token(query.continuation_token)
-            where += " AND (created_at, instance_id) > (%s, %s)"
-            args += [created, key]
-        columns = record_columns(query.fetch_payloads)
-        rows = await self._store.read(lambda tx: tx.execute(
-            f"SELECT {columns} FROM instances WHERE true{where} "
-            f"ORDER BY created_at, instance_id LIMIT %s",
-            [*args, query.page_size + 1],
-        ).fetchall())
-        more = len(rows) > query.page_size
-        records = [record(r, query.fetch_payloads) for r in rows[: query.page_size]]
-        token = f"{records[-1].created_at}:{records[-1].instance_id}" if more else None
-        return InstancePage(records, token)
+        sql, args = page_sql(query, POSTGRES)
+        rows = await self._store.read(lambda tx: tx.execute(sql, args).fetchall())
+        return page_of(rows, query)
+
+    async def count_instances(self, query: InstanceQuery) -> dict[int, int]:
+        sql, args = count_sql(query, POSTGRES)
+        rows = await self._store.read(lambda tx: tx.execute(sql, args).fetchall())
+        return {int(status): int(n) for status, n in rows}
 
     async def list_instance_ids(
         self, statuses: frozenset[int] | None, completed_from: int | None,

@@ -167,6 +167,9 @@ class SqliteBackend:
     async def query_instances(self, query: InstanceQuery) -> InstancePage:
         return await self._admin.query_instances(query)
 
+    async def count_instances(self, query: InstanceQuery) -> dict[int, int]:
+        return await self._admin.count_instances(query)
+
     async def list_instance_ids(
         self, statuses: frozenset[int] | None, completed_from: int | None,
         completed_to: int | None, page_size: int, last_key: str | None,

@@ -1,0 +1,134 @@
+"""What every operators' command shares: the options that name the store and the output, the
+types of their arguments, and running a command against the store with its exit code
+(0 ok, 1 error, 2 usage, 3 not found)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .. import _pb as pb
+from ..backend import is_postgres_url, open_backend
+from ..client import Client
+from ..clock import Clock
+from ..errors import DtrioError, InstanceNotFound
+from .output import Output
+
+OK, ERROR, USAGE, NOT_FOUND = 0, 1, 2, 3
+
+
+class NotFound(DtrioError, LookupError):
+    """What a command was asked about does not exist (exit code 3)."""
+
+
+class Usage(DtrioError):
+    """The arguments make no sense together (exit code 2)."""
+
+
+Handler = Callable[[Client, argparse.Namespace, Output], Awaitable[int | None]]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error in one line on stderr, exit code 2 (argparse prints the usage first)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def store_options() -> argparse.ArgumentParser:
+    """--db and --json, for every operators' subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--db", default=os.environ.get("DTRIO_DB") or "dtrio.sqlite3",
+        help="the store: a SQLite file or a postgresql:// URL (default: $DTRIO_DB, else "
+        "./dtrio.sqlite3)")
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return common
+
+
+def command(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    """An argparse `run` that opens the store, runs `handler` on a client and closes it."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return trio.run(_run, handler, args)
+        except (NotFound, InstanceNotFound) as exc:
+            print(f"dtrio: {exc}", file=sys.stderr)
+            return NOT_FOUND
+        except Usage as exc:
+            print(f"dtrio: {exc}", file=sys.stderr)
+            return USAGE
+    return run
+
+
+async def _run(handler: Handler, args: argparse.Namespace) -> int:
+    if not is_postgres_url(args.db) and not Path(args.db).is_file():
+        # Opening would create an empty store, and every answer from it would be wrong.
+        raise NotFound(f"no store at {args.db!r}: give --db (a SQLite file or a "
+                       "postgresql:// URL) or set DTRIO_DB")
+    clock = Clock()
+    backend = open_backend(args.db, clock)
+    try:
+        client = Client(backend, clock, poll_interval=1.0)
+        return await handler(client, args, Output(as_json=args.json)) or OK
+    finally:
+        await backend.aclose()
+
+
+# -- argument types -------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def moment(text: str) -> datetime:
+    """A time: `1h`, `30m`, `2d` ago, or an ISO 8601 time (UTC unless it says otherwise)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.strip())
+    if match:
+        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (e.g. 1h, 30m, 2d, or 2026-12-01T05:00:00Z)") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+_STATUSES = {s.name: s for s in pb.OrchestrationStatus}
+
+
+def statuses(text: str) -> list[pb.OrchestrationStatus]:
+    """RUNNING,FAILED (any case)."""
+    names = [part.strip().upper() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in _STATUSES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown status {', '.join(unknown) or repr(text)}; one or more of "
+            f"{', '.join(_STATUSES)}, comma-separated")
+    return [_STATUSES[n] for n in names]
+
+
+def json_value(text: str) -> Any:
+    """A JSON text's value."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    return text
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1, not {text!r}")
+    return value
