@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,19 @@ class OneLineParser(argparse.ArgumentParser):
     """A usage error in one line on stderr, exit code 2 (argparse prints the usage first)."""
 
     def error(self, message: str) -> Any:  # type: ignore[override]
-        self.exit(USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        one_line_error(self, message)
+
+
+def one_line_error(parser: argparse.ArgumentParser, message: str) -> Any:
+    parser.exit(USAGE, f"{parser.prog}: error: {message} (see --help)\n")
+
+
+def command_parser(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A command under `python -m dtrio` whose usage errors take one line, as its
+    subcommands' do (the commands beside it are made by argparse's own class)."""
+    parser: argparse.ArgumentParser = commands.add_parser(name, **kwargs)
+    parser.error = partial(one_line_error, parser)  # type: ignore[method-assign]
+    return parser
 
 
 def store_options() -> argparse.ArgumentParser:

@@ -7,13 +7,13 @@ from typing import Any
 
 from .. import inspection
 from ..client import Client, EntityMetadata
-from .common import NotFound, OneLineParser, command, json_value, moment, positive
+from .common import NotFound, OneLineParser, command, command_parser, json_value, moment, positive
 from .output import Output, cell
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    parser = commands.add_parser(
-        "entities", help="list, inspect, signal and clean durable entities",
+    parser = command_parser(
+        commands, "entities", help="list, inspect, signal and clean durable entities",
         description="List, inspect, signal and clean the durable entities in a store. Exit "
         "codes: 0 ok, 1 error, 2 usage, 3 not found.")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True,

@@ -8,14 +8,14 @@ from typing import Any
 from .. import inspection, timeline
 from ..client import Client, OrchestrationState
 from .actions import add_action_commands
-from .common import OneLineParser, command, positive
+from .common import OneLineParser, command, command_parser, positive
 from .output import Output, cell
 from .selection import children, existing, filters, query
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    parser = commands.add_parser(
-        "instances", help="list, inspect and control orchestration instances",
+    parser = command_parser(
+        commands, "instances", help="list, inspect and control orchestration instances",
         description="List, inspect and control the orchestration instances in a store, while "
         "an engine or sidecar runs on it or not. Exit codes: 0 ok, 1 error, 2 usage, "
         "3 not found.")
