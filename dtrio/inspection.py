@@ -5,10 +5,11 @@ may store anything) is shown as the text it is."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .errors import FailureDetails
+from .errors import FailureDetails, InvalidInput
 
 if TYPE_CHECKING:
     from .client import EntityMetadata, OrchestrationState
@@ -109,3 +110,21 @@ def seconds(value: float | None) -> str:
         return f"{hours}h{minutes:02}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours:02}h"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def moment(text: str, now: datetime | None = None) -> datetime:
+    """A time as operators write it: `1h`, `30m`, `2d` ago, or an ISO 8601 time (UTC unless
+    it says otherwise)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.strip())
+    if match:
+        ago = timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        return (now or datetime.now(UTC)) - ago
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"not a time: {text!r} (e.g. 1h, 30m, 2d, or 2026-12-01T05:00:00Z)") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import entities, instances
+from . import dashboard, entities, instances
 from .common import store_options
 
 
@@ -14,3 +14,4 @@ def add_commands(commands: Any) -> None:
     common = store_options()
     instances.add_commands(commands, common)
     entities.add_commands(commands, common)
+    dashboard.add_commands(commands, common)

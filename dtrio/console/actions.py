@@ -6,92 +6,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from .. import _pb as pb
 from ..client import Client, OrchestrationState
 from ..errors import DtrioError
-from ..state import TERMINAL
+from ..operations import ACTIONS, Action, Skipped, attempt
 from .common import ERROR, OK, Usage, command, json_value
 from .output import Output
 from .selection import existing, query
-
-S = pb.OrchestrationStatus
-
-
-class Skipped(DtrioError):
-    """The action does not apply to the instance as it is (e.g. purging a running one)."""
-
-
-Do = Callable[[Client, OrchestrationState, argparse.Namespace], Awaitable[str]]
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    name: str
-    help: str
-    do: Do
-    # The statuses it applies to (None: any), and why it is skipped otherwise.
-    applies: frozenset[int] | None = None
-    otherwise: str = ""
-
-
-_LIVE = frozenset(int(s) for s in S) - TERMINAL
-
-
-async def _terminate(client: Client, state: OrchestrationState, args: Any) -> str:
-    await client.terminate_orchestration(state.instance_id, output=args.output,
-                                         recursive=not args.no_recursive)
-    return "terminated"
-
-
-async def _suspend(client: Client, state: OrchestrationState, args: Any) -> str:
-    await client.suspend_orchestration(state.instance_id, args.reason)
-    return "suspended"
-
-
-async def _resume(client: Client, state: OrchestrationState, args: Any) -> str:
-    await client.resume_orchestration(state.instance_id, args.reason)
-    return "resumed"
-
-
-async def _raise(client: Client, state: OrchestrationState, args: Any) -> str:
-    await client.raise_orchestration_event(state.instance_id, args.event, args.data)
-    return f"event {args.event!r} raised"
-
-
-async def _purge(client: Client, state: OrchestrationState, args: Any) -> str:
-    n = await client.purge_orchestration(state.instance_id, recursive=not args.no_recursive)
-    return f"purged ({n} instance{'s' if n != 1 else ''})"
-
-
-async def _restart(client: Client, state: OrchestrationState, args: Any) -> str:
-    new = await client.restart_orchestration(
-        state.instance_id, restart_with_new_instance_id=args.new_id)
-    return f"restarted as {new}" if args.new_id else "restarted"
-
-
-async def _rewind(client: Client, state: OrchestrationState, args: Any) -> str:
-    await client.rewind_orchestration(state.instance_id, args.reason)
-    return "rewound"
-
-
-ACTIONS = [
-    Action("terminate", "end instances as TERMINATED", _terminate, _LIVE, "it has finished"),
-    Action("suspend", "stop processing instances' events until resumed", _suspend,
-           frozenset({int(S.RUNNING), int(S.PENDING)}), "it is not running"),
-    Action("resume", "resume suspended instances", _resume,
-           frozenset({int(S.SUSPENDED)}), "it is not suspended"),
-    Action("raise-event", "send an event to instances", _raise, _LIVE, "it has finished"),
-    Action("purge", "delete finished instances with their histories", _purge, TERMINAL,
-           "only finished instances are purged; terminate it first"),
-    Action("restart", "run instances again with their original input", _restart),
-    Action("rewind", "resume failed instances from their failed tasks", _rewind,
-           frozenset({int(S.FAILED)}), "only failed instances are rewound"),
-]
 
 
 def add_action_commands(sub: Any, common: argparse.ArgumentParser,
@@ -122,6 +46,13 @@ def add_action_commands(sub: Any, common: argparse.ArgumentParser,
         parser.set_defaults(run=command(_runner(action)))
 
 
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("output", "reason", "event", "data", "new_id")
+    params = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    params["recursive"] = not getattr(args, "no_recursive", False)
+    return params
+
+
 def _runner(action: Action) -> Callable[[Client, argparse.Namespace, Output], Awaitable[int]]:
     async def run(client: Client, args: argparse.Namespace, out: Output) -> int:
         filtered = any(v is not None for v in query(args).values())
@@ -143,17 +74,9 @@ def _runner(action: Action) -> Callable[[Client, argparse.Namespace, Output], Aw
     return run
 
 
-async def _attempt(client: Client, action: Action, state: OrchestrationState,
-                   args: argparse.Namespace) -> str:
-    if action.applies is not None and int(state.runtime_status) not in action.applies:
-        raise Skipped(f"cannot {action.name} {state.instance_id!r}: it is "
-                      f"{state.runtime_status.name}; {action.otherwise}")
-    return await action.do(client, state, args)
-
-
 async def _one(client: Client, action: Action, args: argparse.Namespace, out: Output) -> int:
     state = await existing(client, args.ids[0])
-    result = await _attempt(client, action, state, args)
+    result = await attempt(client, action, state, _params(args))
     if out.as_json:
         out.json({"instance_id": state.instance_id, "action": action.name, "result": result})
     else:
@@ -190,7 +113,7 @@ async def _many(client: Client, action: Action, states: list[OrchestrationState]
     progress = _Progress(action.name, len(states))
     for state in states:
         try:
-            done[state.instance_id] = await _attempt(client, action, state, args)
+            done[state.instance_id] = await attempt(client, action, state, _params(args))
         except Skipped as exc:
             skipped[state.instance_id] = str(exc)
         except DtrioError as exc:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,11 @@ from typing import Any
 import trio
 
 from .. import _pb as pb
+from .. import inspection
 from ..backend import is_postgres_url, open_backend
 from ..client import Client
 from ..clock import Clock
-from ..errors import DtrioError, InstanceNotFound
+from ..errors import DtrioError, InstanceNotFound, InvalidInput
 from .output import Output
 
 OK, ERROR, USAGE, NOT_FOUND = 0, 1, 2, 3
@@ -98,20 +98,12 @@ async def _run(handler: Handler, args: argparse.Namespace) -> int:
 
 # -- argument types -------------------------------------------------------------------------
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def moment(text: str) -> datetime:
     """A time: `1h`, `30m`, `2d` ago, or an ISO 8601 time (UTC unless it says otherwise)."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.strip())
-    if match:
-        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
     try:
-        at = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a time: {text!r} (e.g. 1h, 30m, 2d, or 2026-12-01T05:00:00Z)") from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        return inspection.moment(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 _STATUSES = {s.name: s for s in pb.OrchestrationStatus}
