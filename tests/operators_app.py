@@ -70,6 +70,24 @@ async def family(ctx, names):
     return [await k for k in kids]
 
 
+@registry.activity
+async def pack(ctx, box):
+    await trio.sleep(0.05 * (box + 1))  # bars of different lengths on the timeline
+    return f"box {box} packed"
+
+
+@registry.orchestrator
+async def ship_order(ctx, order):
+    """A bit of everything a timeline draws: activities in sequence and fanned out, a timer,
+    a sub-orchestration, an external event; then a failure with a stack trace."""
+    await ctx.call_activity(greet, input=order["customer"])
+    await ctx.create_timer(0.2)
+    await dtrio.when_all([ctx.call_activity(pack, input=i) for i in range(3)])
+    await ctx.call_sub_orchestrator(hello, input="billing", instance_id=f"{ctx.instance_id}-bill")
+    await ctx.wait_for_external_event("approved")
+    return await ctx.call_activity(explode, input=order["id"])
+
+
 @registry.entity
 async def counter(ctx: dtrio.EntityContext, amount):
     ctx.set_state(ctx.get_state(0) + (amount or 0))
@@ -77,9 +95,10 @@ async def counter(ctx: dtrio.EntityContext, amount):
 
 
 @asynccontextmanager
-async def running_engine(db: str | Path) -> AsyncIterator[dtrio.Engine]:
+async def running_engine(db: str | Path, **options: object) -> AsyncIterator[dtrio.Engine]:
     """An engine on `db` that notices other processes' writes within 50 ms."""
-    async with dtrio.open_engine(registry, db=str(db), max_poll_interval=0.05) as engine:
+    async with dtrio.open_engine(registry, db=str(db), max_poll_interval=0.05,
+                                 **options) as engine:
         yield engine
 
 
