@@ -23,11 +23,11 @@ S = pb.OrchestrationStatus
 STATUSES = [s.name for s in S]
 
 
-def render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
     access = request.app.state.access
     session = getattr(request.state, "session", "")
     return request.app.state.templates.TemplateResponse(
-        request, name, {"read_only": access.read_only, "csrf": access.csrf_for(session),
+        request, template, {"read_only": access.read_only, "csrf": access.csrf_for(session),
                         "guarded": access.token is not None, **context},
         status_code=status_code)
 
