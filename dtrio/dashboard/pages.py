@@ -54,9 +54,13 @@ async def instances(request: Request) -> Response:
     client = request.app.state.client
     shown, query, errors = _filters(request)
     counts = await client.count_orchestrations(**query)
-    page = await client.query_orchestrations(
-        **query, statuses=[S[s] for s in shown["status"]] or None, newest_first=True,
-        page_size=PAGE, continuation_token=request.query_params.get("page") or None)
+    try:
+        page = await client.query_orchestrations(
+            **query, statuses=[S[s] for s in shown["status"]] or None, newest_first=True,
+            page_size=PAGE, continuation_token=request.query_params.get("page") or None)
+    except InvalidInput as exc:  # a page token not from this dashboard
+        errors.append(str(exc))
+        page = await client.query_orchestrations(newest_first=True, page_size=PAGE)
 
     def href(**changes: Any) -> str:
         """This list's URL with some parameters changed (a page is never kept)."""
