@@ -68,6 +68,17 @@ def store_options() -> argparse.ArgumentParser:
     return common
 
 
+def paging(what: str) -> argparse.ArgumentParser:
+    """--limit, --page and --all, for a listing of `what`."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--limit", type=positive, default=50, metavar="N",
+                         help=f"{what} per page (default: 50)")
+    options.add_argument("--page", metavar="TOKEN",
+                         help="the page after the one that printed this token")
+    options.add_argument("--all", action="store_true", help="every page")
+    return options
+
+
 def command(handler: Handler) -> Callable[[argparse.Namespace], int]:
     """An argparse `run` that opens the store, runs `handler` on a client and closes it."""
     def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import inspection
 from ..client import Client, EntityMetadata
-from .common import NotFound, OneLineParser, command, command_parser, json_value, moment, positive
+from .common import NotFound, OneLineParser, command, command_parser, json_value, moment, paging
 from .output import Output, cell
 
 
@@ -19,7 +19,8 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True,
                                 parser_class=OneLineParser)
 
-    listing = sub.add_parser("list", parents=[common], help="list entities",
+    listing = sub.add_parser("list", parents=[common, paging("entities")],
+                             help="list entities",
                              description="Entities ordered by ID, a page at a time.")
     which = listing.add_mutually_exclusive_group()
     which.add_argument("--name", help="only entities of this name (any key)")
@@ -30,11 +31,6 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     listing.add_argument("--state", action="store_true", help="show their states")
     listing.add_argument("--transient", action="store_true",
                          help="also entities with no state yet (only messages waiting)")
-    listing.add_argument("--limit", type=positive, default=50, metavar="N",
-                         help="entities per page (default: 50)")
-    listing.add_argument("--page", metavar="TOKEN",
-                         help="the page after the one that printed this token")
-    listing.add_argument("--all", action="store_true", help="every page")
     listing.set_defaults(run=command(_list))
 
     show = sub.add_parser("show", parents=[common], help="an entity's state, lock and backlog")

@@ -8,7 +8,7 @@ from typing import Any
 from .. import inspection, timeline
 from ..client import Client, OrchestrationState
 from .actions import add_action_commands
-from .common import OneLineParser, command, command_parser, positive
+from .common import OneLineParser, command, command_parser, paging
 from .output import Output, cell
 from .selection import children, existing, filters, query
 
@@ -22,13 +22,9 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True,
                                 parser_class=OneLineParser)
 
-    listing = sub.add_parser("list", parents=[common, filters()], help="list instances",
+    listing = sub.add_parser("list", parents=[common, filters(), paging("instances")],
+                             help="list instances",
                              description="Instances, newest first, a page at a time.")
-    listing.add_argument("--limit", type=positive, default=50, metavar="N",
-                         help="instances per page (default: 50)")
-    listing.add_argument("--page", metavar="TOKEN",
-                         help="the page after the one that printed this token")
-    listing.add_argument("--all", action="store_true", help="every page")
     listing.add_argument("--oldest-first", action="store_true", help="oldest first")
     listing.set_defaults(run=command(_list))
 

@@ -18,8 +18,8 @@ LABEL_CHARS = 38
 
 @dataclass(frozen=True, slots=True)
 class Bar:
-    y: float
-    x: float
+    y: int
+    x: float  # rounded to a tenth of a pixel, as drawn
     width: float
     kind: str  # a CSS class: activity, timer, sub-orchestration, ...
     outcome: str  # completed, failed, fired, open, point
@@ -56,7 +56,7 @@ def chart(spans: list[Span], begun: datetime | None, ended: datetime) -> Chart:
         timing = "" if span.outcome == "point" else f", took {seconds(took)}"
         offset = seconds((span.start - start).total_seconds())
         bars.append(Bar(
-            AXIS + lane * LANE, x, width, _css(span.kind), span.outcome, label,
+            AXIS + lane * LANE, round(x, 1), round(width, 1), _css(span.kind), span.outcome, label,
             f"{span.kind} {span.label}: {span.outcome} at +{offset}{timing}", span.instance_id))
-    ticks = [(LABELS + PLOT * i / 5, "+" + seconds(total * i / 5)) for i in range(6)]
+    ticks = [(round(LABELS + PLOT * i / 5, 1), "+" + seconds(total * i / 5)) for i in range(6)]
     return Chart(LABELS + PLOT + 40, AXIS + len(spans) * LANE + 6, LABELS, bars, ticks)

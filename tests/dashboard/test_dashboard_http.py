@@ -112,6 +112,17 @@ async def test_actions_need_the_sessions_csrf_token(tmp_path) -> None:
         assert (await web.get("/instances/nobody"))[0] == 404
         assert (await web.get("/instances/w/confirm/explode"))[0] == 404
 
+        status, _, headers = await web.post("/instances/w/actions/restart",
+                                            {"csrf": csrf, "new_id": "on"})
+        copy = re.fullmatch(r"/instances/(\w+)\?done=restart", headers["location"])[1]
+        assert status == 303 and copy != "w"
+        assert (await engine.client.get_orchestration_state(copy)).name == "waiter"
+        status, _, headers = await web.post("/instances/w/actions/purge",
+                                            {"csrf": csrf, "recursive": "on"})
+        assert (status, headers["location"]) == (303, "/?purged=w")
+        assert await engine.client.get_orchestration_state("w") is None
+        assert "Purged <code>w</code>." in (await web.get("/?purged=w"))[1]
+
 
 async def test_entities_page_shows_state_lock_and_backlog(tmp_path) -> None:
     async with running_engine(tmp_path / "s.db", dashboard="127.0.0.1:0") as engine:
