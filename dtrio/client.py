@@ -60,6 +60,21 @@ class OrchestrationState:
         return int(self.runtime_status) in TERMINAL
 
     @classmethod
+    def from_pb(cls, s: pb.OrchestrationState) -> OrchestrationState:
+        """The state a sidecar reported (the protocol's OrchestrationState)."""
+        return cls(
+            instance_id=s.instance_id, name=s.name, version=s.version or None,
+            runtime_status=pb.OrchestrationStatus(s.orchestration_status),
+            created_at=s.created_timestamp, last_updated_at=s.last_updated_timestamp,
+            completed_at=s.completed_timestamp, scheduled_start=s.scheduled_start_timestamp,
+            parent_instance_id=s.parent_instance_id or None, serialized_input=s.input,
+            serialized_output=s.output, serialized_custom_status=s.custom_status,
+            failure_details=(h.failure_from_pb(s.failure_details)
+                             if s.failure_details is not None else None),
+            tags=dict(s.tags) or None,
+        )
+
+    @classmethod
     def from_record(cls, r: InstanceRecord) -> OrchestrationState:
         return cls(
             instance_id=r.instance_id,
@@ -118,6 +133,12 @@ class EntityMetadata:
     @property
     def state(self) -> Any:
         return payloads.decode(self.serialized_state, f"state of entity {self.id}")
+
+    @classmethod
+    def from_pb(cls, m: pb.EntityMetadata, include_state: bool) -> EntityMetadata:
+        """An entity a sidecar reported (the protocol's EntityMetadata)."""
+        return cls(EntityId.stored(m.instance_id), m.last_modified_time, m.backlog_queue_size,
+                   m.locked_by or None, include_state, m.serialized_state)
 
     @classmethod
     def from_record(cls, r: EntityRecord, include_state: bool) -> EntityMetadata:

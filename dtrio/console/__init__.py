@@ -14,4 +14,4 @@ def add_commands(commands: Any) -> None:
     common = store_options()
     instances.add_commands(commands, common)
     entities.add_commands(commands, common)
-    dashboard.add_commands(commands, common)
+    dashboard.add_commands(commands)

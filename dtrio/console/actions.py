@@ -8,8 +8,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import trio
-
 from ..client import Client, OrchestrationState
 from ..errors import DtrioError
 from ..operations import ACTIONS, Action, Skipped, attempt
@@ -67,7 +65,7 @@ def _runner(action: Action) -> Callable[[Client, argparse.Namespace, Output], Aw
             states = [await existing(client, iid) for iid in args.ids]
         else:
             states = await _selected(client, args)
-            if not await _confirmed(action, len(states), args):
+            if not _confirmed(action, len(states), args):
                 print("dtrio: nothing done", file=sys.stderr)
                 return ERROR
         return await _many(client, action, states, args, out)
@@ -96,13 +94,13 @@ async def _selected(client: Client, args: argparse.Namespace) -> list[Orchestrat
             return found
 
 
-async def _confirmed(action: Action, count: int, args: argparse.Namespace) -> bool:
+def _confirmed(action: Action, count: int, args: argparse.Namespace) -> bool:
     if count == 0 or args.yes:
         return True
     print(f"{action.name} {count} instance{'s' if count != 1 else ''}? [y/N] ",
           end="", file=sys.stderr, flush=True)
-    answer = await trio.to_thread.run_sync(sys.stdin.readline)
-    return answer.strip().lower() in ("y", "yes")
+    # Read while nothing else runs in the command: blocking here holds nothing up.
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 async def _many(client: Client, action: Action, states: list[OrchestrationState],

@@ -35,6 +35,8 @@ class Usage(DtrioError):
     """The arguments make no sense together (exit code 2)."""
 
 
+# Handlers run on Trio with a store's client, or on asyncio with a sidecar's (RemoteClient,
+# which has the same methods): they await nothing but the client.
 Handler = Callable[[Client, argparse.Namespace, Output], Awaitable[int | None]]
 
 
@@ -57,13 +59,19 @@ def command_parser(commands: Any, name: str, **kwargs: Any) -> argparse.Argument
     return parser
 
 
-def store_options() -> argparse.ArgumentParser:
-    """--db and --json, for every operators' subcommand."""
+def store_options(*, sidecar: bool = True) -> argparse.ArgumentParser:
+    """--db (or --sidecar) and --json, for the operators' subcommands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--db", default=os.environ.get("DTRIO_DB") or "dtrio.sqlite3",
         help="the store: a SQLite file or a postgresql:// URL (default: $DTRIO_DB, else "
         "./dtrio.sqlite3)")
+    if sidecar:
+        common.add_argument(
+            "--sidecar", metavar="HOST:PORT",
+            help="instead of a store, a Durable Task sidecar (dtrio's or another engine's), "
+            "through the gRPC client protocol; lists then come oldest first, and --name "
+            "filters each page the sidecar returns")
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     return common
 
@@ -83,6 +91,12 @@ def command(handler: Handler) -> Callable[[argparse.Namespace], int]:
     """An argparse `run` that opens the store, runs `handler` on a client and closes it."""
     def run(args: argparse.Namespace) -> int:
         try:
+            if getattr(args, "sidecar", None):
+                from ..grpc.remote_client import run_remote
+
+                output = Output(as_json=args.json)
+                return run_remote(
+                    args.sidecar, lambda client: handler(client, args, output)) or OK
             return trio.run(_run, handler, args)
         except (NotFound, InstanceNotFound) as exc:
             print(f"dtrio: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 from ..errors import InvalidInput
-from .common import command, command_parser
+from .common import command, command_parser, store_options
 
 
 def add_dashboard_options(parser: argparse.ArgumentParser, *, flag: str) -> list[argparse.Action]:
@@ -26,9 +26,10 @@ def add_dashboard_options(parser: argparse.ArgumentParser, *, flag: str) -> list
     ]
 
 
-def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+def add_commands(commands: Any) -> None:
     parser = command_parser(
-        commands, "dashboard", parents=[common], help="serve the web dashboard on a store",
+        commands, "dashboard", parents=[store_options(sidecar=False)],
+        help="serve the web dashboard on a store",
         description="Serve the web dashboard on a store. An engine or sidecar running on the "
         "same store carries out its actions.")
     parser.add_argument(

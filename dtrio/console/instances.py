@@ -45,7 +45,7 @@ async def _list(client: Client, args: argparse.Namespace, out: Output) -> None:
     while True:
         page = await client.query_orchestrations(
             **query(args), page_size=args.limit, continuation_token=token,
-            newest_first=not args.oldest_first)
+            newest_first=not (args.oldest_first or args.sidecar))
         found += page.states
         token = page.continuation_token
         if not args.all or token is None:
