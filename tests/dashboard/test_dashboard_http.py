@@ -177,3 +177,26 @@ async def test_the_standalone_dashboard_acts_through_the_store(tmp_path) -> None
         assert (state.runtime_status, state.output) == (S.TERMINATED, "by the dashboard")
         process.terminate()
         assert await process.wait() == 0
+
+
+async def test_serve_with_a_dashboard_serves_both_and_stops_on_sigterm(tmp_path) -> None:
+    db = tmp_path / "s.db"
+    async with running_engine(db) as engine:
+        await engine.client.schedule_new_orchestration("hello", input="x", instance_id="h")
+        await engine.client.wait_for_orchestration_completion("h", timeout=30)
+    async with trio.open_nursery() as nursery:
+        sidecar = await nursery.start(lambda task_status: trio.run_process(
+            [sys.executable, "-m", "dtrio", "serve", "--port", "0", "--db", str(db),
+             "--dashboard", "127.0.0.1:0"], stdout=-1, stderr=-1, env=environment(),
+            check=False, task_status=task_status))
+        out = b""
+        with trio.fail_after(30):
+            while out.count(b"\n") < 2:
+                out += await sidecar.stdout.receive_some(1)
+        first, second = out.decode().splitlines()
+        assert first.startswith("dtrio sidecar listening on 127.0.0.1:")
+        url = re.fullmatch(r"dtrio dashboard on (http://127\.0\.0\.1:\d+)", second)[1]
+        status, page, _ = await Browser(url).get("/")
+        assert status == 200 and 'href="/instances/h"' in page
+        sidecar.terminate()
+        assert await sidecar.wait() == 0
