@@ -35,8 +35,7 @@ class Usage(DtrioError):
     """The arguments make no sense together (exit code 2)."""
 
 
-# Handlers run on Trio with a store's client, or on asyncio with a sidecar's (RemoteClient,
-# which has the same methods): they await nothing but the client.
+# Handlers get a store's client, or a sidecar's (RemoteClient, with the same methods).
 Handler = Callable[[Client, argparse.Namespace, Output], Awaitable[int | None]]
 
 
@@ -91,23 +90,27 @@ def command(handler: Handler) -> Callable[[argparse.Namespace], int]:
     """An argparse `run` that opens the store, runs `handler` on a client and closes it."""
     def run(args: argparse.Namespace) -> int:
         try:
-            if getattr(args, "sidecar", None):
-                from ..grpc.remote_client import run_remote
-
-                output = Output(as_json=args.json)
-                return run_remote(
-                    args.sidecar, lambda client: handler(client, args, output)) or OK
             return trio.run(_run, handler, args)
-        except (NotFound, InstanceNotFound) as exc:
-            print(f"dtrio: {exc}", file=sys.stderr)
-            return NOT_FOUND
-        except Usage as exc:
-            print(f"dtrio: {exc}", file=sys.stderr)
-            return USAGE
+        except BaseException as exc:
+            error = exc
+            # A nursery (the sidecar client's loop) wraps a command's error in a group.
+            while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+                error = error.exceptions[0]
+            codes = {NotFound: NOT_FOUND, InstanceNotFound: NOT_FOUND, Usage: USAGE}
+            code = next((c for kind, c in codes.items() if isinstance(error, kind)), None)
+            if code is None:
+                raise
+            print(f"dtrio: {error}", file=sys.stderr)
+            return code
     return run
 
 
 async def _run(handler: Handler, args: argparse.Namespace) -> int:
+    if getattr(args, "sidecar", None):
+        from ..grpc.remote_client import open_remote_client
+
+        async with open_remote_client(args.sidecar) as remote:
+            return await handler(remote, args, Output(as_json=args.json)) or OK  # type: ignore
     if not is_postgres_url(args.db) and not Path(args.db).is_file():
         # Opening would create an empty store, and every answer from it would be wrong.
         raise NotFound(f"no store at {args.db!r}: give --db (a SQLite file or a "

@@ -1,17 +1,17 @@
 """The operators' commands over the Durable Task gRPC client protocol (`--sidecar host:port`):
 the `Client` calls they make, sent to any sidecar (ours or another engine's) instead of a store.
 
-grpclib is an asyncio library and nothing else runs in a command, so a command over a sidecar
-runs on a plain asyncio loop (`run_remote`). What the protocol cannot ask for is done here:
+A command runs on Trio either way: grpclib's calls run on the stepped asyncio loop the sidecar
+itself serves on (`steploop`). What the protocol cannot ask for is done here:
 filters by orchestrator name and by parent are applied to each page the sidecar returns (pages
 may then come back short), and lists come oldest first (the protocol has no other order).
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -31,19 +31,22 @@ from ..client import (
 from ..entities.ids import EntityId, id_prefix
 from ..errors import InstanceNotFound, InvalidInput, InvalidOperation, StorageError
 from ._stubs import TaskHubSidecarServiceStub
+from .steploop import SteppedLoop, open_stepped_loop
 
 T = TypeVar("T")
 TIMEOUT = 60.0  # seconds any one call may take
 
 
 class RemoteClient:
-    def __init__(self, channel: Channel, where: str) -> None:
+    def __init__(self, loop: SteppedLoop, channel: Channel, where: str) -> None:
+        self._loop = loop
         self._stub = TaskHubSidecarServiceStub(channel)
         self._where = where
 
-    async def _call(self, call: Awaitable[T], instance_id: str | None = None) -> T:
+    async def _call(self, call: Coroutine[Any, Any, T], instance_id: str | None = None) -> T:
+        """`call` (a grpclib call) on the asyncio loop, its errors as dtrio's."""
         try:
-            return await call
+            return await self._loop.run(call)
         except GRPCError as exc:
             raise self._translated(exc, instance_id) from None
         except OSError as exc:
@@ -205,16 +208,17 @@ def parse_sidecar(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def run_remote(where: str, command: Callable[[RemoteClient], Awaitable[T]]) -> T:
-    """`command(client)` on an asyncio loop of its own, with a client of the sidecar at
-    `where`."""
+@asynccontextmanager
+async def open_remote_client(where: str) -> AsyncIterator[RemoteClient]:
+    """A client of the sidecar at `where` ("host:port") for the block."""
     host, port = parse_sidecar(where)
-
-    async def main() -> T:
-        channel = Channel(host, port)
+    async with open_stepped_loop() as loop:
+        channel = await loop.run(_channel(host, port))
         try:
-            return await command(RemoteClient(channel, f"{host}:{port}"))
+            yield RemoteClient(loop, channel, f"{host}:{port}")
         finally:
             channel.close()
 
-    return asyncio.run(main())
+
+async def _channel(host: str, port: int) -> Channel:
+    return Channel(host, port)  # made on the loop it will run on
