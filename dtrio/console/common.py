@@ -58,20 +58,20 @@ def command_parser(commands: Any, name: str, **kwargs: Any) -> argparse.Argument
     return parser
 
 
-def store_options(*, sidecar: bool = True) -> argparse.ArgumentParser:
-    """--db (or --sidecar) and --json, for the operators' subcommands."""
+def store_options(*, command_line: bool = True) -> argparse.ArgumentParser:
+    """--db, and for the command line's subcommands --sidecar and --json too."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--db", default=os.environ.get("DTRIO_DB") or "dtrio.sqlite3",
         help="the store: a SQLite file or a postgresql:// URL (default: $DTRIO_DB, else "
         "./dtrio.sqlite3)")
-    if sidecar:
+    if command_line:
         common.add_argument(
             "--sidecar", metavar="HOST:PORT",
             help="instead of a store, a Durable Task sidecar (dtrio's or another engine's), "
             "through the gRPC client protocol; lists then come oldest first, and --name "
             "filters each page the sidecar returns")
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+        common.add_argument("--json", action="store_true", help="print JSON for scripts")
     return common
 
 
@@ -119,7 +119,7 @@ async def _run(handler: Handler, args: argparse.Namespace) -> int:
     backend = open_backend(args.db, clock)
     try:
         client = Client(backend, clock, poll_interval=1.0)
-        return await handler(client, args, Output(as_json=args.json)) or OK
+        return await handler(client, args, Output(as_json=getattr(args, "json", False))) or OK
     finally:
         await backend.aclose()
 

@@ -28,7 +28,7 @@ def add_dashboard_options(parser: argparse.ArgumentParser, *, flag: str) -> list
 
 def add_commands(commands: Any) -> None:
     parser = command_parser(
-        commands, "dashboard", parents=[store_options(sidecar=False)],
+        commands, "dashboard", parents=[store_options(command_line=False)],
         help="serve the web dashboard on a store",
         description="Serve the web dashboard on a store. An engine or sidecar running on the "
         "same store carries out its actions.")
