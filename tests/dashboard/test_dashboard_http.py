@@ -200,3 +200,19 @@ async def test_serve_with_a_dashboard_serves_both_and_stops_on_sigterm(tmp_path)
         assert status == 200 and 'href="/instances/h"' in page
         sidecar.terminate()
         assert await sidecar.wait() == 0
+
+
+async def test_the_dashboard_on_postgresql(postgres_db: str) -> None:
+    async with running_engine(postgres_db, dashboard="127.0.0.1:0") as engine:
+        await engine.client.schedule_new_orchestration("boom", input="pg", instance_id="b-1")
+        await engine.client.schedule_new_orchestration("hello", input="pg", instance_id="h-1")
+        for iid in ("b-1", "h-1"):
+            await engine.client.wait_for_orchestration_completion(iid, timeout=30)
+        web = Browser(engine.dashboard_url)
+        status, page, _ = await web.get("/?status=FAILED")
+        assert status == 200
+        assert re.findall(r'class="instance-link" href="/instances/([^"]+)"', page) == ["b-1"]
+        assert re.search(r"<b>1</b> <span class=\"status status-failed\">", page)
+        status, page, _ = await web.get("/instances/b-1")
+        assert status == 200 and "cannot handle pg" in page
+        assert page.count('<rect class="bar activity failed"') == 1
