@@ -57,34 +57,41 @@ async def test_signal_list_show_and_clean(store: str) -> None:
             "empty_entities_removed": 0, "orphaned_locks_released": 0}, cleaned.stderr
 
 
-def test_a_terminal_gets_colour_unless_no_color(tmp_path) -> None:
+def test_a_terminal_gets_colour_unless_no_color_and_a_progress_bar(tmp_path) -> None:
     db = tmp_path / "s.sqlite3"
 
     async def seed() -> None:
         async with running_engine(db) as engine:
-            await engine.client.schedule_new_orchestration("boom", instance_id="b", input=1)
-            await engine.client.wait_for_orchestration_completion("b", timeout=30)
+            for iid in ("b", "c"):
+                await engine.client.schedule_new_orchestration("boom", instance_id=iid, input=1)
+                await engine.client.wait_for_orchestration_completion(iid, timeout=30)
 
     trio.run(seed)
-
-    def on_a_terminal(env: dict[str, str]) -> str:
-        leader, follower = pty.openpty()
-        child = subprocess.Popen(
-            [sys.executable, "-m", "dtrio", "instances", "list", "--db", str(db)],
-            stdout=follower, stderr=follower, env=env)
-        os.close(follower)
-        data = b""
-        try:
-            while chunk := os.read(leader, 4096):
-                data += chunk
-        except OSError:  # the terminal's other end is closed: all was read
-            pass
-        finally:
-            os.close(leader)
-        assert child.wait(timeout=60) == 0, data
-        return data.decode()
-
-    coloured = on_a_terminal(environment())
+    listing = ["instances", "list", "--db", str(db)]
+    coloured = _on_a_terminal(listing, environment())
     assert "\x1b[31mFAILED\x1b[0m" in coloured
-    plain = on_a_terminal({**environment(), "NO_COLOR": "1"})
+    plain = _on_a_terminal(listing, {**environment(), "NO_COLOR": "1"})
     assert "FAILED" in plain and "\x1b[" not in plain
+    purged = _on_a_terminal(["instances", "purge", "--status", "FAILED", "--yes", "--db",
+                             str(db)], environment())
+    assert "\rpurge [" + "#" * 15 + "." * 15 + "] 1/2" in purged
+    assert "\rpurge [" + "#" * 30 + "] 2/2\r\n" in purged
+    assert "purge: 2 done, 0 skipped, 0 failed, of 2" in purged
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """What `python -m dtrio ARGS` writes to a terminal (stdout and stderr)."""
+    leader, follower = pty.openpty()
+    child = subprocess.Popen([sys.executable, "-m", "dtrio", *args],
+                             stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    data = b""
+    try:
+        while chunk := os.read(leader, 4096):
+            data += chunk
+    except OSError:  # the terminal's other end is closed: all was read
+        pass
+    finally:
+        os.close(leader)
+    assert child.wait(timeout=60) == 0, data
+    return data.decode()
