@@ -3,20 +3,11 @@ throwaway server, see tests/pg_cluster.py)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from pg_cluster import fresh_database, postgres_server  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    with postgres_server() as url:
-        yield url
+from pg_cluster import fresh_database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 import trio
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from pg_cluster import fresh_database, postgres_server  # noqa: E402
 
 CHROMIUM = os.environ.get("DTRIO_TEST_CHROMIUM", "/usr/bin/chromium")
 # What chromium needs to run headless as root in a container, quietly and with nothing
@@ -51,17 +46,6 @@ def _with_page(steps: Callable[..., T], *args: Any) -> T:
             context.close()
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture
-def postgres_db(postgres_url: str) -> Iterator[str]:
-    """The URL of a fresh, empty database for one test."""
-    with fresh_database(postgres_url) as url:
-        yield url
 
 
 @pytest.fixture
