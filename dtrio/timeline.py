@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from . import _pb as pb
+from .inspection import seconds
 from .wire import one_of
 
 # The event that settles a span, by kind: (the span's kind, its outcome).
@@ -83,6 +84,13 @@ def _name(kind: str, body: object) -> str:
     return ""
 
 
+def _label(kind: str, body: object, at: datetime) -> str:
+    """A span's name on the timeline: a timer by how long it was set for."""
+    if kind == "timer_created" and body.fire_at:  # type: ignore[attr-defined]
+        return f"timer {seconds((body.fire_at - at).total_seconds())}"  # type: ignore
+    return _name(kind, body) or title(kind)
+
+
 def _data(body: object) -> str | None:
     for field in ("input", "result", "output", "reason"):
         value = getattr(body, field, None)
@@ -118,7 +126,7 @@ def read(events: list[pb.HistoryEvent]) -> tuple[list[Row], list[Span]]:
             key = (_STARTS[kind], body.request_id if kind == "entity_operation_called"
                    else event.event_id)
             open_spans[key] = len(spans)
-            spans.append(Span(_STARTS[kind], _name(kind, body) or title(kind), at, None, "open",
+            spans.append(Span(_STARTS[kind], _label(kind, body, at), at, None, "open",
                               getattr(body, "instance_id", None) or None))
         elif kind in _ENDS:
             at_index = open_spans.pop(_settles(kind, body), None)
