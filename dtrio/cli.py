@@ -18,6 +18,8 @@ import trio
 from trio_util import wait_any
 
 from . import __version__
+from .console import add_commands as add_operator_commands
+from .console.dashboard import add_dashboard_options
 from .errors import DtrioError
 from .logs import configure_logging
 
@@ -72,6 +74,8 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
         max_concurrent_orchestrations=args.max_concurrent_orchestrations,
         max_concurrent_activities=args.max_concurrent_activities,
         max_concurrent_entities=args.max_concurrent_entities,
+        dashboard=args.dashboard, dashboard_token_file=args.dashboard_token_file,
+        dashboard_read_only=args.dashboard_read_only,
     )
     # Opened first, so that a signal arriving while the store opens is not lost.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -92,6 +96,8 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
                 port = await nursery.start(sidecar)
                 where = getattr(engine.backend, "where", args.db)
                 print(f"dtrio sidecar listening on {args.host}:{port} (store: {where})", flush=True)
+                if engine.dashboard_url:
+                    print(f"dtrio dashboard on {engine.dashboard_url}", flush=True)
                 await _next_signal(signals, "shutting down")
                 # Workers finish what they hold (within the grace), the rest is given back and
                 # their streams end; a second signal gives everything back at once.
@@ -265,8 +271,14 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser,
             "unless configured for more); an activity or orchestration whose work item is "
             "larger fails",
         ),
+        serve.add_argument(
+            "--dashboard", metavar="[HOST:]PORT", default=None,
+            help="also serve the web dashboard, e.g. 8233 or 127.0.0.1:8233 (default: none)"),
+        # A flag alone, with no variable: its presence is its value.
+        *add_dashboard_options(serve, flag="--dashboard")[:1],
     ]
     serve.set_defaults(run=_serve)
+    add_operator_commands(commands)
     return parser, serve, flags
 
 

@@ -60,6 +60,21 @@ class OrchestrationState:
         return int(self.runtime_status) in TERMINAL
 
     @classmethod
+    def from_pb(cls, s: pb.OrchestrationState) -> OrchestrationState:
+        """The state a sidecar reported (the protocol's OrchestrationState)."""
+        return cls(
+            instance_id=s.instance_id, name=s.name, version=s.version or None,
+            runtime_status=pb.OrchestrationStatus(s.orchestration_status),
+            created_at=s.created_timestamp, last_updated_at=s.last_updated_timestamp,
+            completed_at=s.completed_timestamp, scheduled_start=s.scheduled_start_timestamp,
+            parent_instance_id=s.parent_instance_id or None, serialized_input=s.input,
+            serialized_output=s.output, serialized_custom_status=s.custom_status,
+            failure_details=(h.failure_from_pb(s.failure_details)
+                             if s.failure_details is not None else None),
+            tags=dict(s.tags) or None,
+        )
+
+    @classmethod
     def from_record(cls, r: InstanceRecord) -> OrchestrationState:
         return cls(
             instance_id=r.instance_id,
@@ -118,6 +133,12 @@ class EntityMetadata:
     @property
     def state(self) -> Any:
         return payloads.decode(self.serialized_state, f"state of entity {self.id}")
+
+    @classmethod
+    def from_pb(cls, m: pb.EntityMetadata, include_state: bool) -> EntityMetadata:
+        """An entity a sidecar reported (the protocol's EntityMetadata)."""
+        return cls(EntityId.stored(m.instance_id), m.last_modified_time, m.backlog_queue_size,
+                   m.locked_by or None, include_state, m.serialized_state)
 
     @classmethod
     def from_record(cls, r: EntityRecord, include_state: bool) -> EntityMetadata:
@@ -284,16 +305,50 @@ class Client:
         page_size: int = 100,
         continuation_token: str | None = None,
         fetch_inputs_and_outputs: bool = False,
+        name: str | None = None,
+        parent_instance_id: str | None = None,
+        newest_first: bool = False,
     ) -> QueryResult:
-        """One page of instances, oldest first; stable while instances are added."""
-        page = await self.commands.query(InstanceQuery(
-            _us(created_from, "created_from"), _us(created_to, "created_to"),
-            frozenset(int(s) for s in statuses) if statuses else None,
-            instance_id_prefix, page_size, continuation_token, fetch_inputs_and_outputs,
+        """One page of instances, oldest first (or `newest_first`); stable while instances are
+        added. `name` keeps one orchestrator's instances, `parent_instance_id` one instance's
+        sub-orchestrations."""
+        page = await self.commands.query(self._query(
+            created_from, created_to, statuses, instance_id_prefix, name, parent_instance_id,
+            page_size=page_size, continuation_token=continuation_token,
+            fetch_payloads=fetch_inputs_and_outputs, newest_first=newest_first,
         ))
         return QueryResult(
             [OrchestrationState.from_record(r) for r in page.instances], page.continuation_token
         )
+
+    async def count_orchestrations(
+        self,
+        *,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        instance_id_prefix: str | None = None,
+        name: str | None = None,
+    ) -> dict[pb.OrchestrationStatus, int]:
+        """How many instances match, per status (statuses with none are left out)."""
+        counts = await self.commands.count(self._query(
+            created_from, created_to, None, instance_id_prefix, name, None))
+        return {pb.OrchestrationStatus(status): n for status, n in sorted(counts.items())}
+
+    @staticmethod
+    def _query(
+        created_from: datetime | None, created_to: datetime | None,
+        statuses: Iterable[pb.OrchestrationStatus] | None, prefix: str | None,
+        name: str | None, parent_instance_id: str | None, **page: Any,
+    ) -> InstanceQuery:
+        return InstanceQuery(
+            _us(created_from, "created_from"), _us(created_to, "created_to"),
+            frozenset(int(s) for s in statuses) if statuses else None, prefix,
+            name=name, parent_instance_id=parent_instance_id, **page,
+        )
+
+    async def get_orchestration_history(self, instance_id: str) -> list[pb.HistoryEvent]:
+        """The instance's history, oldest event first; `InstanceNotFound` if there is none."""
+        return [stored.event for stored in await self.commands.history(instance_id)]
 
     async def restart_orchestration(
         self, instance_id: str, *, restart_with_new_instance_id: bool = False

@@ -154,6 +154,9 @@ class Commands:
     async def query(self, query: InstanceQuery) -> InstancePage:
         return await self._backend.query_instances(query)
 
+    async def count(self, query: InstanceQuery) -> dict[int, int]:
+        return await self._backend.count_instances(query)
+
     async def list_ids(
         self, statuses: frozenset[int] | None, completed_from: int | None,
         completed_to: int | None, page_size: int, last_key: str | None,

@@ -1,15 +1,34 @@
+from collections.abc import Iterator
+
 import pytest
 import trio.testing
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pg_cluster import fresh_database, postgres_server
 
 
 @pytest.fixture
 def mock_clock():
     """A MockClock that jumps whenever every task is blocked: durable time runs instantly."""
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+# -- PostgreSQL: one throwaway server for the session (see pg_cluster.py) ----------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str) -> Iterator[str]:
+    """The URL of a fresh, empty database for one test."""
+    with fresh_database(postgres_url) as url:
+        yield url
 
 
 # -- the span recorder ------------------------------------------------------------------------

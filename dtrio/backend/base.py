@@ -129,6 +129,9 @@ class InstanceQuery:
     page_size: int = 100
     continuation_token: str | None = None
     fetch_payloads: bool = False
+    name: str | None = None  # the orchestration's name, exactly
+    parent_instance_id: str | None = None  # only the sub-orchestrations of this instance
+    newest_first: bool = False  # ordered by (created_at, instance_id) descending
 
 
 @dataclass(slots=True)
@@ -199,6 +202,11 @@ class Backend(Protocol):
     ) -> int: ...
 
     async def query_instances(self, query: InstanceQuery) -> InstancePage: ...
+
+    async def count_instances(self, query: InstanceQuery) -> dict[int, int]:
+        """How many instances match `query`'s filters (its statuses, paging and order aside),
+        per status; statuses with none are left out."""
+        ...
 
     async def list_instance_ids(
         self, statuses: frozenset[int] | None, completed_from: int | None,

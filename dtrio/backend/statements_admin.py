@@ -101,19 +101,24 @@ class AdminStatements:
         """A page of instances ordered by (created_at, instance_id): stable under inserts."""
         if query.page_size < 1:
             raise InvalidInput("page_size must be at least 1")
-        where, args = _since("created_at", query.created_from, query.created_to)
+        where, args = _instance_filters(query)
         if query.statuses:
             where += f" AND status IN ({','.join(str(int(s)) for s in sorted(query.statuses))})"
-        if query.instance_id_prefix:
-            where += " AND substr(instance_id, 1, ?) = ?"
-            args += [len(query.instance_id_prefix), query.instance_id_prefix]
         rows = await self._page(
             f"SELECT {record_columns(query.fetch_payloads)} FROM instances", "created_at",
-            where, args, query.continuation_token, query.page_size)
+            where, args, query.continuation_token, query.page_size,
+            descending=query.newest_first)
         more = len(rows) > query.page_size
         records = [record(r, query.fetch_payloads) for r in rows[: query.page_size]]
         token = f"{records[-1].created_at}:{records[-1].instance_id}" if more else None
         return InstancePage(records, token)
+
+    async def count_instances(self, query: InstanceQuery) -> dict[int, int]:
+        where, args = _instance_filters(query)
+        rows = await self._store.read(lambda tx: tx.execute(
+            f"SELECT status, count(*) FROM instances WHERE true{where} GROUP BY status", args,
+        ).fetchall())
+        return {int(status): int(n) for status, n in rows}
 
     async def list_instance_ids(
         self, statuses: frozenset[int] | None, completed_from: int | None,
@@ -134,17 +139,32 @@ class AdminStatements:
         return [r[0] for r in page], f"{page[-1][1]}:{page[-1][0]}" if more else None
 
     async def _page(self, select: str, time_column: str, where: str, args: list[Any],
-                    token: str | None, page_size: int) -> list[Any]:
+                    token: str | None, page_size: int, *, descending: bool = False) -> list[Any]:
         """Rows of `select` ordered by (`time_column`, instance_id), from the continuation token
         on, one more than a page (telling whether another page follows)."""
         if token:
             after, key = parse_token(token)
-            where += f" AND ({time_column}, instance_id) > (?, ?)"
+            where += f" AND ({time_column}, instance_id) {'<' if descending else '>'} (?, ?)"
             args = [*args, after, key]
+        order = " DESC" if descending else ""
         return await self._store.read(lambda tx: tx.execute(
-            f"{select} WHERE true{where} ORDER BY {time_column}, instance_id LIMIT ?",
-            [*args, page_size + 1],
+            f"{select} WHERE true{where} ORDER BY {time_column}{order}, instance_id{order} "
+            "LIMIT ?", [*args, page_size + 1],
         ).fetchall())
+
+
+def _instance_filters(query: InstanceQuery) -> tuple[str, list[Any]]:
+    """`query`'s conditions but its statuses and page, each as " AND ...", and their
+    parameters."""
+    where, args = _since("created_at", query.created_from, query.created_to)
+    for column, value in (("name", query.name), ("parent_instance_id", query.parent_instance_id)):
+        if value is not None:
+            where += f" AND {column} = ?"
+            args.append(value)
+    if query.instance_id_prefix:
+        where += " AND substr(instance_id, 1, ?) = ?"
+        args += [len(query.instance_id_prefix), query.instance_id_prefix]
+    return where, args
 
 
 def _since(column: str, start: int | None, end: int | None) -> tuple[str, list[Any]]:

@@ -91,6 +91,8 @@ class Engine:
             }
         self._workers: list[Workers] = []
         self.stopping = trio.Event()
+        # Where the dashboard serves, once started (when `options.dashboard` asks for it).
+        self.dashboard_url: str | None = None
 
     def shutdown(self) -> None:
         """Stop taking work; in-flight items get `shutdown_grace` seconds to finish."""
@@ -149,6 +151,8 @@ async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -
             # share the store (it is polled), every few seconds.
             await nursery.start(owners.serve_takeover, backend, engine.owner,
                                 None if opts.max_poll_interval is None else owners.INTERVAL)
+            if opts.dashboard is not None:
+                engine.dashboard_url = await nursery.start(_dashboard, engine)
             log.info("engine %s started on %s (synchronous=%s)", engine.owner,
                      getattr(backend, "where", backend), opts.synchronous.upper())
             task_status.started(engine)
@@ -159,6 +163,19 @@ async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -
         owners.stopped(engine.owner)
         await backend.aclose()
         log.info("engine %s stopped", engine.owner)
+
+
+async def _dashboard(engine: Engine, *, task_status: trio.TaskStatus[str]) -> None:
+    # Imported only when asked for: the web stack is no part of an engine without it.
+    from ..dashboard.security import Access, parse_address, read_token
+    from ..dashboard.service import serve_dashboard
+
+    opts = engine.options
+    host, port = parse_address(opts.dashboard or "")
+    token = read_token(opts.dashboard_token_file) if opts.dashboard_token_file else None
+    await serve_dashboard(
+        engine.client, host, port, access=Access(token=token, read_only=opts.dashboard_read_only),
+        stopping=engine.stopping.wait, task_status=task_status)
 
 
 async def serve_engine(

@@ -36,6 +36,11 @@ class EngineOptions:
     # turns this off: its work belongs to remote SDK workers, which lease it through
     # `dtrio.grpc`, and an in-process dispatcher with an empty registry would fail it.
     local_workers: bool = True
+    # Serve the web dashboard on "[HOST:]PORT" (None: no dashboard). Beyond loopback it needs
+    # a token file (whose token it then asks for) or read-only mode.
+    dashboard: str | None = None
+    dashboard_token_file: str | None = None
+    dashboard_read_only: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent_orchestrations", "max_concurrent_activities",
@@ -53,3 +58,9 @@ class EngineOptions:
                 object.__setattr__(self, name, seconds)
         if self.cache_size < 0:
             raise InvalidInput("cache_size must not be negative")
+        if self.dashboard is not None:
+            from ..dashboard.security import check_exposure, parse_address
+
+            host, _ = parse_address(self.dashboard)
+            check_exposure(host, guarded=self.dashboard_token_file is not None,
+                           read_only=self.dashboard_read_only)
