@@ -1,6 +1,7 @@
 """Hostile input to every RPC of `python -m dtrio serve`, over a real socket, found by
-hypothesis: random bytes, byte-level mutations of valid requests, and well-formed requests
-whose fields hold random values. The sidecar never answers with an internal error (UNKNOWN,
+hypothesis: random bytes, byte-level mutations of valid requests, well-formed requests whose
+fields hold random values, and bodies of bad gRPC frames (compressed, lengths that lie, several
+messages in a unary call). The sidecar never answers with an internal error (UNKNOWN,
 INTERNAL) or drops the connection, never hangs on a call that does not wait by design, never
 logs an error, stays up, and a request it refuses changes nothing in the store.
 
@@ -14,6 +15,7 @@ default, deterministic; HYPOTHESIS_PROFILE=long for a longer run, seeded at rand
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 from collections import Counter
@@ -23,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import sdk_app as app
 from durabletask import client as sdk_client
@@ -40,6 +45,7 @@ RPCS = [method.name for method in SERVICE.methods]
 WAITING = {"WaitForInstanceStart", "WaitForInstanceCompletion", "GetWorkItems"}
 WAIT_DEADLINE = 0.1
 CALL_DEADLINE = 10.0
+CODES = {code.value[0]: code for code in grpc.StatusCode}
 NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE}
 # Columns that say when work may next be leased and by whom, not what is stored.
 SCHEDULING = {"ready_at", "lock_owner", "lock_token", "lock_expires", "available_at", "attempt",
@@ -336,6 +342,86 @@ def test_random_field_values_to_every_rpc(sidecar: Sidecar, rpc: str) -> None:
     @given(fields_set(rpc))
     def run(request: bytes) -> None:
         check(sidecar, "random field values", rpc, request)
+
+    run()
+
+
+class RawClient:
+    """An HTTP/2 client that writes a request's body as given: the gRPC frame (compression
+    flag, declared length) is the fuzzer's to get wrong too."""
+
+    def __init__(self, address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=CALL_DEADLINE)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+
+    def call(self, rpc: str, body: bytes) -> int:
+        """The grpc-status of `rpc` given `body`."""
+        stream = self.conn.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":scheme", "http"), (":authority", "dtrio"),
+                   (":path", f"/TaskHubSidecarService/{rpc}"), ("te", "trailers"),
+                   ("content-type", "application/grpc")]
+        if rpc in WAITING:
+            headers.append(("grpc-timeout", f"{int(WAIT_DEADLINE * 1000)}m"))
+        self.conn.send_headers(stream, headers)
+        self.conn.send_data(stream, body, end_stream=True)
+        self.sock.sendall(self.conn.data_to_send())
+        status = None
+        while True:
+            data = self.sock.recv(65536)
+            assert data, "the sidecar closed the connection"
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id)
+                if getattr(event, "stream_id", None) != stream:
+                    continue
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    found = dict(event.headers).get(b"grpc-status")
+                    status = int(found) if found is not None else status
+                elif isinstance(event, h2.events.StreamReset):
+                    raise AssertionError(f"{rpc}: stream reset ({event.error_code!r})")
+                elif isinstance(event, h2.events.StreamEnded):
+                    self.sock.sendall(self.conn.data_to_send())
+                    assert status is not None, f"{rpc}: no grpc-status"
+                    return status
+            self.sock.sendall(self.conn.data_to_send())
+
+
+@st.composite
+def framed(draw: st.DrawFn, rpc: str) -> bytes:
+    """A body of gRPC frames, each made of a compression flag, a declared length (that of its
+    message, or not) and a message (valid, mutated or random)."""
+    body = b""
+    for _ in range(draw(st.integers(0, 3))):
+        payload = draw(st.one_of(st.sampled_from(valid(rpc)), mutated(rpc),
+                                 st.binary(max_size=64)))
+        flag = draw(st.sampled_from([0, 0, 0, 1, 2, 255]))
+        length = draw(st.one_of(st.just(len(payload)), st.integers(0, 2**32 - 1)))
+        body += bytes([flag]) + length.to_bytes(4, "big") + payload
+    return body + draw(st.binary(max_size=6))
+
+
+@pytest.fixture(scope="module")
+def raw(sidecar: Sidecar) -> Iterator[RawClient]:
+    client = RawClient(sidecar.address)
+    yield client
+    client.sock.close()
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+def test_bad_grpc_frames_to_every_rpc(sidecar: Sidecar, raw: RawClient, rpc: str) -> None:
+    @given(framed(rpc))
+    def run(body: bytes) -> None:
+        RUN["bad gRPC frames", rpc] += 1
+        before = sidecar.snapshot()
+        status = raw.call(rpc, body)
+        code = CODES[status]
+        assert code not in NEVER, (rpc, body, code)
+        if code not in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED):
+            assert sidecar.snapshot() == before, (rpc, body, status)
 
     run()
 
