@@ -389,6 +389,16 @@ class _Protocol(H2Protocol):
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
 
+    def data_received(self, data: bytes) -> None:
+        try:
+            super().data_received(data)
+        except UnicodeDecodeError:
+            # h2 reads header values as ASCII, as gRPC's text metadata is. Other bytes end the
+            # connection, as grpclib ends it on any other HTTP/2 protocol error, rather than
+            # escaping to asyncio, which would log an error with a traceback.
+            log.debug("closed a connection whose client sent a header that is not ASCII")
+            self.processor.close("a header that is not ASCII")
+
 
 class _Server(grpclib.server.Server):
     """grpclib's server, with a limit on the streams of each connection."""

@@ -390,6 +390,25 @@ class RawClient:
             self.sock.sendall(self.conn.data_to_send())
 
 
+def test_a_header_that_is_not_ascii_ends_that_connection_only(sidecar: Sidecar) -> None:
+    # Found by fuzzing: h2 could not decode it, and asyncio logged an error with a traceback
+    # (which the module's sidecar fixture looks for in the log).
+    client = RawClient(sidecar.address)
+    client.conn.config.validate_outbound_headers = False
+    stream = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(stream, [
+        (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"dtrio"),
+        (b":path", b"/TaskHubSidecarService/Hello"), (b"te", b"trailers"),
+        (b"content-type", b"application/grpc"), (b"x-note", b"caf\xc3\xa9")])
+    client.sock.sendall(client.conn.data_to_send())
+    with pytest.raises(OSError):
+        while client.sock.recv(65536):
+            pass
+        raise ConnectionResetError  # an orderly close is as good
+    client.sock.close()
+    assert sidecar.call("Hello", b"") == grpc.StatusCode.OK
+
+
 @st.composite
 def framed(draw: st.DrawFn, rpc: str) -> bytes:
     """A body of gRPC frames, each made of a compression flag, a declared length (that of its
