@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 
 import grpclib.const
@@ -25,7 +26,7 @@ log = logging.getLogger("dtrio.grpc")
 OPEN_METHODS = frozenset({"/TaskHubSidecarService/Hello"})
 
 
-def read_token(path: str | Path) -> str:
+def read_token(path: str | PathLike[str]) -> str:
     """The token in `path`, without the whitespace around it (`echo TOKEN > F` adds a newline)."""
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
@@ -36,15 +37,16 @@ def read_token(path: str | Path) -> str:
         raise InvalidInput(f"the auth token file {str(path)!r} is not UTF-8 text") from None
     if not token:
         raise InvalidInput(f"the auth token file {str(path)!r} is empty")
-    # The token travels in an HTTP/2 header, which cannot carry control characters.
-    if not token.isprintable():
+    # The token travels in a gRPC text header: printable ASCII only.
+    if not (token.isascii() and token.isprintable()):
         raise InvalidInput(f"the auth token in {str(path)!r} holds characters a header cannot "
-                           "carry (a token is one line of printable text)")
+                           "carry (a token is one line of printable ASCII)")
     return token
 
 
 def server_ssl_context(
-    cert: str | Path, key: str | Path, client_ca: str | Path | None = None
+    cert: str | PathLike[str], key: str | PathLike[str],
+    client_ca: str | PathLike[str] | None = None,
 ) -> ssl.SSLContext:
     """A server context presenting `cert` (PEM, with its chain) and `key`; with `client_ca`,
     clients must present a certificate that CA signed (mutual TLS)."""
@@ -94,10 +96,10 @@ OPEN = Door()
 
 
 def open_door(
-    tls_cert: str | Path | None = None,
-    tls_key: str | Path | None = None,
-    tls_client_ca: str | Path | None = None,
-    auth_token_file: str | Path | None = None,
+    tls_cert: str | PathLike[str] | None = None,
+    tls_key: str | PathLike[str] | None = None,
+    tls_client_ca: str | PathLike[str] | None = None,
+    auth_token_file: str | PathLike[str] | None = None,
 ) -> Door:
     """Load the TLS files and the token; a clear error names what is missing or wrong."""
     if (tls_cert is None) != (tls_key is None):

@@ -43,7 +43,7 @@ SERVICE = sdk_pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"]
 RPCS = [method.name for method in SERVICE.methods]
 # These wait by design (for an instance, or for work): a deadline ends them.
 WAITING = {"WaitForInstanceStart", "WaitForInstanceCompletion", "GetWorkItems"}
-WAIT_DEADLINE = 0.1
+WAIT_DEADLINE = 0.05
 CALL_DEADLINE = 10.0
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE}

@@ -161,7 +161,8 @@ def test_the_python_sdk_over_tls_with_the_token_and_nothing_without_it(
 async def test_a_wrong_token_file_is_refused_before_serving(tmp_path: Path) -> None:
     async with dtrio.open_engine(dtrio.Registry(), local_workers=False) as engine:
         for text, error in (("", "is empty"), (" \n\t\n", "is empty"),
-                            ("two\nlines", "holds characters a header cannot carry")):
+                            ("two\nlines", "holds characters a header cannot carry"),
+                            ("café", "one line of printable ASCII")):
             (tmp_path / "token").write_text(text)
             with pytest.raises(dtrio.InvalidInput, match=error):
                 await serve_sidecar(engine, port=0, auth_token_file=tmp_path / "token")
