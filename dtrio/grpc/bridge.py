@@ -49,6 +49,27 @@ CLOSE_TIMEOUT = 10.0
 DEFAULT_MAX_CONCURRENT_STREAMS = 100
 
 
+class _ExpiredDeadline(logging.Filter):
+    """grpclib logs a call whose deadline had passed when it began (a client that gave up while
+    the call was on its way, or sent a timeout of 0) as an error with a traceback, "Timeout
+    occurred", and answers it UNKNOWN, which its client, out of time, never reads. It is the
+    caller's doing, as a deadline passing mid-call is (logged by grpclib at INFO): DEBUG. The
+    servicer's own errors never reach grpclib's handler, so this line has no other cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "Timeout occurred":
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.exc_info, record.exc_text = "a call began past its deadline", None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _quiet_expired_deadlines() -> None:
+    server_log = logging.getLogger("grpclib.server")
+    if not any(isinstance(f, _ExpiredDeadline) for f in server_log.filters):
+        server_log.addFilter(_ExpiredDeadline())
+
+
 class _Codec(ProtoCodec):
     """Encodes with dtrio's fast encoder, and passes pre-encoded messages through as they are:
     work items are assembled from the stored bytes of history events (see `workitems`)."""
@@ -346,6 +367,7 @@ async def serve_grpc(
     Over TLS when `door.ssl` is set; with `door.token`, every call but Hello must carry it.
     A connection may have `max_concurrent_streams` calls open at once.
     """
+    _quiet_expired_deadlines()
     # The server closes the socket when it closes; `with` covers a failure to start it.
     with await _bind(host, port) as sock:
         async with open_stepped_loop() as aio:
