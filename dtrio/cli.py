@@ -34,7 +34,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .grpc.security import open_door
+
     _check_listen(args.host, args.port)
+    # A missing or empty token file, or a bad certificate, stops the start before the store
+    # is created or opened.
+    open_door(*(getattr(args, name) for name in _DOOR))
     trio.run(_run_sidecar, args)
     return 0
 
@@ -85,12 +90,14 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
                 limits = {name: getattr(args, name)
                           for name in ("max_message_size", "max_work_item_size")
                           if getattr(args, name) is not None}
+                door = {name: getattr(args, name) for name in _DOOR}
                 drained = trio.Event()
 
                 async def sidecar(*, task_status: trio.TaskStatus[int]) -> None:
                     await serve_sidecar(
                         engine, args.host, args.port, task_status=task_status,
-                        entity_request_version=args.entity_request_version, **limits)
+                        entity_request_version=args.entity_request_version,
+                        max_concurrent_streams=args.max_concurrent_streams, **limits, **door)
                     drained.set()
 
                 port = await nursery.start(sidecar)
@@ -105,6 +112,10 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
                 await wait_any(drained.wait, partial(
                     _next_signal, signals, "giving back what workers still hold"))
                 nursery.cancel_scope.cancel()
+
+
+# serve_sidecar's TLS and token options, named as its flags are.
+_DOOR = ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file")
 
 
 async def _next_signal(signals: AsyncIterator[int], what: str) -> None:
@@ -122,6 +133,17 @@ def _size(text: str) -> int:
     if size < 1:
         raise argparse.ArgumentTypeError("must be at least 1 byte")
     return size
+
+
+def _positive(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return number
 
 
 def _port(text: str) -> int:
@@ -142,7 +164,8 @@ _LEVELS = ("debug", "info", "warning", "error", "critical")
 _LOG_FLAGS = ("log_level", "library_log_level", "log_format")
 _LIBRARY_LEVEL_HELP = (
     "the libraries' lines (grpclib, h2, hpack, asyncio): a level as for --log-level (default: "
-    "warning, or --log-level when higher; at debug, hpack dumps every header)")
+    "warning, or --log-level when higher; at debug, hpack dumps every header, unless a token "
+    "is required)")
 
 
 class _BadVariable(Exception):
@@ -270,6 +293,27 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser,
             help="largest work item sent to a worker (default: 4MiB, what gRPC clients accept "
             "unless configured for more); an activity or orchestration whose work item is "
             "larger fails",
+        ),
+        serve.add_argument(
+            "--max-concurrent-streams", type=_positive, default=100, metavar="N",
+            help="calls one connection may have open at once; a client opening more waits for "
+            "its turn (default: 100)",
+        ),
+        serve.add_argument(
+            "--tls-cert", default=None, metavar="FILE",
+            help="serve over TLS with this PEM certificate (with its chain); needs --tls-key",
+        ),
+        serve.add_argument(
+            "--tls-key", default=None, metavar="FILE", help="the PEM private key of --tls-cert",
+        ),
+        serve.add_argument(
+            "--tls-client-ca", default=None, metavar="FILE",
+            help="mutual TLS: accept only clients whose certificate this PEM CA signed",
+        ),
+        serve.add_argument(
+            "--auth-token-file", default=None, metavar="FILE",
+            help="every call but Hello must carry 'authorization: Bearer <token>', the token "
+            "being this file's text (whitespace around it ignored)",
         ),
         serve.add_argument(
             "--dashboard", metavar="[HOST:]PORT", default=None,

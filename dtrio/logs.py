@@ -5,7 +5,8 @@ Loggers, one per part: `dtrio.engine` (dispatchers, the engine root), `dtrio.bac
 their schema), `dtrio.grpc` (the sidecar), `dtrio.orchestrator.<name>` (orchestrators'
 `ctx.logger`, which never logs while replaying). INFO is the lifecycle of engines and
 instances; DEBUG is per step and per activity. The libraries' loggers (grpclib, h2, hpack,
-asyncio, ...) have a level of their own in `configure_logging`: hpack, at DEBUG, dumps headers.
+asyncio, ...) have a level of their own in `configure_logging`: hpack, at DEBUG, dumps headers
+(withheld altogether once a sidecar requires a token: they would show it).
 """
 
 from __future__ import annotations
@@ -110,3 +111,22 @@ def info_as_debug(name: str) -> None:
     logger = logging.getLogger(name)
     if not any(isinstance(f, _InfoAsDebug) for f in logger.filters):
         logger.addFilter(_InfoAsDebug())
+
+
+# hpack's loggers: at DEBUG they show every header as it arrives, credentials included, and
+# Huffman-coded at times, so that no search for the secret's text could hide it.
+HEADER_LOGGERS = ("hpack.hpack", "hpack.table")
+
+
+class _Withhold(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def withhold_header_dumps() -> None:
+    """From now on hpack logs nothing (once is enough): for a server whose clients send a
+    secret in a header."""
+    for name in HEADER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Withhold) for f in logger.filters):
+            logger.addFilter(_Withhold())

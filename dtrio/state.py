@@ -311,7 +311,9 @@ def _complete(
         else:
             details = h.failure_from_pb(failure) if failure is not None else FailureDetails(
                 "OrchestrationTerminated",
-                f"sub-orchestration {b.instance_id!r} was terminated: {body.result}",
+                # Not the termination's output: the parent's failure is logged at INFO, and
+                # outputs never are. It stays the child's output, for whoever asks.
+                f"sub-orchestration {b.instance_id!r} was terminated",
             )
             event = h.sub_orchestration_failed(b.now, parent.task_scheduled_id, details)
         b.message(parent.orchestration_instance.instance_id, event,

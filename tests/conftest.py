@@ -1,12 +1,24 @@
+import os
 from collections.abc import Iterator
 
 import pytest
 import trio.testing
+from hypothesis import HealthCheck, settings
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pg_cluster import fresh_database, postgres_server
+
+# Property-based tests: "ci" (the default) is deterministic and bounded, so that CI stays quick
+# and a failure repeats; HYPOTHESIS_PROFILE=long runs many more examples, seeded at random.
+settings.register_profile(
+    "ci", max_examples=25, derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "long", max_examples=1000, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

@@ -26,12 +26,17 @@ import grpclib.const
 import grpclib.server
 import trio
 from grpclib.encoding.proto import ProtoCodec
+from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.protocol import Connection, EventsProcessor, H2Protocol
+from h2.connection import H2Connection
+from h2.settings import SettingCodes
 
 from ..errors import InvalidInput
 from ..wire import encode
 from ._stubs import TaskHubSidecarServiceBase
 from .inbound import DEFAULT_MAX_MESSAGE_SIZE, MalformedMessage, Skimmer, decode
+from .security import OPEN, Door, TokenCheck
 from .status import grpc_error
 from .steploop import SteppedLoop, open_stepped_loop
 
@@ -39,6 +44,30 @@ log = logging.getLogger("dtrio.grpc")
 
 # How long closing the server may take: handlers are cancelled and release what they hold.
 CLOSE_TIMEOUT = 10.0
+# Calls one connection may have open at once (h2's own default): a client opening more waits
+# for one to end, and one that ignores the limit loses its connection, not others their turn.
+DEFAULT_MAX_CONCURRENT_STREAMS = 100
+
+
+class _ExpiredDeadline(logging.Filter):
+    """grpclib logs a call whose deadline had passed when it began (a client that gave up while
+    the call was on its way, or sent a timeout of 0) as an error with a traceback, "Timeout
+    occurred", and answers it UNKNOWN, which its client, out of time, never reads. It is the
+    caller's doing, as a deadline passing mid-call is (logged by grpclib at INFO): DEBUG. The
+    servicer's own errors never reach grpclib's handler, so this line has no other cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "Timeout occurred":
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.exc_info, record.exc_text = "a call began past its deadline", None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _quiet_expired_deadlines() -> None:
+    server_log = logging.getLogger("grpclib.server")
+    if not any(isinstance(f, _ExpiredDeadline) for f in server_log.filters):
+        server_log.addFilter(_ExpiredDeadline())
 
 
 class _Codec(ProtoCodec):
@@ -329,13 +358,21 @@ async def serve_grpc(
     port: int,
     *,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+    door: Door = OPEN,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve TaskHubSidecarService until cancelled; `started()` gives the bound port."""
+    """Serve TaskHubSidecarService until cancelled; `started()` gives the bound port.
+
+    Over TLS when `door.ssl` is set; with `door.token`, every call but Hello must carry it.
+    A connection may have `max_concurrent_streams` calls open at once.
+    """
+    _quiet_expired_deadlines()
     # The server closes the socket when it closes; `with` covers a failure to start it.
     with await _bind(host, port) as sock:
         async with open_stepped_loop() as aio:
-            server = await aio.run(_start(handlers(servicer, aio, max_message_size), sock))
+            server = await aio.run(_start(
+                handlers(servicer, aio, max_message_size), sock, door, max_concurrent_streams))
             try:
                 task_status.started(sock.getsockname()[1])
                 await trio.sleep_forever()
@@ -345,11 +382,65 @@ async def serve_grpc(
                     await aio.run(_close(server, aio))
 
 
+class _Protocol(H2Protocol):
+    """grpclib's HTTP/2 protocol, telling each client how many streams its connection may open
+    in the very first SETTINGS frame, and enforcing that from the start. Lowered by a later
+    frame instead, the limit would drop under a client already using more, and h2 would close
+    the connection when it opened the next (grpc-core clients do just that)."""
+
+    def __init__(self, made: H2Protocol, max_streams: int) -> None:
+        super().__init__(made.handler, made.config, made.h2_config)
+        self._max_streams = max_streams
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # What grpclib's own does (the socket's TCP_NODELAY aside: asyncio sets it), with the
+        # limit set before h2 sends its settings. grpclib offers no setting for it.
+        h2_conn = H2Connection(config=self.h2_config)
+        h2_conn.local_settings.update({SettingCodes.MAX_CONCURRENT_STREAMS: self._max_streams})
+        h2_conn.local_settings.acknowledge()
+        h2_conn.initiate_connection()
+        initial = h2_conn.local_settings.initial_window_size
+        if self.config.http2_connection_window_size != initial:
+            h2_conn.increment_flow_control_window(
+                self.config.http2_connection_window_size - initial)
+        if self.config.http2_stream_window_size != initial:
+            h2_conn.update_settings(
+                {SettingCodes.INITIAL_WINDOW_SIZE: self.config.http2_stream_window_size})
+        self.connection = Connection(h2_conn, transport, config=self.config)  # type: ignore[arg-type]
+        self.connection.flush()
+        self.connection.initialize()
+        self.processor = EventsProcessor(self.handler, self.connection)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            super().data_received(data)
+        except UnicodeDecodeError:
+            # h2 reads header values as ASCII, as gRPC's text metadata is. Other bytes end the
+            # connection, as grpclib ends it on any other HTTP/2 protocol error, rather than
+            # escaping to asyncio, which would log an error with a traceback.
+            log.debug("closed a connection whose client sent a header that is not ASCII")
+            self.processor.close("a header that is not ASCII")
+
+
+class _Server(grpclib.server.Server):
+    """grpclib's server, with a limit on the streams of each connection."""
+
+    def __init__(self, mapping: dict[str, grpclib.const.Handler], max_streams: int) -> None:
+        super().__init__([_Service(mapping)], codec=_CODEC)
+        self._max_streams = max_streams
+
+    def _protocol_factory(self) -> H2Protocol:
+        return _Protocol(super()._protocol_factory(), self._max_streams)
+
+
 async def _start(
-    mapping: dict[str, grpclib.const.Handler], sock: socket.socket
+    mapping: dict[str, grpclib.const.Handler], sock: socket.socket, door: Door,
+    max_streams: int,
 ) -> grpclib.server.Server:
-    server = grpclib.server.Server([_Service(mapping)], codec=_CODEC)
-    await server.start(sock=sock)
+    server = _Server(mapping, max_streams)
+    if door.token is not None:
+        listen(server, RecvRequest, TokenCheck(door.token))
+    await server.start(sock=sock, ssl=door.ssl)
     return server
 
 

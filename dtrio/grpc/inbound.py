@@ -12,11 +12,13 @@ Pure: no sockets and no event loop.
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import betterproto2
 
 from .. import wire
+from .._pb.google import protobuf as google_protobuf
 from ..errors import InvalidInput
 from ..wire import varint
 
@@ -126,6 +128,8 @@ def _clean(cls: type, data: memoryview, depth: int) -> bytes | None:
             raise MalformedMessage(
                 f"field {number} ({name}){_of(cls, depth)} has wire type {wire}, not {expected}"
             )
+        if nested is _Timestamp:
+            _check_timestamp(data[body:pos], f"field {number} ({name}){_of(cls, depth)}")
         if nested is not None:
             cleaned = _clean(nested, data[body:pos], depth + 1)
             if cleaned is not None:
@@ -137,6 +141,33 @@ def _clean(cls: type, data: memoryview, depth: int) -> bytes | None:
         if out is not None:
             out += data[start:pos]
     return None if out is None else bytes(out)
+
+
+_Timestamp = google_protobuf.Timestamp
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _check_timestamp(data: memoryview, what: str) -> None:
+    """A timestamp's seconds must name a time in the years 1 to 9999, as Python's datetime
+    (what it becomes) can: beyond them Python's own error would name neither field nor range."""
+    seconds = nanos = 0
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos, len(data))
+        if key in (0x08, 0x10):
+            value, pos = _varint(data, pos, len(data))
+            value -= (value >> 63 & 1) << 64  # int64 and int32 are sent in two's complement
+            if key == 0x08:
+                seconds = value
+            else:
+                nanos = value
+        else:
+            return  # the walk finds what else is wrong with it
+    try:
+        _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+    except OverflowError:
+        raise MalformedMessage(f"{what}: a timestamp {seconds} seconds from 1970 is outside the "
+                               "years 1 to 9999 that timestamps may name") from None
 
 
 def _of(cls: type, depth: int) -> str:

@@ -404,6 +404,23 @@ async def test_non_recursive_terminate_leaves_children_running(autojump_clock):
         assert (await engine.client.get_orchestration_state("r:0000")).runtime_status == S.RUNNING
 
 
+async def test_a_terminated_childs_output_stays_out_of_its_parents_failure_and_the_log(
+    autojump_clock, caplog
+):
+    caplog.set_level("INFO", logger="dtrio")
+    async with open_test_engine(registry) as engine:
+        await engine.client.schedule_new_orchestration(tree, input=1, instance_id="p")
+        await wait_status(engine, "p:0000", S.RUNNING)
+        await engine.client.terminate_orchestration("p:0000", output="reason-payload-3d7")
+        parent = await engine.client.wait_for_orchestration_completion("p", timeout=60)
+        child = await engine.client.get_orchestration_state("p:0000")
+    assert parent.runtime_status == S.FAILED
+    assert parent.failure_details.message.endswith(
+        "OrchestrationTerminated: sub-orchestration 'p:0000' was terminated")
+    assert child.output == "reason-payload-3d7"
+    assert "reason-payload-3d7" not in caplog.text
+
+
 async def test_recursive_terminate_reaches_a_child_started_after_the_request(
     autojump_clock, tmp_path
 ):

@@ -40,6 +40,18 @@ def test_malformed_messages_say_what_is_wrong(data: bytes, says: str) -> None:
     assert says in str(caught.value)
 
 
+@pytest.mark.parametrize("seconds", [2**62, -(2**62), 253402300800, -62135596801, 2**63 - 1])
+def test_a_timestamp_beyond_the_years_1_to_9999_is_named(seconds: int) -> None:
+    # Found by fuzzing the sidecar: Python's own "date value out of range" or "Python int too
+    # large to convert to C int" said nothing of what was wrong.
+    request = sdk.CreateInstanceRequest(name="n")
+    request.scheduledStartTimestamp.seconds = seconds
+    says = (f"field 5 \\(scheduled_start_timestamp\\): a timestamp {seconds} seconds from "
+            "1970 is outside the years 1 to 9999")
+    with pytest.raises(MalformedMessage, match=says):
+        decode(pb.CreateInstanceRequest, request.SerializeToString())
+
+
 def test_a_number_for_a_packed_list_is_not_a_list() -> None:
     # betterproto2 alone would make maxConcurrentOrchestrationWorkItems the list [97, 98].
     with pytest.raises(MalformedMessage, match="wire type 2, not 0"):

@@ -16,13 +16,13 @@ import grpc
 import pytest
 import sdk_app as app
 import trio
-from conftest import Sidecar, running_sidecar, sdk_worker_running
 from durabletask import task
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 from durabletask.history import TaskCompletedEvent, TaskScheduledEvent
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.worker import TaskHubGrpcWorker
 from raw_worker import RawWorker
+from sidecar_harness import Sidecar, running_sidecar, sdk_worker_running
 
 LIMIT = 64 << 10
 

@@ -9,9 +9,9 @@ import grpc
 import pytest
 import sdk_app as app
 import trio
-from conftest import Sidecar
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 from durabletask.internal import orchestrator_service_pb2 as pb
+from sidecar_harness import Sidecar
 
 from dtrio.grpc.bridge import serve_grpc
 

@@ -13,13 +13,13 @@ from typing import Any
 import grpc
 import pytest
 import trio
-from conftest import Sidecar, running_sidecar, sdk_worker_running
 from durabletask import client as sdk_client
 from durabletask import entities, task
 from durabletask import worker as sdk_worker
 from durabletask.entities import EntityInstanceId as Id
 from durabletask.internal import orchestrator_service_pb2 as pb
 from google.protobuf import wrappers_pb2
+from sidecar_harness import Sidecar, running_sidecar, sdk_worker_running
 
 S = sdk_client.OrchestrationStatus
 LONG = "@counter@" + "k" * 92  # 101 characters: one over the limit of an instance ID

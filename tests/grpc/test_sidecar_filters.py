@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import trio
-from conftest import Sidecar, running_sidecar, sdk_worker_running
 from durabletask import task
 from durabletask.client import OrchestrationStatus
 from durabletask.internal import orchestrator_service_pb2 as pb
 from google.protobuf import wrappers_pb2
 from raw_worker import RawWorker
+from sidecar_harness import Sidecar, running_sidecar, sdk_worker_running
 
 
 def act_a(ctx: task.ActivityContext, n: int) -> str:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import grpc
 import sdk_app as app
 import trio
-from conftest import running_sidecar, sdk_worker_running
 from durabletask.client import OrchestrationStatus
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from google.protobuf import wrappers_pb2
 from raw_worker import RawWorker
+from sidecar_harness import running_sidecar, sdk_worker_running
 
 
 async def test_an_activity_held_longer_than_its_lease_stays_with_its_worker() -> None:

@@ -9,8 +9,8 @@ import grpc
 import pytest
 import sdk_lifecycle_app as app
 import trio
-from conftest import Sidecar, sdk_worker_running
 from durabletask.client import OrchestrationQuery, OrchestrationStatus
+from sidecar_harness import Sidecar, sdk_worker_running
 
 S = OrchestrationStatus
 

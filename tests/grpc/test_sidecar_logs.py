@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import sdk_app as app
 import trio
-from conftest import running_sidecar, sdk_worker_running
 from durabletask import client as sdk_client
 from durabletask import worker as sdk_worker
+from sidecar_harness import running_sidecar, sdk_worker_running
 from sidecar_process import listening_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import sdk_app as app
 import trio
-from conftest import Sidecar, sdk_worker_running
 from durabletask import task
 from durabletask.client import OrchestrationStatus
+from sidecar_harness import Sidecar, sdk_worker_running
 
 
 async def test_sequence_of_activities(sidecar: Sidecar, worker) -> None:

@@ -4,10 +4,10 @@ that join one trace, under the caller's span and the orchestration span dtrio ch
 from __future__ import annotations
 
 import sdk_app as app
-from conftest import Sidecar
 from durabletask.client import OrchestrationStatus
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
+from sidecar_harness import Sidecar
 
 from dtrio import _pb as pb
 

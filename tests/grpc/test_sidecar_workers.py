@@ -12,12 +12,12 @@ from functools import partial
 import grpc
 import pytest
 import trio
-from conftest import Sidecar, running_sidecar, sdk_worker_running
 from durabletask import task
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 from durabletask.internal import orchestrator_service_pb2 as pb
 from google.protobuf import wrappers_pb2
 from raw_worker import RawWorker
+from sidecar_harness import Sidecar, running_sidecar, sdk_worker_running
 
 import dtrio
 from dtrio.grpc import serve_sidecar

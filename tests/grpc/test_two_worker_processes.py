@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import trio
-from conftest import Sidecar
 from durabletask.client import OrchestrationStatus
+from sidecar_harness import Sidecar
 
 SCRIPT = Path(__file__).with_name("worker_process.py")
 COUNT = 20
