@@ -17,6 +17,7 @@ from .base import (
     InstanceRecord,
     Listener,
     NameFilter,
+    NextStep,
     OrchestrationWorkItem,
     TakenOver,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "InstanceRecord",
     "Listener",
     "NameFilter",
+    "NextStep",
     "OrchestrationWorkItem",
     "SqliteBackend",
     "TakenOver",

@@ -32,6 +32,7 @@ from .base import (
     InstanceRecord,
     Listener,
     NameFilter,
+    NextStep,
     OrchestrationWorkItem,
     TakenOver,
 )
@@ -349,7 +350,12 @@ class PostgresBackend:
         await renew(self._store, "activities", item.id, item.lock_token, lease_us,
                     f"activity {item.name!r} #{item.task_id} of {item.instance_id!r}")
 
-    async def complete_activity(self, item: ActivityWorkItem, result: StoredEvent) -> None:
+    async def complete_activity(
+        self, item: ActivityWorkItem, result: StoredEvent, then: NextStep | None = None
+    ) -> bool:
+        """Always delivers `result`: planning a step inside a transaction that runs in a
+        thread would run orchestrator code there (`then` is declined)."""
+
         def op(tx: Tx) -> None:
             cur = tx.execute(
                 "DELETE FROM activities WHERE id = %s AND lock_token = %s",
@@ -372,6 +378,7 @@ class PostgresBackend:
             deliver(tx, Message(item.instance_id, result, now, item.execution_id), now)
 
         await self._store.write(op)
+        return False
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None:
         await give_back(self._store, "activities", item.id, item.lock_token, delay_us)

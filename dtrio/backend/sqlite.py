@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from .. import _pb as pb
@@ -30,6 +31,7 @@ from .base import (
     InstanceRecord,
     Listener,
     NameFilter,
+    NextStep,
     OrchestrationWorkItem,
     TakenOver,
 )
@@ -55,6 +57,7 @@ from .sqlite_store import SqliteStore
 from .tables import record, record_columns
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
+_RUNNING = int(pb.OrchestrationStatus.RUNNING)
 
 
 def _matching(names: NameFilter | None, first: int) -> tuple[str, list[str]]:
@@ -215,6 +218,11 @@ class SqliteBackend:
     async def complete_orchestration(
         self, item: OrchestrationWorkItem, step: OrchestrationStep
     ) -> None:
+        await self._store.write(self._step_op(item, step))
+
+    def _step_op(
+        self, item: OrchestrationWorkItem, step: OrchestrationStep
+    ) -> Callable[[sqlite3.Connection], None]:
         store = self._store
 
         def op(conn: sqlite3.Connection) -> None:
@@ -230,7 +238,8 @@ class SqliteBackend:
                 conn.execute(
                     "DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL", (iid,)
                 )
-            conn.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i, _ in item.events])
+            # (Inbox id 0: an event handed over that never entered the inbox.)
+            conn.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i, _ in item.events if i])
             # One statement checks the lease, records the step and finds when the instance is
             # next ready (messages this step sends to itself move that earlier as they go in).
             # A lost lease raises below, and the savepoint undoes the deletes above.
@@ -297,7 +306,7 @@ class SqliteBackend:
                 # Critical sections end with their execution, however it ended.
                 release_entity_locks(store, iid, now)
 
-        await store.write(op)
+        return op
 
     async def release_orchestration(self, item: OrchestrationWorkItem) -> None:
         """Give back a lease that turned out to have nothing to do."""
@@ -341,10 +350,12 @@ class SqliteBackend:
         await renew(self._store, "activities", item.id, item.lock_token, lease_us,
                     f"activity {item.name!r} #{item.task_id} of {item.instance_id!r}")
 
-    async def complete_activity(self, item: ActivityWorkItem, result: StoredEvent) -> None:
+    async def complete_activity(
+        self, item: ActivityWorkItem, result: StoredEvent, then: NextStep | None = None
+    ) -> bool:
         store = self._store
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "DELETE FROM activities WHERE id = ? AND lock_token = ?", (item.id, item.lock_token)
             )
@@ -361,9 +372,38 @@ class SqliteBackend:
                     (item.instance_id, item.execution_id, item.call_id, item.attempt),
                 )
             now = store.clock.now_us()
+            if then is not None and self._next_step(conn, item, result, then, now):
+                return True
             deliver(store, Message(item.instance_id, result, now, item.execution_id), now)
+            return False
 
-        await store.write(op)
+        return await store.write(op)
+
+    def _next_step(self, conn: sqlite3.Connection, item: ActivityWorkItem, result: StoredEvent,
+                   then: NextStep, now: int) -> bool:
+        """Lease the activity's instance if it is idle at `then.step` (the lease lapses at once:
+        it ends in this transaction), and commit the step `then` plans; False if either the
+        instance or `then` declined, the instance then left unleased and unchanged."""
+        iid = item.instance_id
+        row = conn.execute(
+            "UPDATE instances SET lock_owner = ?1, lock_token = hex(randomblob(12)), "
+            "lock_expires = ?2 WHERE instance_id = ?3 AND execution_id = ?4 AND step = ?5 "
+            "AND status = ?6 AND (lock_expires IS NULL OR lock_expires <= ?2) "
+            "AND (ready_at IS NULL OR ready_at > ?2) "
+            "RETURNING instance_id, execution_id, name, status, lock_token, step",
+            (then.owner, now, iid, item.execution_id, then.step, _RUNNING),
+        ).fetchone()
+        if row is None:
+            return False
+        taken = OrchestrationWorkItem(*row, [(0, result)])
+        step = then.plan(taken)
+        if step is None:
+            conn.execute(
+                "UPDATE instances SET lock_owner = NULL, lock_token = NULL, lock_expires = NULL "
+                "WHERE instance_id = ?", (iid,))
+            return False
+        self._step_op(taken, step)(conn)
+        return True
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None:
         await give_back(self._store, "activities", item.id, item.lock_token, delay_us)
