@@ -274,6 +274,23 @@ def one_of(message: betterproto2.Message, group: str) -> tuple[str, Any]:
     return "", None
 
 
+def event_bytes(
+    field_number: int, event_id: int, when: datetime, member: betterproto2.Message
+) -> bytes:
+    """The bytes `encode` makes of a HistoryEvent holding only `event_id`, `when` and `member`
+    as its oneof member numbered `field_number`, made without the HistoryEvent: building and
+    walking its 31 attributes costs more than encoding the member."""
+    out = bytearray()
+    if event_id:
+        out += b"\x08"
+        out += varint(event_id)
+    out += b"\x12"
+    out += _timestamp(when)
+    out += _key(field_number, 2)
+    _encode_len_delimited(member, out)
+    return bytes(out)
+
+
 def history_marker(field_number: int, when: datetime) -> bytes:
     """A field-less HistoryEvent (eventId -1, `when`, an empty `field_number` member), such as
     orchestratorStarted (14) and orchestratorCompleted (15): two of every step's events."""
