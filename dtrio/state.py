@@ -22,16 +22,12 @@ from .instance_ids import is_entity_id, new_execution_id, validate_instance_id
 from .times import from_us as from_us
 from .times import to_us
 from .trace_context import new_span_id, orchestration_context, start_traced
-from .wire import encode, event_bytes, history_marker, one_of
+from .wire import encode, history_marker, one_of
 
 _S = pb.OrchestrationStatus
 TERMINAL = frozenset({int(_S.COMPLETED), int(_S.FAILED), int(_S.TERMINATED), int(_S.CANCELED)})
 _STATUSES = frozenset(int(s) for s in _S)
-# Each kind of history event (its oneof member's name) by its field number.
-_EVENT_FIELDS = {
-    name: meta.number for name, meta in pb.HistoryEvent._betterproto.meta_by_field_name.items()
-}
-_ORCHESTRATOR_COMPLETED = _EVENT_FIELDS["orchestrator_completed"]
+_ORCHESTRATOR_COMPLETED = h.EVENT_FIELDS["orchestrator_completed"]
 
 
 @dataclass(slots=True)
@@ -109,8 +105,7 @@ class _StepBuilder:
     def add(self, kind: str, event_id: int, body: Any) -> None:
         """Record an event of `kind` (its oneof member's name) made by an action: kept as its
         bytes, since nothing in this process reads it back."""
-        self.events.append(StoredEvent.read(event_bytes(_EVENT_FIELDS[kind], event_id, self.now,
-                                                        body)))
+        self.events.append(h.recorded(self.now, kind, body, event_id))
 
     def message(self, instance_id: str, event: pb.HistoryEvent, visible_at: int | None = None,
                 execution_id: str | None = None) -> None:

@@ -245,12 +245,12 @@ class Activities(_Leased):
         """Whether the orchestration's next step was committed with the result."""
         now = self._clock.now_dt()
         if result.failure is not None:
-            event = h.event(now, task_failed=pb.TaskFailedEvent(
+            event = h.made(now, "task_failed", pb.TaskFailedEvent(
                 task_scheduled_id=item.task_id, failure_details=result.failure))
         else:
-            event = h.task_completed(now, item.task_id, result.output)
-        stepped = await self._backend.complete_activity(
-            item, StoredEvent.made(event), result.next_step)
+            event = h.made(now, "task_completed", pb.TaskCompletedEvent(
+                task_scheduled_id=item.task_id, result=result.output))
+        stepped = await self._backend.complete_activity(item, event, result.next_step)
         if log.isEnabledFor(logging.DEBUG):
             failed = result.failure
             outcome = (f"failed: {failed.error_type}: {failed.error_message}"

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dtrio import _pb as pb
+from dtrio import history as h
 from dtrio.wire import encode, event_bytes, history_marker
 
 # Deprecated fields (TraceContext.span_id) are drawn too: they are still on the wire.
@@ -102,7 +103,7 @@ def messages(cls: type, depth: int = 0) -> st.SearchStrategy:
     return build()
 
 
-EVENT_IDS = st.integers(-(2**31), 2**31 - 1)
+EVENT_IDS = st.one_of(st.just(-1), st.integers(-(2**31), 2**31 - 1))
 _SETTINGS = settings(max_examples=60, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -118,6 +119,10 @@ def test_event_bytes_are_betterprotos(kind: str, data: st.DataObject, event_id: 
     assert event_bytes(_META[kind].number, event_id, when, body) == expected
     assert encode(event) == expected
     assert pb.HistoryEvent.parse(expected) == event
+    assert h.recorded(when, kind, body, event_id).data == expected
+    if event_id == -1:
+        made = h.made(when, kind, body)
+        assert made.data == expected and made.event == event
 
 
 @_SETTINGS
