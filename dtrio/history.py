@@ -10,7 +10,7 @@ import betterproto2
 from . import _pb as pb
 from .errors import FailureDetails
 from .events import StoredEvent
-from .wire import event_bytes, history_marker, one_of
+from .wire import event_bytes, history_marker, new, one_of
 
 # Tags on the tasks of an activity call made with a retry policy (each attempt is a task of its
 # own, recorded in its taskScheduled event): the call's ID (its first task's) and how many
@@ -62,7 +62,7 @@ def failure_from_exception(exc: BaseException) -> FailureDetails:
 def event(
     timestamp: datetime, event_id: int = -1, **kind_field: betterproto2.Message
 ) -> pb.HistoryEvent:
-    return pb.HistoryEvent(event_id=event_id, timestamp=timestamp, **kind_field)
+    return new(pb.HistoryEvent, event_id=event_id, timestamp=timestamp, **kind_field)
 
 
 def execution_started(

@@ -333,6 +333,24 @@ def decode(cls: type[Any], data: bytes) -> Any:
         return cls.parse(data)
 
 
+def new(cls: type[Any], **fields: Any) -> Any:
+    """`cls(**fields)`, built as `decode` builds messages: the generated `__init__` takes every
+    field as an argument (31 of them for a HistoryEvent), which costs four times as much."""
+    plan = _DECODERS.get(cls)
+    if plan is None:
+        plan = _compile_decoder(cls)
+    defaults, fresh, _, _ = plan
+    if not fields.keys() <= defaults.keys():
+        raise TypeError(f"{cls.__name__} has no field {sorted(fields.keys() - defaults.keys())}")
+    message = object.__new__(cls)
+    values = message.__dict__
+    values.update(defaults)
+    for name, factory in fresh:
+        values[name] = factory()
+    values.update(fields)
+    return message
+
+
 def _decode_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
     value = shift = 0
     while pos < end and shift < 70:

@@ -1,6 +1,7 @@
 """History events encoded without building the whole HistoryEvent (`wire.event_bytes`,
 `wire.history_marker`) and with it (`wire.encode`) are byte for byte what betterproto2 writes,
-for every kind of event and field values drawn by hypothesis."""
+for every kind of event and field values drawn by hypothesis; and events built without their
+generated `__init__` (`wire.new`) are what it builds."""
 
 from __future__ import annotations
 
@@ -120,6 +121,8 @@ def test_event_bytes_are_betterprotos(kind: str, data: st.DataObject, event_id: 
     assert encode(event) == expected
     assert pb.HistoryEvent.parse(expected) == event
     assert h.recorded(when, kind, body, event_id).data == expected
+    built = h.event(when, event_id, **{kind: body})  # without HistoryEvent's __init__
+    assert built == event and list(vars(built)) == list(vars(event)) and bytes(built) == expected
     if event_id == -1:
         made = h.made(when, kind, body)
         assert made.data == expected and made.event == event
@@ -139,3 +142,10 @@ def test_history_markers_are_betterprotos(kind: str, when: datetime) -> None:
     event = pb.HistoryEvent(event_id=-1, timestamp=when, **{kind: empty})
     assert history_marker(_META[kind].number, when) == bytes(event)
 
+
+
+def test_new_refuses_a_field_the_message_lacks() -> None:
+    from dtrio.wire import new
+
+    with pytest.raises(TypeError, match="no field \\['task'\\]"):
+        new(pb.HistoryEvent, task=pb.TaskScheduledEvent())
