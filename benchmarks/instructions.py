@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--step", action="store_true")
     args = parser.parse_args()
     what = "step of a lone orchestration" if args.step else "orchestration, 1 of many at once"
-    for tree in args.trees:
+    for tree in (tree.resolve() for tree in args.trees):
         small = instructions(tree, args.small, args.step)
         large = instructions(tree, args.large, args.step)
         per = (large - small) / (args.large - args.small)
