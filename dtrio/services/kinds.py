@@ -258,8 +258,8 @@ class Activities(_Leased):
             log.debug("activity %s#%d of %s (attempt %d) %s", item.name, item.task_id,
                       item.instance_id, item.attempt, outcome,
                       extra=work_item("activity", item.instance_id, task_id=item.task_id))
-
         return stepped
+
 
 # -- entity batches -------------------------------------------------------------------------
 
