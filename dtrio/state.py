@@ -299,7 +299,8 @@ def _complete(
     b.step.failure = encode(failure) if failure is not None else None
     if status == int(_S.TERMINATED) and b.terminate_recursive:
         b.step.terminate_children = True
-    parent = b.started.parent_instance if b.started else None
+    # (`is not None`: a message's truth walks all its fields.)
+    parent = b.started.parent_instance if b.started is not None else None
     if parent is not None and parent.orchestration_instance is not None:
         if status == int(_S.COMPLETED):
             event = h.sub_orchestration_completed(b.now, parent.task_scheduled_id, body.result)
