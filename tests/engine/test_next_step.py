@@ -7,7 +7,11 @@ from __future__ import annotations
 import trio
 
 import dtrio
-from dtrio.backend.base import Backend
+from dtrio import _pb as pb
+from dtrio import history as h
+from dtrio.backend.base import Backend, OrchestrationWorkItem
+from dtrio.replay import OrchestrationRun
+from dtrio.services.local import NextSteps
 from dtrio.testing import open_test_engine
 
 S = dtrio.OrchestrationStatus
@@ -102,3 +106,27 @@ async def test_steps_run_with_their_activity_record_what_steps_run_apart_record(
     assert {name: run[2] for name, run in together.items() if name != "pair"} == {
         "sequence": 1, "fails_after": 1, "waits_after": 2}
     assert together["pair"][2] in (1, 2)
+
+
+class _Broken(OrchestrationRun):
+    """A run whose replay fails in the engine itself (not in the orchestrator's code)."""
+
+    def feed(self, past, new):
+        raise RuntimeError("replay broke")
+
+
+async def test_a_step_that_cannot_be_planned_is_declined_and_its_run_dropped(autojump_clock):
+    async with open_test_engine(registry) as engine:
+        runner = engine.local["orchestration"]
+        steps = NextSteps(engine.kinds["orchestration"], runner, engine.owner)
+        run = _Broken(registry.orchestrators, "i1")
+        run.started = pb.ExecutionStartedEvent(name="sequence")
+        runner.cache.put("i1", 3, run)
+        offered = steps.offer("i1")
+        assert offered is not None and offered.step == 3
+        result = h.made(engine.clock.now_dt(), "task_completed",
+                        pb.TaskCompletedEvent(task_scheduled_id=0, result="2"))
+        item = OrchestrationWorkItem("i1", "e1", "sequence", int(S.RUNNING), "token", 3,
+                                     [(0, result)])
+        assert offered.plan(item) is None
+        assert runner.cache.peek("i1") is None
