@@ -1,8 +1,9 @@
-"""Two versions of dtrio side by side: the embedded and sidecar rows of bench_peers.py, run
-alternately for each version in every round, so that the machine's drift hits both alike.
+"""Two versions of dtrio side by side: the embedded and sidecar rows of bench_peers.py, and the
+CPU time of a lone orchestration step, run alternately for each version in every round, so that
+the machine's drift hits both alike.
 
     git worktree add /tmp/dtrio-old <commit>
-    python benchmarks/compare_commits.py /tmp/dtrio-old [--runs 5] [--only embedded,sidecar]
+    python benchmarks/compare_commits.py /tmp/dtrio-old [--runs 5] [--only embedded,step,sidecar]
 
 Each measurement runs in a fresh process with that version's own benchmark code and package.
 Prints one table of medians (and the spread of the runs).
@@ -31,12 +32,22 @@ with tempfile.TemporaryDirectory() as tmp:
     print("RESULT " + json.dumps({"rate": bench_sidecar.one_run("dtrio", tmp, 1000)}))
 """
 
+_STEP = """
+import json, tempfile, trio
+import bench_embedded as b
+with tempfile.TemporaryDirectory() as tmp:
+    costs = trio.run(b.history_step_cost, tmp, "NORMAL", (10, 100), 3)
+print("RESULT " + json.dumps({"cpu": costs[10][1], "wall": costs[10][0]}))
+"""
+
 
 def measure(tree: Path, row: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "benchmarks")])}
     with tempfile.TemporaryDirectory() as tmp:
         if row == "sidecar":
             argv = [sys.executable, "-c", _SIDECAR]
+        elif row == "step":
+            argv = [sys.executable, "-c", _STEP]
         else:
             argv = [sys.executable, str(tree / "benchmarks" / "bench_peers.py"), "--measure",
                     f"dtrio:{row}", "--tmp", tmp, "--sync", "NORMAL"]
@@ -51,6 +62,8 @@ def measure(tree: Path, row: str) -> dict[str, float]:
 MEASURES = {
     "embedded": [("rate", "1,000 three-activity sequences", "orch/s", "{:,.0f}"),
                  ("cpu", "  process CPU per orchestration", "ms", "{:.2f}")],
+    "step": [("cpu", "one step alone (history of 10 events), CPU", "ms", "{:.3f}"),
+             ("wall", "  the same, wall", "ms", "{:.3f}")],
     "sidecar": [("rate", "sidecar, official SDK worker, 1,000 orch.", "orch/s", "{:,.1f}")],
 }
 

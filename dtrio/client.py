@@ -113,6 +113,9 @@ class ReusePolicy:
             )
 
 
+_NONE: frozenset[int] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class QueryResult:
     states: list[OrchestrationState]
@@ -205,12 +208,14 @@ class Client:
         if start_at is not None:
             start_at = fire_time(
                 start_at, "schedule_new_orchestration(start_at=...)", self._clock.now_dt())
-        policy = reuse_policy or ReusePolicy()
+        replace = ignore = _NONE
+        if reuse_policy is not None:
+            replace = frozenset(int(s) for s in reuse_policy.replace)
+            ignore = frozenset(int(s) for s in reuse_policy.ignore)
         with self._traced(name, iid, version) as trace:
             await self.commands.start(
                 name, iid, data, version=version, start_at=start_at, tags=tags, trace=trace,
-                replace=frozenset(int(s) for s in policy.replace),
-                ignore=frozenset(int(s) for s in policy.ignore),
+                replace=replace, ignore=ignore,
             )
         return iid
 

@@ -10,7 +10,7 @@ import betterproto2
 from . import _pb as pb
 from .errors import FailureDetails
 from .events import StoredEvent
-from .wire import history_marker, one_of
+from .wire import event_bytes, history_marker, new, one_of
 
 # Tags on the tasks of an activity call made with a retry policy (each attempt is a task of its
 # own, recorded in its taskScheduled event): the call's ID (its first task's) and how many
@@ -62,7 +62,7 @@ def failure_from_exception(exc: BaseException) -> FailureDetails:
 def event(
     timestamp: datetime, event_id: int = -1, **kind_field: betterproto2.Message
 ) -> pb.HistoryEvent:
-    return pb.HistoryEvent(event_id=event_id, timestamp=timestamp, **kind_field)
+    return new(pb.HistoryEvent, event_id=event_id, timestamp=timestamp, **kind_field)
 
 
 def execution_started(
@@ -97,9 +97,23 @@ def orchestrator_started(now: datetime) -> pb.HistoryEvent:
     return event(now, orchestrator_started=pb.OrchestratorStartedEvent())
 
 
-_ORCHESTRATOR_STARTED = (
-    pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_started"].number
-)
+# Each kind of history event (its oneof member's name) by its field number.
+EVENT_FIELDS = {
+    name: meta.number for name, meta in pb.HistoryEvent._betterproto.meta_by_field_name.items()
+}
+_ORCHESTRATOR_STARTED = EVENT_FIELDS["orchestrator_started"]
+
+
+def recorded(now: datetime, kind: str, body: betterproto2.Message,
+             event_id: int = -1) -> StoredEvent:
+    """A history event of `kind` (its oneof member's name) kept as its bytes only, made from
+    its parts (for what nothing in this process reads back)."""
+    return StoredEvent.read(event_bytes(EVENT_FIELDS[kind], event_id, now, body))
+
+
+def made(now: datetime, kind: str, body: betterproto2.Message) -> StoredEvent:
+    """A history event of `kind` with no event ID, and its bytes made from its parts."""
+    return StoredEvent(event(now, **{kind: body}), event_bytes(EVENT_FIELDS[kind], -1, now, body))
 
 
 def step_opener(now: datetime) -> StoredEvent:

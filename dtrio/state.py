@@ -27,9 +27,7 @@ from .wire import encode, history_marker, one_of
 _S = pb.OrchestrationStatus
 TERMINAL = frozenset({int(_S.COMPLETED), int(_S.FAILED), int(_S.TERMINATED), int(_S.CANCELED)})
 _STATUSES = frozenset(int(s) for s in _S)
-_ORCHESTRATOR_COMPLETED = (
-    pb.HistoryEvent._betterproto.meta_by_field_name["orchestrator_completed"].number
-)
+_ORCHESTRATOR_COMPLETED = h.EVENT_FIELDS["orchestrator_completed"]
 
 
 @dataclass(slots=True)
@@ -98,14 +96,16 @@ class _StepBuilder:
         self.started = started
         self.now = now
         self.now_us = to_us(now)
-        self.events: list[pb.HistoryEvent] = []
+        self.events: list[StoredEvent] = []
         self.step = OrchestrationStep([], execution_id, int(_S.RUNNING), None)
         self.terminate_recursive = False
         # What this execution's scheduled work is traced under; None when it is not traced.
         self.trace = orchestration_context(started)
 
-    def add(self, event: pb.HistoryEvent) -> None:
-        self.events.append(event)
+    def add(self, kind: str, event_id: int, body: Any) -> None:
+        """Record an event of `kind` (its oneof member's name) made by an action: kept as its
+        bytes, since nothing in this process reads it back."""
+        self.events.append(h.recorded(self.now, kind, body, event_id))
 
     def message(self, instance_id: str, event: pb.HistoryEvent, visible_at: int | None = None,
                 execution_id: str | None = None) -> None:
@@ -148,7 +148,7 @@ def apply_step(
             break
         if handler(b, action, body) is _STOP:
             break
-    history += [StoredEvent.made(ev) for ev in b.events]
+    history += b.events
     if not b.step.reset_history:
         history.append(StoredEvent.read(history_marker(_ORCHESTRATOR_COMPLETED, now)))
         b.step.history = history
@@ -163,10 +163,10 @@ def _schedule_task(
 ) -> None:
     # A remote SDK worker may send its own (client span's) context; ours is the orchestration's.
     trace = body.parent_trace_context or b.trace
-    b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, task_scheduled=pb.TaskScheduledEvent(
+    b.add("task_scheduled", action.id, pb.TaskScheduledEvent(
         name=body.name, version=body.version, input=body.input, tags=body.tags,
         parent_trace_context=trace,
-    )))
+    ))
     b.step.activities.append(ActivityTask(
         b.instance_id, b.execution_id, action.id, body.name, body.version, body.input, b.now_us,
         trace, *_call_of(body.tags),
@@ -187,7 +187,7 @@ def _create_timer(
     b: _StepBuilder, action: pb.OrchestratorAction, body: pb.CreateTimerAction
 ) -> None:
     fire_at = body.fire_at or b.now
-    b.add(h.timer_created(b.now, action.id, fire_at))
+    b.add("timer_created", action.id, pb.TimerCreatedEvent(fire_at=fire_at))
     b.message(b.instance_id, h.timer_fired(fire_at, action.id, fire_at),
               max(to_us(fire_at), b.now_us), b.execution_id)
 
@@ -205,13 +205,11 @@ def _create_sub_orchestration(
             is_non_retriable=True))
         return _STOP
     trace = body.parent_trace_context or b.trace
-    b.add(pb.HistoryEvent(
-        event_id=action.id, timestamp=b.now,
-        sub_orchestration_instance_created=pb.SubOrchestrationInstanceCreatedEvent(
-            instance_id=body.instance_id, name=body.name, version=body.version, input=body.input,
-            parent_trace_context=trace, tags=body.tags,
-        ),
-    ))
+    b.add("sub_orchestration_instance_created", action.id,
+          pb.SubOrchestrationInstanceCreatedEvent(
+              instance_id=body.instance_id, name=body.name, version=body.version,
+              input=body.input, parent_trace_context=trace, tags=body.tags,
+          ))
     child_execution = new_execution_id()
     parent = pb.ParentInstanceInfo(
         task_scheduled_id=action.id,
@@ -254,9 +252,9 @@ def _send_event(b: _StepBuilder, action: pb.OrchestratorAction, body: pb.SendEve
             "is an entity: entities take operations (signal or call them), not events"),
             is_non_retriable=True))
         return _STOP
-    b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, event_sent=pb.EventSentEvent(
+    b.add("event_sent", action.id, pb.EventSentEvent(
         instance_id=target, name=body.name, input=body.data,
-    )))
+    ))
     if target:
         b.message(target, h.event_raised(b.now, body.name, body.data))
     return None
@@ -292,19 +290,17 @@ def _complete(
             error_type="OrchestrationFailed",
             error_message="the orchestration failed without details",
         )
-    b.add(pb.HistoryEvent(
-        event_id=action.id, timestamp=b.now,
-        execution_completed=pb.ExecutionCompletedEvent(
-            orchestration_status=pb.OrchestrationStatus(status), result=body.result,
-            failure_details=failure,
-        ),
+    b.add("execution_completed", action.id, pb.ExecutionCompletedEvent(
+        orchestration_status=pb.OrchestrationStatus(status), result=body.result,
+        failure_details=failure,
     ))
     b.step.status = status
     b.step.output = body.result
     b.step.failure = encode(failure) if failure is not None else None
     if status == int(_S.TERMINATED) and b.terminate_recursive:
         b.step.terminate_children = True
-    parent = b.started.parent_instance if b.started else None
+    # (`is not None`: a message's truth walks all its fields.)
+    parent = b.started.parent_instance if b.started is not None else None
     if parent is not None and parent.orchestration_instance is not None:
         if status == int(_S.COMPLETED):
             event = h.sub_orchestration_completed(b.now, parent.task_scheduled_id, body.result)
@@ -440,7 +436,7 @@ def _entity_message(
             is_non_retriable=True))
         return _STOP
     assert target is not None
-    b.add(pb.HistoryEvent(event_id=action.id, timestamp=b.now, **{kind: msg}))
+    b.add(kind, action.id, msg)
     event = pb.HistoryEvent(event_id=-1, timestamp=b.now, **{kind: msg})
     visible = b.now_us
     if kind == "entity_operation_signaled" and msg.scheduled_time is not None:

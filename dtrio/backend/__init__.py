@@ -17,6 +17,7 @@ from .base import (
     InstanceRecord,
     Listener,
     NameFilter,
+    NextStep,
     OrchestrationWorkItem,
     TakenOver,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "InstanceRecord",
     "Listener",
     "NameFilter",
+    "NextStep",
     "OrchestrationWorkItem",
     "SqlBackend",
     "TakenOver",

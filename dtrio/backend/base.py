@@ -62,6 +62,20 @@ class EntityWorkItem:
     messages: list[tuple[int, StoredEvent]]  # (inbox id, event), oldest first
 
 
+class NextStep(Protocol):
+    """The step of an orchestration that an activity's result wakes, offered to run in the
+    transaction that records the result, when the worker holds the orchestration's run in
+    memory (it is then planned without I/O)."""
+
+    owner: str  # what the instance is leased under while the step is planned
+    step: int  # the instance's step counter the run in memory is current for
+
+    def plan(self, item: OrchestrationWorkItem) -> OrchestrationStep | None:
+        """The step for `item`, whose one event is the activity's result (not in the inbox);
+        None declines it."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class TakenOver:
     """A work item whose lease was ended because its owner is gone."""
@@ -239,9 +253,17 @@ class Backend(Protocol):
 
     async def renew_activity(self, item: ActivityWorkItem, lease_us: int) -> None: ...
 
-    async def complete_activity(self, item: ActivityWorkItem, result: StoredEvent) -> None:
+    async def complete_activity(
+        self, item: ActivityWorkItem, result: StoredEvent, then: NextStep | None = None
+    ) -> bool:
         """Deliver `result` (taskCompleted or taskFailed); a failed task of a call with a retry
-        policy leaves its attempts for the call's next task."""
+        policy leaves its attempts for the call's next task.
+
+        With `then`, a backend may instead, in the same transaction, lease the instance (only
+        if it is running, at step `then.step`, not leased, with nothing else due in its inbox),
+        have `then.plan` plan its step from `result`, and commit that step as
+        `complete_orchestration` would, the result never entering the inbox. Returns whether
+        it did; a declined plan leaves the instance as it was and `result` delivered."""
         ...
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None: ...

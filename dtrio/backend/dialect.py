@@ -32,6 +32,9 @@ class Dialect:
     skip_locked: str
     # Lists travel as one array parameter (`= ANY(?)`) rather than a mark per value.
     arrays: bool
+    # Operations run in the engine's own thread, so one may plan an orchestration step (run
+    # orchestrator code) inside its transaction; elsewhere they run in worker threads.
+    plans_in_place: bool
 
     def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """A condition that `column` is one of `values`, with its parameters."""
@@ -40,10 +43,11 @@ class Dialect:
         return f"{column} IN ({','.join('?' * len(values))})", list(values)
 
 
-SQLITE = Dialect(new_token="hex(randomblob(12))", for_update="", skip_locked="", arrays=False)
+SQLITE = Dialect(new_token="hex(randomblob(12))", for_update="", skip_locked="", arrays=False,
+                 plans_in_place=True)
 POSTGRES = Dialect(
     new_token="md5(random()::text || clock_timestamp()::text)", for_update=" FOR UPDATE",
-    skip_locked=" FOR UPDATE SKIP LOCKED", arrays=True,
+    skip_locked=" FOR UPDATE SKIP LOCKED", arrays=True, plans_in_place=False,
 )
 
 

@@ -7,6 +7,7 @@ row-level steps they share are in `statements_rows`, leases in `statements_lease
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .. import _pb as pb
@@ -20,6 +21,7 @@ from .base import (
     InstanceRecord,
     Listener,
     NameFilter,
+    NextStep,
     OrchestrationWorkItem,
     TakenOver,
 )
@@ -45,6 +47,7 @@ from .statements_rows import (
 from .tables import record, record_columns
 
 _PENDING = int(pb.OrchestrationStatus.PENDING)
+_RUNNING = int(pb.OrchestrationStatus.RUNNING)
 
 # Records a step under the lease it was taken with, and finds when the instance is next ready
 # (messages the step sends to itself move that earlier as they go in).
@@ -181,6 +184,11 @@ class SqlBackend(EntityStatements, AdminStatements):
     async def complete_orchestration(
         self, item: OrchestrationWorkItem, step: OrchestrationStep
     ) -> None:
+        await self._store.write(self._step_op(item, step))
+
+    def _step_op(
+        self, item: OrchestrationWorkItem, step: OrchestrationStep
+    ) -> Callable[[Tx], None]:
         def op(tx: Tx) -> None:
             now = tx.clock.now_us()
             iid = item.instance_id
@@ -203,7 +211,8 @@ class SqlBackend(EntityStatements, AdminStatements):
                 tx.execute(
                     "DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL", (iid,)
                 )
-            tx.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i, _ in item.events])
+            # (Inbox id 0: an event handed over that never entered the inbox.)
+            tx.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i, _ in item.events if i])
             # A lost lease raises here, and the transaction undoes the deletes above.
             row = tx.execute(_SAVE_STEP, (
                 step.execution_id, step.status, step.custom_status, step.output, step.failure,
@@ -260,7 +269,7 @@ class SqlBackend(EntityStatements, AdminStatements):
                 # Critical sections end with their execution, however it ended.
                 release_entity_locks(tx, iid, now)
 
-        await self._store.write(op)
+        return op
 
     async def release_orchestration(self, item: OrchestrationWorkItem) -> None:
         """Give back a lease that turned out to have nothing to do."""
@@ -299,8 +308,13 @@ class SqlBackend(EntityStatements, AdminStatements):
         await renew(self._store, "activities", item.id, item.lock_token, lease_us,
                     f"activity {item.name!r} #{item.task_id} of {item.instance_id!r}")
 
-    async def complete_activity(self, item: ActivityWorkItem, result: StoredEvent) -> None:
-        def op(tx: Tx) -> None:
+    async def complete_activity(
+        self, item: ActivityWorkItem, result: StoredEvent, then: NextStep | None = None
+    ) -> bool:
+        if not self._store.dialect.plans_in_place:
+            then = None  # its orchestrator code would run in a worker thread
+
+        def op(tx: Tx) -> bool:
             cur = tx.execute(
                 "DELETE FROM activities WHERE id = ? AND lock_token = ?", (item.id, item.lock_token)
             )
@@ -318,9 +332,38 @@ class SqlBackend(EntityStatements, AdminStatements):
                     (item.instance_id, item.execution_id, item.call_id, item.attempt),
                 )
             now = tx.clock.now_us()
+            if then is not None and self._next_step(tx, item, result, then, now):
+                return True
             deliver(tx, Message(item.instance_id, result, now, item.execution_id), now)
+            return False
 
-        await self._store.write(op)
+        return await self._store.write(op)
+
+    def _next_step(self, tx: Tx, item: ActivityWorkItem, result: StoredEvent, then: NextStep,
+                   now: int) -> bool:
+        """Lease the activity's instance if it is idle at `then.step` (the lease lapses at once:
+        it ends in this transaction), and commit the step `then` plans; False if either the
+        instance or `then` declined, the instance then left unleased and unchanged."""
+        iid = item.instance_id
+        row = tx.execute(
+            f"UPDATE instances SET lock_owner = ?, lock_token = {tx.dialect.new_token}, "
+            "lock_expires = ? WHERE instance_id = ? AND execution_id = ? AND step = ? "
+            "AND status = ? AND (lock_expires IS NULL OR lock_expires <= ?) "
+            "AND (ready_at IS NULL OR ready_at > ?) "
+            "RETURNING instance_id, execution_id, name, status, lock_token, step",
+            (then.owner, now, iid, item.execution_id, then.step, _RUNNING, now, now),
+        ).fetchone()
+        if row is None:
+            return False
+        taken = OrchestrationWorkItem(*row, [(0, result)])
+        step = then.plan(taken)
+        if step is None:
+            tx.execute(
+                "UPDATE instances SET lock_owner = NULL, lock_token = NULL, lock_expires = NULL "
+                "WHERE instance_id = ?", (iid,))
+            return False
+        self._step_op(taken, step)(tx)
+        return True
 
     async def abandon_activity(self, item: ActivityWorkItem, delay_us: int) -> None:
         await give_back(self._store, "activities", item.id, item.lock_token, delay_us)

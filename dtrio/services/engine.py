@@ -20,7 +20,7 @@ from ..registry import Registry
 from . import owners
 from .kinds import Activities, Entities, Orchestrations
 from .lifecycle import Kind, Lifecycle, Runner
-from .local import LocalActivities, LocalEntities, LocalOrchestrations
+from .local import LocalActivities, LocalEntities, LocalOrchestrations, NextSteps
 from .options import EngineOptions
 from .poller import serve_poller
 from .wakeups import Wakeups
@@ -84,9 +84,11 @@ class Engine:
         # The runners of work done in this process (none when remote workers do it).
         self.local: dict[str, Any] = {}
         if options.local_workers:
+            orchestrations = LocalOrchestrations(registry, clock, options.cache_size)
+            next_steps = NextSteps(self.kinds["orchestration"], orchestrations, self.owner)
             self.local = {
-                "orchestration": LocalOrchestrations(registry, clock, options.cache_size),
-                "activity": LocalActivities(registry, clock),
+                "orchestration": orchestrations,
+                "activity": LocalActivities(registry, clock, next_steps),
                 "entity": LocalEntities(registry),
             }
         self._workers: list[Workers] = []

@@ -13,7 +13,13 @@ from typing import Any
 
 from .. import _pb as pb
 from .. import history as h
-from ..backend import ActivityWorkItem, Backend, EntityWorkItem, OrchestrationWorkItem
+from ..backend import (
+    ActivityWorkItem,
+    Backend,
+    EntityWorkItem,
+    NextStep,
+    OrchestrationWorkItem,
+)
 from ..clock import Clock
 from ..entities.batch import EntityBatch, EntityStep, finish_batch, plan_batch
 from ..errors import FailureDetails
@@ -144,18 +150,29 @@ class Orchestrations(_Leased):
     async def settle(
         self, item: OrchestrationWorkItem, work: StepWork, result: StepResult
     ) -> OrchestrationStep:
-        started = work.started
-        if started is None:
+        if work.started is None:
             event = await work.started_event()
-            started = event.execution_started if event is not None else None
-        step = apply_step(
-            item.instance_id, item.execution_id, started, work.new, result.actions, work.now,
+            work.started = event.execution_started if event is not None else None
+        step = self.plan(item, work, result)
+        await self._backend.complete_orchestration(item, step)
+        self.committed(item, work, result, step)
+        return step
+
+    def plan(
+        self, item: OrchestrationWorkItem, work: StepWork, result: StepResult
+    ) -> OrchestrationStep:
+        """What committing `result` changes (`work.started` known)."""
+        return apply_step(
+            item.instance_id, item.execution_id, work.started, work.new, result.actions, work.now,
             custom_status=result.custom_status, suspended=work.suspended,
         )
-        await self._backend.complete_orchestration(item, step)
+
+    def committed(
+        self, item: OrchestrationWorkItem, work: StepWork, result: StepResult,
+        step: OrchestrationStep,
+    ) -> None:
         if log.isEnabledFor(logging.INFO):
             _log_step(item, work.events, result.actions, step)
-        return step
 
 
 def _log_step(
@@ -189,10 +206,12 @@ def _log_step(
 
 @dataclass(slots=True)
 class ActivityResult:
-    """An activity's output, or how it failed (details kept exactly as given)."""
+    """An activity's output, or how it failed (details kept exactly as given), and the step of
+    its orchestration to run in the same commit, if its runner can."""
 
     output: str | None = None
     failure: pb.TaskFailureDetails | None = None
+    next_step: NextStep | None = None
 
 
 class Activities(_Leased):
@@ -222,14 +241,16 @@ class Activities(_Leased):
 
     async def settle(
         self, item: ActivityWorkItem, work: ActivityWorkItem, result: ActivityResult
-    ) -> None:
+    ) -> bool:
+        """Whether the orchestration's next step was committed with the result."""
         now = self._clock.now_dt()
         if result.failure is not None:
-            event = h.event(now, task_failed=pb.TaskFailedEvent(
+            event = h.made(now, "task_failed", pb.TaskFailedEvent(
                 task_scheduled_id=item.task_id, failure_details=result.failure))
         else:
-            event = h.task_completed(now, item.task_id, result.output)
-        await self._backend.complete_activity(item, StoredEvent.made(event))
+            event = h.made(now, "task_completed", pb.TaskCompletedEvent(
+                task_scheduled_id=item.task_id, result=result.output))
+        stepped = await self._backend.complete_activity(item, event, result.next_step)
         if log.isEnabledFor(logging.DEBUG):
             failed = result.failure
             outcome = (f"failed: {failed.error_type}: {failed.error_message}"
@@ -237,6 +258,7 @@ class Activities(_Leased):
             log.debug("activity %s#%d of %s (attempt %d) %s", item.name, item.task_id,
                       item.instance_id, item.attempt, outcome,
                       extra=work_item("activity", item.instance_id, task_id=item.task_id))
+        return stepped
 
 
 # -- entity batches -------------------------------------------------------------------------

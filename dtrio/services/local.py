@@ -22,7 +22,7 @@ from ..logs import work_item
 from ..registry import Registry
 from ..replay import OrchestrationRun
 from ..state import OrchestrationStep
-from .kinds import ActivityResult, EntityWork, StepResult, StepWork
+from .kinds import ActivityResult, EntityWork, Orchestrations, StepResult, StepWork
 from .lifecycle import Runner, unlimited
 
 log = logging.getLogger("dtrio.engine")
@@ -45,6 +45,10 @@ class RunCache:
         if entry is None or entry[0] != step:
             return None
         return entry[1]
+
+    def peek(self, instance_id: str) -> tuple[int, OrchestrationRun] | None:
+        """The run kept for `instance_id` and the step it is current for, left in place."""
+        return self._runs.get(instance_id)
 
     def put(self, instance_id: str, step: int, run: OrchestrationRun) -> None:
         if self._size == 0:
@@ -93,10 +97,15 @@ class LocalOrchestrations:
         step: OrchestrationStep,
     ) -> None:
         run, execution = self._running.pop(item.lock_token)
-        if not step.completed and not step.reset_history:
-            self.cache.put(item.instance_id, item.step + 1, run)
+        self.keep(item, step, run)
         if execution is not None:
             self._emit_spans(item, execution, work.now, step)
+
+    def keep(self, item: OrchestrationWorkItem, step: OrchestrationStep,
+             run: OrchestrationRun) -> None:
+        """Keep `run` for the instance's next step, once `step` is committed."""
+        if not step.completed and not step.reset_history:
+            self.cache.put(item.instance_id, item.step + 1, run)
 
     def failed(self, item: OrchestrationWorkItem, error: BaseException) -> None:
         self._running.pop(item.lock_token, None)
@@ -115,10 +124,83 @@ class LocalOrchestrations:
                           extra=work_item("orchestration", item.instance_id))
 
 
+# -- an orchestration's next step, run in its activity's commit ------------------------------
+#
+# When an activity's orchestration is cached here, the step its result wakes runs in the
+# activity's task and commit (`Backend.complete_activity` with a `NextStep`): no inbox row,
+# wake-up, lease transaction or worker task in between. Nothing is lost if the process dies
+# before that commit: the activity is still leased (it runs again once its lease lapses) and
+# the instance is untouched. The store declines unless the instance is idle at the cached step,
+# and runs whose spans are emitted are not offered (their whole history is read when they
+# end); the result is then delivered as usual, and the step runs in the orchestration
+# lifecycle.
+
+
+class NextSteps:
+    def __init__(self, kind: Orchestrations, runner: LocalOrchestrations, owner: str) -> None:
+        self.kind = kind
+        self.runner = runner
+        self.owner = owner
+
+    def offer(self, instance_id: str) -> CachedStep | None:
+        """The next step of `instance_id`, if its run is cached here."""
+        cached = self.runner.cache.peek(instance_id)
+        if cached is None:
+            return None
+        step, run = cached
+        started = run.started
+        if started is None or started.orchestration_span_id:
+            return None
+        return CachedStep(self, step)
+
+
+class CachedStep:
+    """One offered step: planned inside the store's transaction, kept once committed."""
+
+    __slots__ = ("_planned", "_steps", "owner", "step")
+
+    def __init__(self, steps: NextSteps, step: int) -> None:
+        self._steps = steps
+        self.owner = steps.owner
+        self.step = step
+        self._planned: tuple[OrchestrationWorkItem, StepWork, StepResult, OrchestrationStep,
+                             OrchestrationRun] | None = None
+
+    def plan(self, item: OrchestrationWorkItem) -> OrchestrationStep | None:
+        steps = self._steps
+        work = steps.kind.open(item)
+        # Taken out of the cache: whatever happens from here, a run fed these events is not
+        # current for the stored step until the commit says so.
+        run = steps.runner.cache.take(item.instance_id, self.step)
+        if work is None or run is None:
+            return None
+        try:
+            actions = run.feed((), work.events)
+            work.started = run.started
+            result = StepResult(actions, run.custom_status)
+            step = steps.kind.plan(item, work, result)
+        except Exception:
+            # Declined: the lifecycle runs the step again from the store, and reports it there.
+            log.debug("orchestration %s: its step runs apart", item.instance_id, exc_info=True)
+            return None
+        self._planned = (item, work, result, step, run)
+        return step
+
+    def committed(self) -> None:
+        """Told once the planned step is committed."""
+        assert self._planned is not None
+        item, work, result, step, run = self._planned
+        self._steps.runner.keep(item, step, run)
+        self._steps.kind.committed(item, work, result, step)
+
+
 class LocalActivities(Runner[ActivityWorkItem, ActivityWorkItem, ActivityResult]):
-    def __init__(self, registry: Registry, clock: Clock) -> None:
+    def __init__(self, registry: Registry, clock: Clock,
+                 next_steps: NextSteps | None = None) -> None:
         self._registry = registry
         self._clock = clock
+        # Offers the step each result wakes, to run in the same commit (None: never).
+        self._next_steps = next_steps
 
     def rooms(self) -> list[tuple[Any, float]]:
         return unlimited()
@@ -130,6 +212,8 @@ class LocalActivities(Runner[ActivityWorkItem, ActivityWorkItem, ActivityResult]
             result = await self._invoke(item)
             if result.failure is not None:
                 tracing.fail(span, result.failure.error_message)
+        if self._next_steps is not None:
+            result.next_step = self._next_steps.offer(item.instance_id)
         return result
 
     async def _invoke(self, item: ActivityWorkItem) -> ActivityResult:
@@ -153,6 +237,12 @@ class LocalActivities(Runner[ActivityWorkItem, ActivityWorkItem, ActivityResult]
             return ActivityResult(failure=h.failure_to_pb(h.failure_from_exception(exc)))
         return ActivityResult(data)
 
+    def settled(
+        self, item: ActivityWorkItem, work: Any, result: ActivityResult, stepped: bool
+    ) -> None:
+        if stepped:
+            assert isinstance(result.next_step, CachedStep)
+            result.next_step.committed()
 
 
 class LocalEntities(Runner[EntityWorkItem, EntityWork, pb.EntityBatchResult]):

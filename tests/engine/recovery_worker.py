@@ -4,8 +4,10 @@
     python recovery_worker.py resume DB LOG KIND   run an engine on the same file until instance
                                                    KIND completes, within RESUME_BOUND seconds
 
-KIND "activity" hangs in a long activity, "step" in an orchestration step. What ran is appended
-to LOG (fsynced) as it runs: `activity <attempt> <idempotency key>`, `step <mode>`.
+KIND "activity" hangs in a long activity, "step" in an orchestration step, "after" in the step
+that an activity's result wakes (which runs in the activity's commit). What ran is appended to
+LOG (fsynced) as it runs: `activity <attempt> <idempotency key>`, `step <mode>`,
+`after <mode> <activity output>`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,21 @@ async def step(ctx: dtrio.OrchestrationContext, _) -> str:
     record(f"step {mode}")
     if mode == "start":
         time.sleep(3600)  # a step that takes long: its lease is held until the process is killed
+    return "stepped"
+
+
+@registry.activity
+async def quick(ctx: dtrio.ActivityContext, _) -> int:
+    return ctx.attempt
+
+
+@registry.orchestrator
+async def after(ctx: dtrio.OrchestrationContext, _) -> str:
+    attempt = await ctx.call_activity(quick)
+    if not ctx.is_replaying:
+        record(f"after {mode} {attempt}")
+        if mode == "start":
+            time.sleep(3600)  # in the commit of the activity's result, until killed
     return "stepped"
 
 

@@ -79,3 +79,14 @@ def test_a_step_of_a_killed_process_runs_again_within_seconds(tmp_path: Path) ->
     err = resume(db, log, "step")
     assert lines(log) == ["step start", "step resume"]
     assert f"orchestration 'step' taken over from {owner}, which is gone" in err, err
+
+
+def test_a_step_killed_in_its_activitys_commit_loses_nothing(tmp_path: Path) -> None:
+    """The step an activity's result wakes runs in that activity's commit: killed there, the
+    activity is still leased (the step's transaction never committed), so it runs again and
+    the step after it too."""
+    db, log = tmp_path / "store.sqlite3", tmp_path / "ran.log"
+    owner = killed_holding(db, log, "after", "activities")
+    err = resume(db, log, "after")
+    assert lines(log) == ["after start 1", "after resume 2"]
+    assert f"activity 'quick' (#0) of 'after' taken over from {owner}, which is gone" in err, err
