@@ -136,7 +136,9 @@ class OrchestrationRun:
             if self._carryover is not None and kind == "event_raised":
                 self._carryover.append(event)
             return
-        if self._suspended and kind not in ("execution_resumed", "execution_terminated"):
+        # A second suspension of a suspended run changes nothing; were it held, the resume would
+        # replay it and suspend the run again behind a status that says RUNNING.
+        if self._suspended and kind not in _WHILE_SUSPENDED:
             self._held.append(event)
             return
         handler = _HANDLERS.get(kind)
@@ -433,6 +435,9 @@ def _on_execution_terminated(run: OrchestrationRun, _event: pb.HistoryEvent, bod
     run._suspended = False
     run._pending_actions.clear()
     run._complete(_S.TERMINATED, result=body.input)
+
+
+_WHILE_SUSPENDED = frozenset(("execution_suspended", "execution_resumed", "execution_terminated"))
 
 
 def _on_execution_suspended(run: OrchestrationRun, _event: pb.HistoryEvent, _body: Any) -> None:

@@ -354,3 +354,20 @@ def test_retry_policy_delays_cap_and_timeout():
     assert policy.next_delay(2, timedelta(seconds=55), failure) is None
     final = dtrio.TaskFailedError("x", dtrio.FailureDetails("E", "m", is_non_retriable=True))
     assert policy.next_delay(1, timedelta(0), final) is None
+
+
+@registry.orchestrator
+async def waits_for_go(ctx, _):
+    return await ctx.wait_for_external_event("go")
+
+
+def test_a_run_suspended_twice_is_running_again_after_one_resume():
+    # Suspending a suspended instance is a no-op: its event must not suspend it again on resume.
+    run = OrchestrationRun(registry.orchestrators, "i1")
+    actions = run.feed([], [
+        *start("waits_for_go"),
+        h.execution_suspended(T0), h.execution_suspended(T0), h.execution_resumed(T0),
+        h.event_raised(T0, "go", '"finish"'),
+    ])
+    assert not run.is_suspended
+    assert completion(actions).result == '"finish"'
