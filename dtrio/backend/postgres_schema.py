@@ -17,7 +17,7 @@ from ..errors import StorageError
 log = logging.getLogger("dtrio.backend")
 
 APPLICATION = "dtrio"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # pg_advisory_lock key: processes creating or upgrading the schema take turns.
 _LOCK_KEY = 0x64747269  # "dtri"
 
@@ -129,8 +129,26 @@ CREATE INDEX entity_inbox_instance ON entity_inbox (instance_id, id);
 CREATE INDEX entity_inbox_lock_for ON entity_inbox (lock_for) WHERE lock_for IS NOT NULL;
 """
 
+# History keyed by the instance's integer key (as on SQLite, where it makes the table smaller):
+# an identity never hands a deleted instance's key to another. No query looks an instance up by
+# its key, so it has no index; uniqueness comes from the identity (GENERATED ALWAYS).
+_V2 = """
+ALTER TABLE instances ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY;
+CREATE TABLE history_v2 (
+    instance_key bigint NOT NULL,
+    seq integer NOT NULL,
+    event bytea NOT NULL,
+    PRIMARY KEY (instance_key, seq)
+);
+INSERT INTO history_v2 (instance_key, seq, event)
+    SELECT i.id, h.seq, h.event FROM history h JOIN instances i USING (instance_id);
+DROP TABLE history;
+ALTER TABLE history_v2 RENAME TO history;
+ALTER INDEX history_v2_pkey RENAME TO history_pkey;
+"""
+
 # Index i upgrades a store from version i to i + 1.
-MIGRATIONS: list[str] = [_V1]
+MIGRATIONS: list[str] = [_V1, _V2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dtrio.backend")
 
 APPLICATION = "dtrio"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -157,7 +157,80 @@ def _v6(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+# The instances table of version 7, keyed by an integer `id` as well as by its instance ID.
+_INSTANCES_V7 = """CREATE TABLE instances (
+    -- AUTOINCREMENT: a key is never reused, so no history can outlive its instance's key
+    -- (a plain INTEGER PRIMARY KEY would hand the last deleted key to the next instance).
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    instance_id TEXT NOT NULL UNIQUE,
+    execution_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT,
+    status INTEGER NOT NULL,
+    input TEXT,
+    output TEXT,
+    custom_status TEXT,
+    failure BLOB,
+    tags TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    completed_at INTEGER,
+    scheduled_start INTEGER,
+    parent_instance_id TEXT,
+    step INTEGER NOT NULL DEFAULT 0,
+    history_len INTEGER NOT NULL DEFAULT 0,
+    ready_at INTEGER,
+    lock_owner TEXT,
+    lock_token TEXT,
+    lock_expires INTEGER
+)"""
+_INSTANCE_COLUMNS = (
+    "instance_id, execution_id, name, version, status, input, output, custom_status, failure, "
+    "tags, created_at, updated_at, completed_at, scheduled_start, parent_instance_id, step, "
+    "history_len, ready_at, lock_owner, lock_token, lock_expires"
+)
+
+
+def _v7(db: sqlite_utils.Database) -> None:
+    # History keyed by the instance's integer key rather than its instance ID: a WITHOUT ROWID
+    # table is one B-tree (no rowid table plus an index over both columns), and a row holds a
+    # few bytes of key instead of the instance ID. The key is an explicit INTEGER PRIMARY KEY,
+    # which VACUUM keeps (it may renumber implicit rowids); adding one rebuilds the table.
+    conn = db.conn
+    conn.execute("ALTER TABLE instances RENAME TO instances_v6")
+    for index in ("ready", "lock", "created", "parent", "completed"):
+        conn.execute(f"DROP INDEX instances_{index}")
+    conn.execute(_INSTANCES_V7)
+    conn.execute(
+        f"INSERT INTO instances (id, {_INSTANCE_COLUMNS}) "
+        f"SELECT rowid, {_INSTANCE_COLUMNS} FROM instances_v6 ORDER BY rowid"
+    )
+    conn.execute("DROP TABLE instances_v6")
+    # Due rows only: the lease and next-due queries compare these columns, so a NULL (most rows:
+    # finished or idle instances) never matches and needs no index entry.
+    conn.execute("CREATE INDEX instances_ready ON instances (ready_at) WHERE ready_at IS NOT NULL")
+    conn.execute(
+        "CREATE INDEX instances_lock ON instances (lock_expires) WHERE lock_expires IS NOT NULL"
+    )
+    conn.execute("CREATE INDEX instances_created ON instances (created_at)")
+    conn.execute(
+        "CREATE INDEX instances_parent ON instances (parent_instance_id) "
+        "WHERE parent_instance_id IS NOT NULL"
+    )
+    conn.execute("CREATE INDEX instances_completed ON instances (completed_at, instance_id)")
+    conn.execute("ALTER TABLE history RENAME TO history_v6")
+    conn.execute(
+        "CREATE TABLE history (instance_key INTEGER NOT NULL, seq INTEGER NOT NULL, "
+        "event BLOB NOT NULL, PRIMARY KEY (instance_key, seq)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "INSERT INTO history (instance_key, seq, event) SELECT i.id, h.seq, h.event "
+        "FROM history_v6 h JOIN instances i ON i.instance_id = h.instance_id"
+    )
+    conn.execute("DROP TABLE history_v6")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

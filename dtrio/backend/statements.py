@@ -30,6 +30,7 @@ from .statements_admin import AdminStatements
 from .statements_entities import EntityStatements
 from .statements_leases import give_back, owners, release_owner, renew, take
 from .statements_rows import (
+    HISTORY_OF,
     WAKE_PENDING,
     delete_instances,
     deliver,
@@ -59,7 +60,7 @@ _SAVE_STEP = (
     "input = CASE WHEN ? THEN ? ELSE input END, "
     "ready_at = CASE WHEN ? THEN NULL ELSE "
     "(SELECT min(visible_at) FROM inbox WHERE instance_id = ?) END "
-    "WHERE instance_id = ? AND lock_token = ? RETURNING history_len, ready_at"
+    "WHERE instance_id = ? AND lock_token = ? RETURNING id, history_len, ready_at"
 )
 # When some work item may next become available, after "now" (given five times).
 _NEXT_DUE = (
@@ -172,9 +173,8 @@ class SqlBackend(EntityStatements, AdminStatements):
         )
 
     async def load_history(self, instance_id: str) -> list[StoredEvent]:
-        rows = await self._store.read(lambda tx: tx.execute(
-            "SELECT event FROM history WHERE instance_id = ? ORDER BY seq", (instance_id,)
-        ).fetchall())
+        rows = await self._store.read(
+            lambda tx: tx.execute(HISTORY_OF, (instance_id,)).fetchall())
         return [StoredEvent.read(r[0]) for r in rows]
 
     async def renew_orchestration(self, item: OrchestrationWorkItem, lease_us: int) -> None:
@@ -203,7 +203,6 @@ class SqlBackend(EntityStatements, AdminStatements):
             ).fetchone() is None:
                 raise _step_lost(iid)
             if step.reset_history:
-                tx.execute("DELETE FROM history WHERE instance_id = ?", (iid,))
                 tx.execute(
                     "DELETE FROM inbox WHERE instance_id = ? AND execution_id IS NOT NULL", (iid,)
                 )
@@ -224,12 +223,15 @@ class SqlBackend(EntityStatements, AdminStatements):
             # Held under this lease, the instance's status is the one it was leased with.
             if item.status != step.status or step.reset_history:
                 tx.changed(iid)
-            if row[1] is not None:
-                tx.due("orchestration", row[1], now)
-            first = row[0] - len(step.history)
+            key, history_len, ready_at = row
+            if ready_at is not None:
+                tx.due("orchestration", ready_at, now)
+            if step.reset_history:
+                tx.execute("DELETE FROM history WHERE instance_key = ?", (key,))
+            first = history_len - len(step.history)
             tx.executemany(
-                "INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)",
-                [(iid, first + i, event.data) for i, event in enumerate(step.history)],
+                "INSERT INTO history (instance_key, seq, event) VALUES (?, ?, ?)",
+                [(key, first + i, event.data) for i, event in enumerate(step.history)],
             )
             for new in step.new_instances:
                 if insert_instance(tx, new, now):

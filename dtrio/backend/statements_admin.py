@@ -13,7 +13,13 @@ from ..state import TERMINAL
 from ..wire import decode
 from .base import InstancePage, InstanceQuery
 from .dialect import Store, Tx
-from .statements_rows import TERMINAL_SQL, delete_instances, prepare_rewind, status_of
+from .statements_rows import (
+    HISTORY_OF,
+    TERMINAL_SQL,
+    delete_instances,
+    prepare_rewind,
+    status_of,
+)
 from .tables import parse_token, record, record_columns
 
 _FAILED = int(pb.OrchestrationStatus.FAILED)
@@ -34,9 +40,8 @@ class AdminStatements:
                     f"{pb.OrchestrationStatus(status).name}, "
                     "and only FAILED instances can be rewound"
                 )
-            history = [decode(pb.HistoryEvent, r[0]) for r in tx.execute(
-                "SELECT event FROM history WHERE instance_id = ? ORDER BY seq", (instance_id,)
-            ).fetchall()]
+            history = [decode(pb.HistoryEvent, r[0])
+                       for r in tx.execute(HISTORY_OF, (instance_id,)).fetchall()]
             if sections_open_at_failure(history):
                 raise InvalidOperation(
                     f"cannot rewind orchestration {instance_id!r}: it failed inside an entity "

@@ -35,6 +35,11 @@ ELIGIBLE = "(e.locked_by IS NULL OR i.source = e.locked_by)"
 EARLIER = "CASE WHEN ready_at <= ? THEN ready_at ELSE ? END"
 # Makes a pending instance ready by a time (given twice) rather than at its scheduled start.
 WAKE_PENDING = f"UPDATE instances SET ready_at = {EARLIER} WHERE instance_id = ?"
+# An instance's history, oldest event first; its rows are keyed by the instance's integer `id`.
+HISTORY_OF = (
+    "SELECT event FROM history WHERE instance_key = "
+    "(SELECT id FROM instances WHERE instance_id = ?) ORDER BY seq"
+)
 
 
 # -- instances and their inboxes -----------------------------------------------------------
@@ -122,7 +127,10 @@ def delete_instances(tx: Tx, instance_ids: list[str], now: int) -> None:
     if not instance_ids:
         return
     which, params = tx.dialect.in_list("instance_id", instance_ids)
-    for table in ("history", "inbox", "activities", "activity_calls", "instances"):
+    tx.execute(
+        f"DELETE FROM history WHERE instance_key IN (SELECT id FROM instances WHERE {which})",
+        params)
+    for table in ("inbox", "activities", "activity_calls", "instances"):
         tx.execute(f"DELETE FROM {table} WHERE {which}", params)
     for instance_id in instance_ids:
         tx.changed(instance_id)

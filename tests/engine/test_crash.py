@@ -106,7 +106,8 @@ def test_sigkill_midway_then_resume_in_a_new_process(tmp_path: Path) -> None:
             )
         }
         history = conn.execute(
-            "SELECT instance_id, event FROM history ORDER BY instance_id, seq"
+            "SELECT i.instance_id, h.event FROM history h JOIN instances i "
+            "ON i.id = h.instance_key ORDER BY i.instance_id, h.seq"
         ).fetchall()
 
     # Every instance completed once, with the output its input determines.

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import trio
+from old_stores import to_version_6
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
@@ -373,6 +374,7 @@ async def test_a_store_from_before_tracing_is_upgraded(tmp_path):
     async with dtrio.open_engine(registry, db=db, max_poll_interval=None):
         pass
     conn = sqlite3.connect(db)
+    to_version_6(conn)
     conn.execute("ALTER TABLE activities DROP COLUMN trace_context")
     conn.execute("DROP TABLE entities")  # added by schema version 4
     conn.execute("DROP TABLE entity_inbox")
