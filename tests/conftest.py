@@ -1,9 +1,30 @@
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import trio.testing
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pg_cluster import fresh_database, postgres_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the whole session (see pg_cluster.py)."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str) -> Iterator[str]:
+    """The URL of a fresh, empty database for one test."""
+    with fresh_database(postgres_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -125,15 +125,6 @@ class Tx:
         self.notes.instances.add(instance_id)
 
 
-def _merge(into: Committed, notes: Committed) -> None:
-    into.orchestration |= notes.orchestration
-    into.activity |= notes.activity
-    into.entity |= notes.entity
-    if notes.next_due is not None and (into.next_due is None or notes.next_due < into.next_due):
-        into.next_due = notes.next_due
-    into.instances |= notes.instances
-
-
 class _Op:
     __slots__ = ("done", "error", "fn", "kept", "notes", "result", "taken")
 
@@ -153,7 +144,7 @@ _held: weakref.WeakKeyDictionary[trio.testing.MockClock, list[float]] = (
 )
 
 
-class _NoJump:
+class NoJump:
     """Switch a MockClock's autojump off while storage work runs in threads."""
 
     __slots__ = ("clock",)
@@ -211,7 +202,7 @@ class PostgresStore:
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         """Run `fn` in a worker thread; never abandoned once begun (callers shield it)."""
-        with _NoJump():
+        with NoJump():
             return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
     # -- transactions ----------------------------------------------------------------------
@@ -302,7 +293,7 @@ class PostgresStore:
             notes = Committed()
             for op in ops:
                 if op.notes is not None:
-                    _merge(notes, op.notes)
+                    notes.merge(op.notes)
                     self._written.add(op.kept)
             self._announce(notes)
         finally:

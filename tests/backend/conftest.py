@@ -9,7 +9,7 @@ throwaway server (see tests/pg_cluster.py), a fresh database per test.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,20 +19,7 @@ from dtrio.backend import Backend, open_backend
 from dtrio.clock import Clock
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from pg_cluster import fresh_database, postgres_server  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture
-def postgres_db(postgres_url: str) -> Iterator[str]:
-    """The URL of a fresh, empty database for one test."""
-    with fresh_database(postgres_url) as url:
-        yield url
+from pg_cluster import fresh_database  # noqa: E402
 
 
 @pytest.fixture(params=["sqlite-file", "sqlite-memory", "postgres"])
