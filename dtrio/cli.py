@@ -63,8 +63,12 @@ def _check_listen(host: str, port: int) -> None:
 
 async def _run_sidecar(args: argparse.Namespace) -> None:
     from .grpc import serve_sidecar
+    from .logs import as_debug
     from .registry import Registry
     from .services import EngineOptions, open_engine
+
+    # The pool's lines on each connection it drops or fails to make: the store says it in one.
+    as_debug("psycopg.pool", logging.WARNING)
 
     options = EngineOptions(
         local_workers=False,

@@ -37,6 +37,7 @@ from .base import (
 )
 from .postgres_admin import PostgresAdmin
 from .postgres_entities import PostgresEntities
+from .postgres_health import WAIT
 from .postgres_leases import give_back, owners, release_owner, renew, take
 from .postgres_rows import (
     NEW_TOKEN,
@@ -445,7 +446,7 @@ def open_postgres_backend(
             check_and_migrate(conn, where)
     except psycopg.Error as exc:
         raise StorageError(f"cannot use {where}: {describe(exc)}") from None
-    pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False,
+    pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False, timeout=WAIT,
                           kwargs={"autocommit": True}, name="dtrio")
     try:
         pool.open(wait=True, timeout=10)

@@ -37,6 +37,7 @@ from ..clock import Clock
 from ..errors import StorageError
 from ..events import StoredEvent
 from .base import Committed, Listener
+from .postgres_health import Health, is_lost
 
 T = TypeVar("T")
 
@@ -189,6 +190,7 @@ class PostgresStore:
         self._closed = False
         self._listeners: list[Listener] = []
         self._written = Written()
+        self._health = Health(pool, where)
 
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -214,9 +216,12 @@ class PostgresStore:
 
         now = Now(self.clock)
 
-        def run() -> T:
+        def attempt() -> T:
             with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 return fn(Tx(cur, now, self._written))
+
+        def run() -> T:
+            return self._health.run(attempt)
 
         try:
             with trio.CancelScope(shield=True):
@@ -232,7 +237,7 @@ class PostgresStore:
 
         now = Now(self.clock)
 
-        def run() -> T:
+        def attempt() -> T:
             with self.pool.connection() as conn:
                 for attempt in range(_ATTEMPTS):
                     try:
@@ -242,6 +247,10 @@ class PostgresStore:
                         if attempt == _ATTEMPTS - 1:
                             raise
             raise AssertionError("unreachable")
+
+        def run() -> T:
+            # A lease cut off in its COMMIT may have been taken: it lapses, and is leased again.
+            return self._health.run(attempt)
 
         try:
             with trio.CancelScope(shield=True):
@@ -301,25 +310,39 @@ class PostgresStore:
 
     def _run_group(self, ops: list[_Op], now: Now) -> None:
         """In a worker thread: one transaction, a savepoint per op. One failing op must not
-        take the rest of the group down with it."""
-        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            for op in ops:
-                for attempt in range(_ATTEMPTS):
-                    tx = Tx(cur, now, self._written)
-                    try:
-                        with conn.transaction():
-                            op.result = op.fn(tx)
-                    except _RETRY as exc:
-                        if attempt < _ATTEMPTS - 1:
-                            continue
-                        op.error = self._refused("write", exc)
-                    except psycopg.Error as exc:
-                        op.error = self._refused("write", exc)
-                    except Exception as exc:
-                        op.error = exc
-                    else:
-                        op.notes, op.kept = tx.notes, tx.kept
-                    break
+        take the rest of the group down with it; a lost connection takes it all, and the group
+        runs again unless its COMMIT was in flight."""
+        committing = False
+
+        def attempt() -> None:
+            nonlocal committing
+            with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                for op in ops:
+                    self._run_op(op, cur, now)
+                committing = True
+
+        self._health.run(attempt, again=lambda: not committing)
+
+    def _run_op(self, op: _Op, cur: psycopg.Cursor[Any], now: Now) -> None:
+        op.error, op.notes, op.kept = None, None, []
+        for attempt in range(_ATTEMPTS):
+            tx = Tx(cur, now, self._written)
+            try:
+                with cur.connection.transaction():
+                    op.result = op.fn(tx)
+            except _RETRY as exc:
+                if attempt < _ATTEMPTS - 1:
+                    continue
+                op.error = self._refused("write", exc)
+            except psycopg.Error as exc:
+                if is_lost(exc):
+                    raise
+                op.error = self._refused("write", exc)
+            except Exception as exc:
+                op.error = exc
+            else:
+                op.notes, op.kept = tx.notes, tx.kept
+            break
 
     def _announce(self, notes: Committed) -> None:
         for listener in self._listeners:

@@ -10,7 +10,7 @@ import trio
 
 from ..durations import Duration, to_seconds
 from ..errors import InvalidInput
-from ..logs import info_as_debug
+from ..logs import as_debug
 from ..services import Engine
 from ..services.remote import RemoteWork
 from .bridge import serve_grpc
@@ -81,7 +81,7 @@ async def serve_sidecar(
     # grpclib's INFO lines say that a caller cancelled its call or let its deadline pass: a
     # worker that stops, a client that gives up waiting. Callers do that; the lines that
     # matter (a worker's stream connected or disconnected) are dtrio's own.
-    info_as_debug("grpclib.server")
+    as_debug("grpclib.server")
     async with trio.open_nursery() as nursery:
         workers = await nursery.start(engine.serve_workers, runners)
         remote.bind(workers.lifecycles)
