@@ -27,6 +27,17 @@ def postgres_db(postgres_url: str) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(params=["memory", "postgres"])
+def store(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Where an engine test's store is: in memory (None), or a fresh PostgreSQL database. The
+    tests that take it are those whose behaviour rests on storage."""
+    if request.param == "memory":
+        yield None
+        return
+    with fresh_database(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
 @pytest.fixture
 def mock_clock():
     """A MockClock that jumps whenever every task is blocked: durable time runs instantly."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -9,11 +10,18 @@ import grpc
 import pytest
 import sdk_app as app
 import trio
-from conftest import Sidecar
+from conftest import Sidecar, running_sidecar
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 from durabletask.internal import orchestrator_service_pb2 as pb
 
 from dtrio.grpc.bridge import serve_grpc
+
+
+@pytest.fixture
+async def sidecar(store: str | None) -> AsyncIterator[Sidecar]:
+    """The sidecar on each store: these RPCs' behaviour rests on storage."""
+    async with running_sidecar(db=store) as running:
+        yield running
 
 
 async def rpc_error(sidecar: Sidecar, fn, *args, **kwargs) -> grpc.RpcError:

@@ -9,10 +9,18 @@ import grpc
 import pytest
 import sdk_lifecycle_app as app
 import trio
-from conftest import Sidecar, sdk_worker_running
+from conftest import Sidecar, running_sidecar, sdk_worker_running
 from durabletask.client import OrchestrationQuery, OrchestrationStatus
 
 S = OrchestrationStatus
+
+
+@pytest.fixture
+async def sidecar(store: str | None) -> AsyncIterator[Sidecar]:
+    """The sidecar on each store: these RPCs' behaviour rests on storage."""
+    app.attempts.clear()  # the activities' attempts so far, counted across stores otherwise
+    async with running_sidecar(db=store) as running:
+        yield running
 
 
 @pytest.fixture
