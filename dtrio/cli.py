@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import os
 import re
 import signal
@@ -76,6 +77,7 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
         max_concurrent_orchestrations=args.max_concurrent_orchestrations,
         max_concurrent_activities=args.max_concurrent_activities,
         max_concurrent_entities=args.max_concurrent_entities,
+        max_poll_interval=args.max_poll_interval,
     )
     # Opened first, so that a signal arriving while the store opens is not lost.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -120,6 +122,17 @@ def _size(text: str) -> int:
     if size < 1:
         raise argparse.ArgumentTypeError("must be at least 1 byte")
     return size
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return seconds
 
 
 def _port(text: str) -> int:
@@ -252,6 +265,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser,
         serve.add_argument(
             "--max-concurrent-entities", type=int, default=200, metavar="N",
             help="entity batches out with workers at once (default: 200)",
+        ),
+        serve.add_argument(
+            "--max-poll-interval", type=_seconds, default=1.0, metavar="SECONDS",
+            help="longest wait before looking for work other processes on the store wrote "
+            "(default: 1); on PostgreSQL their commits wake the sidecar at once, and this is "
+            "the safety net",
         ),
         serve.add_argument(
             "--entity-request-version", type=int, default=2, choices=(1, 2),

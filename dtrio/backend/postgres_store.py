@@ -310,39 +310,43 @@ class PostgresStore:
 
     def _run_group(self, ops: list[_Op], now: Now) -> None:
         """In a worker thread: one transaction, a savepoint per op. One failing op must not
-        take the rest of the group down with it; a lost connection takes it all, and the group
-        runs again unless its COMMIT was in flight."""
+        take the rest of the group down with it. A deadlock with another process's transaction
+        runs the whole group again: retrying the one op would keep the locks the others took,
+        and deadlock again. A lost connection takes it all too, and the group runs again unless
+        its COMMIT was in flight."""
         committing = False
 
         def attempt() -> None:
             nonlocal committing
-            with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                for op in ops:
-                    self._run_op(op, cur, now)
-                committing = True
+            for tries in range(_ATTEMPTS):
+                try:
+                    with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                        for op in ops:
+                            self._run_op(op, cur, now)
+                        committing = True
+                    return
+                except _RETRY:
+                    if committing or tries == _ATTEMPTS - 1:
+                        raise
 
         self._health.run(attempt, again=lambda: not committing)
 
     def _run_op(self, op: _Op, cur: psycopg.Cursor[Any], now: Now) -> None:
         op.error, op.notes, op.kept = None, None, []
-        for attempt in range(_ATTEMPTS):
-            tx = Tx(cur, now, self._written)
-            try:
-                with cur.connection.transaction():
-                    op.result = op.fn(tx)
-            except _RETRY as exc:
-                if attempt < _ATTEMPTS - 1:
-                    continue
-                op.error = self._refused("write", exc)
-            except psycopg.Error as exc:
-                if is_lost(exc):
-                    raise
-                op.error = self._refused("write", exc)
-            except Exception as exc:
-                op.error = exc
-            else:
-                op.notes, op.kept = tx.notes, tx.kept
-            break
+        tx = Tx(cur, now, self._written)
+        try:
+            with cur.connection.transaction():
+                op.result = op.fn(tx)
+        except _RETRY:
+            raise
+        except psycopg.Error as exc:
+            if is_lost(exc):
+                raise
+            op.error = self._refused("write", exc)
+        except Exception as exc:
+            op.error = exc
+        else:
+            op.notes, op.kept = tx.notes, tx.kept
 
     def _announce(self, notes: Committed) -> None:
         for listener in self._listeners:
