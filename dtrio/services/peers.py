@@ -138,7 +138,12 @@ async def _receive(conn: psycopg.Connection[tuple[object, ...]], owner: str,
         await trio.lowlevel.wait_readable(fd)
         pgconn.consume_input()  # raises OperationalError once the connection is gone
         while (notify := pgconn.notifies()) is not None:
-            sender, notes, anything = decode(notify.extra.decode())
+            try:
+                sender, notes, anything = decode(notify.extra.decode())
+            except (ValueError, KeyError, TypeError) as exc:
+                # Not one of ours (someone else's NOTIFY on the channel): nothing to wake for.
+                log.debug("ignored a notification on %s: %r (%s)", CHANNEL, notify.extra, exc)
+                continue
             if sender != owner:
                 heard(None if anything else notes)
         if pgconn.status != psycopg.pq.ConnStatus.OK:

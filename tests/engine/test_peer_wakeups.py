@@ -11,12 +11,13 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 import pytest
 import trio
 import trio.testing
 
 import dtrio
-from dtrio.services.peers import decode, encode
+from dtrio.services.peers import CHANNEL, decode, encode
 
 registry = dtrio.Registry()
 
@@ -63,6 +64,10 @@ async def test_work_created_on_one_engine_runs_on_another(frozen_clock, postgres
                           **options) as client_engine,
         dtrio.open_engine(registry, db=postgres_db, **options),
     ):
+        # Someone else's notification on the channel is ignored.
+        with psycopg.connect(postgres_db, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "not json"))
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, '{"from": "x"}'))
         client = client_engine.client
         iid = await client.schedule_new_orchestration(doubled_after_event, input=20)
         await client.wait_for_orchestration_start(iid)
