@@ -80,6 +80,7 @@ class Cluster:
 
     def __init__(self, bindir: str, prefix: list[str], data: str, log: str, port: int) -> None:
         self._pg_ctl = [*prefix, f"{bindir}/pg_ctl", "-D", data, "-l", log]
+        self.log = log  # the server's log file
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
     def restart(self) -> None:
