@@ -99,6 +99,10 @@ def status_of(tx: Tx, instance_id: str) -> int | None:
 def delete_instances(tx: Tx, instance_ids: list[str], now: int) -> None:
     if not instance_ids:
         return
+    # Their rows locked first: a step of one being committed meanwhile finishes before its
+    # history is deleted, or the rows it adds would outlive it under the next instance.
+    tx.execute("SELECT 1 FROM instances WHERE instance_id = ANY(%s) ORDER BY instance_id "
+               "FOR UPDATE", (instance_ids,))
     for table in ("history", "inbox", "activities", "activity_calls", "instances"):
         tx.execute(f"DELETE FROM {table} WHERE instance_id = ANY(%s)", (instance_ids,))
     for instance_id in instance_ids:
