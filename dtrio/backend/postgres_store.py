@@ -316,14 +316,23 @@ class PostgresStore:
         its COMMIT was in flight."""
         committing = False
 
-        def attempt() -> None:
+        def commit() -> None:
             nonlocal committing
+            committing = True
+
+        def attempt() -> None:
             for tries in range(_ATTEMPTS):
                 try:
-                    with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                        for op in ops:
-                            self._run_op(op, cur, now)
-                        committing = True
+                    with self.pool.connection() as conn:
+                        if len(ops) == 1:
+                            # Alone, an op is its transaction: a savepoint would add two round
+                            # trips and protect nobody.
+                            self._run_op(ops[0], conn, now, commit)
+                        else:
+                            with conn.transaction():
+                                for op in ops:
+                                    self._run_op(op, conn, now)
+                                commit()
                     return
                 except _RETRY:
                     if committing or tries == _ATTEMPTS - 1:
@@ -331,12 +340,19 @@ class PostgresStore:
 
         self._health.run(attempt, again=lambda: not committing)
 
-    def _run_op(self, op: _Op, cur: psycopg.Cursor[Any], now: Now) -> None:
+    def _run_op(
+        self, op: _Op, conn: psycopg.Connection[Any], now: Now,
+        alone: Callable[[], None] | None = None,
+    ) -> None:
+        """Run `op` in a savepoint of the group's transaction, or (`alone`, called just before
+        its COMMIT) in a transaction of its own."""
         op.error, op.notes, op.kept = None, None, []
-        tx = Tx(cur, now, self._written)
         try:
-            with cur.connection.transaction():
+            with conn.transaction(), conn.cursor() as cur:
+                tx = Tx(cur, now, self._written)
                 op.result = op.fn(tx)
+                if alone is not None:
+                    alone()
         except _RETRY:
             raise
         except psycopg.Error as exc:
