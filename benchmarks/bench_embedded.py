@@ -77,9 +77,10 @@ async def throughput(tmp: str, sync: str, count: int = 1000, db: str | None = No
         return count / (time.perf_counter() - begin)
 
 
-async def latency(tmp: str, sync: str, count: int = 200) -> tuple[float, float]:
+async def latency(tmp: str, sync: str, count: int = 200,
+                  db: str | None = None) -> tuple[float, float]:
     samples = []
-    async with dtrio.open_engine(registry, db=_db(tmp, "lat"), synchronous=sync) as engine:
+    async with dtrio.open_engine(registry, db=db or _db(tmp, "lat"), synchronous=sync) as engine:
         client = engine.client
         for i in range(count + 10):
             begin = time.perf_counter()
@@ -91,8 +92,8 @@ async def latency(tmp: str, sync: str, count: int = 200) -> tuple[float, float]:
     return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
 
 
-async def fan_out_time(tmp: str, sync: str, width: int = 100) -> float:
-    async with dtrio.open_engine(registry, db=_db(tmp, "fan"), synchronous=sync) as engine:
+async def fan_out_time(tmp: str, sync: str, width: int = 100, db: str | None = None) -> float:
+    async with dtrio.open_engine(registry, db=db or _db(tmp, "fan"), synchronous=sync) as engine:
         client = engine.client
         begin = time.perf_counter()
         iid = await client.schedule_new_orchestration(fan_out, input=width)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import os
 import re
 import signal
@@ -70,8 +71,12 @@ def _check_listen(host: str, port: int) -> None:
 
 async def _run_sidecar(args: argparse.Namespace) -> None:
     from .grpc import serve_sidecar
+    from .logs import as_debug
     from .registry import Registry
     from .services import EngineOptions, open_engine
+
+    # The pool's lines on each connection it drops or fails to make: the store says it in one.
+    as_debug("psycopg.pool", logging.WARNING)
 
     options = EngineOptions(
         local_workers=False,
@@ -81,6 +86,7 @@ async def _run_sidecar(args: argparse.Namespace) -> None:
         max_concurrent_entities=args.max_concurrent_entities,
         dashboard=args.dashboard, dashboard_token_file=args.dashboard_token_file,
         dashboard_read_only=args.dashboard_read_only,
+        max_poll_interval=args.max_poll_interval,
     )
     # Opened first, so that a signal arriving while the store opens is not lost.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -144,6 +150,17 @@ def _positive(text: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
     return number
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return seconds
 
 
 def _port(text: str) -> int:
@@ -277,6 +294,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser,
         serve.add_argument(
             "--max-concurrent-entities", type=int, default=200, metavar="N",
             help="entity batches out with workers at once (default: 200)",
+        ),
+        serve.add_argument(
+            "--max-poll-interval", type=_seconds, default=1.0, metavar="SECONDS",
+            help="longest wait before looking for work other processes on the store wrote "
+            "(default: 1); on PostgreSQL their commits wake the sidecar at once, and this is "
+            "the safety net",
         ),
         serve.add_argument(
             "--entity-request-version", type=int, default=2, choices=(1, 2),

@@ -51,11 +51,16 @@ class Commands:
         self._backend = backend
         self._clock = clock
         self._changes = ChangeBoard()
-        backend.listen(self._committed)
-        # Waits are woken by this process's commits; this covers commits by other processes.
+        backend.listen(self.heard)
+        # Waits are woken by this process's commits and by those other processes announce; this
+        # covers the announcements that were missed.
         self._poll = math.inf if poll_interval is None else poll_interval
 
-    def _committed(self, notes: Committed) -> None:
+    def heard(self, notes: Committed | None) -> None:
+        """Wake the waits on the instances `notes` changed (None: on every instance)."""
+        if notes is None:
+            self._changes.notify_all()
+            return
         for instance_id in notes.instances:
             self._changes.notify(instance_id)
 

@@ -93,24 +93,28 @@ def _level(level: int | str) -> int:
     return value
 
 
-class _InfoAsDebug(logging.Filter):
-    """Passes its logger's INFO records on as DEBUG ones, dropped unless the logger is on at
-    DEBUG."""
+class _AsDebug(logging.Filter):
+    """Passes its logger's records up to `up_to` on as DEBUG ones, dropped unless the logger is
+    on at DEBUG."""
+
+    def __init__(self, up_to: int) -> None:
+        super().__init__()
+        self.up_to = up_to
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.INFO:
+        if record.levelno > self.up_to or record.levelno <= logging.DEBUG:
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
-def info_as_debug(name: str) -> None:
-    """From now on the logger `name` logs its INFO lines at DEBUG (once is enough: calling this
-    again changes nothing). For a library whose INFO lines are about nothing out of the
-    ordinary."""
+def as_debug(name: str, up_to: int = logging.INFO) -> None:
+    """From now on the logger `name` logs its lines up to level `up_to` at DEBUG (once is
+    enough: calling this again changes nothing). For a library whose lines at those levels are
+    about nothing out of the ordinary, or that dtrio reports itself in fewer words."""
     logger = logging.getLogger(name)
-    if not any(isinstance(f, _InfoAsDebug) for f in logger.filters):
-        logger.addFilter(_InfoAsDebug())
+    if not any(isinstance(f, _AsDebug) for f in logger.filters):
+        logger.addFilter(_AsDebug(up_to))
 
 
 # hpack's loggers: at DEBUG they show every header as it arrives, credentials included, and

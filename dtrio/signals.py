@@ -21,6 +21,11 @@ class ChangeBoard:
         if event is not None:
             event.set()
 
+    def notify_all(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for event in waiting.values():
+            event.set()
+
     def event_for(self, key: str) -> trio.Event:
         event = self._waiting.get(key)
         if event is None:

@@ -9,6 +9,8 @@
 
 The store is in-memory SQLite and nothing polls, so under a MockClock with autojump the
 engine's durable time jumps straight to the next timer: a 30-day timer takes milliseconds.
+`db="postgresql://..."` runs the same on an (empty) PostgreSQL database instead: durable time
+still jumps, and holds still while a statement runs.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ __all__ = ["history", "open_test_engine"]
 
 
 @asynccontextmanager
-async def open_test_engine(registry: Registry, **overrides: Any) -> AsyncIterator[Engine]:
-    """An engine on a fresh in-memory store that only this process uses."""
+async def open_test_engine(
+    registry: Registry, *, db: str | None = None, **overrides: Any
+) -> AsyncIterator[Engine]:
+    """An engine on a store that only this process uses: a fresh in-memory one, or the
+    PostgreSQL database at `db`."""
     overrides.setdefault("max_poll_interval", None)
     overrides.setdefault("shutdown_grace", 0.0)
-    async with open_engine(registry, db=None, **overrides) as engine:
+    async with open_engine(registry, db=db, **overrides) as engine:
         yield engine

@@ -21,17 +21,10 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture
-def mock_clock():
-    """A MockClock that jumps whenever every task is blocked: durable time runs instantly."""
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
-# -- PostgreSQL: one throwaway server for the session (see pg_cluster.py) ----------------------
-
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the whole session (see pg_cluster.py)."""
     with postgres_server() as url:
         yield url
 
@@ -41,6 +34,23 @@ def postgres_db(postgres_url: str) -> Iterator[str]:
     """The URL of a fresh, empty database for one test."""
     with fresh_database(postgres_url) as url:
         yield url
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def store(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Where an engine test's store is: in memory (None), or a fresh PostgreSQL database. The
+    tests that take it are those whose behaviour rests on storage."""
+    if request.param == "memory":
+        yield None
+        return
+    with fresh_database(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
+@pytest.fixture
+def mock_clock():
+    """A MockClock that jumps whenever every task is blocked: durable time runs instantly."""
+    return trio.testing.MockClock(autojump_threshold=0)
 
 
 # -- the span recorder ------------------------------------------------------------------------

@@ -59,17 +59,46 @@ def _as_server_user() -> list[str]:
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Yield the URL of a server the tests may create databases on."""
+    url = os.environ.get("DTRIO_TEST_POSTGRES")
+    if url:
+        _need_psycopg()
+        yield url
+        return
+    with own_cluster() as cluster:
+        yield cluster.url
+
+
+def _need_psycopg() -> None:
     try:
         import psycopg  # noqa: F401
     except ImportError:
         unavailable("psycopg is not installed (pip install -e '.[postgres]')")
-    url = os.environ.get("DTRIO_TEST_POSTGRES")
-    if url:
-        yield url
-        return
+
+
+class Cluster:
+    """A server these tests started, and may restart."""
+
+    def __init__(self, bindir: str, prefix: list[str], data: str, log: str, port: int) -> None:
+        self._pg_ctl = [*prefix, f"{bindir}/pg_ctl", "-D", data, "-l", log]
+        self.log = log  # the server's log file
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def restart(self) -> None:
+        """`pg_ctl restart`: every connection is closed, and the server is back on return."""
+        subprocess.run([*self._pg_ctl, "-w", "restart"], check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run([*self._pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+
+
+@contextmanager
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster of its own from the local binaries (never DTRIO_TEST_POSTGRES's server, which
+    the tests must not restart)."""
+    _need_psycopg()
     bindir = _binaries()
     if bindir is None:
-        unavailable("no PostgreSQL server: set DTRIO_TEST_POSTGRES or install initdb")
+        unavailable("no PostgreSQL server binaries (initdb) to start a cluster with")
     prefix = _as_server_user()
     root = tempfile.mkdtemp(prefix="dtrio-pg-")
     data = os.path.join(root, "data")
@@ -92,11 +121,11 @@ def postgres_server() -> Iterator[str]:
                 text += f.read()
         shutil.rmtree(root, ignore_errors=True)
         unavailable(f"could not start a PostgreSQL cluster: {text.strip()[-500:]}")
+    cluster = Cluster(bindir, prefix, data, log, port)
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield cluster
     finally:
-        subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
-                       capture_output=True)
+        cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 

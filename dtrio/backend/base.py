@@ -178,6 +178,15 @@ class Committed:
         else:
             self.entity = True
 
+    def merge(self, notes: Committed) -> None:
+        """Add what `notes` made due (several commits reported as one)."""
+        self.orchestration |= notes.orchestration
+        self.activity |= notes.activity
+        self.entity |= notes.entity
+        if notes.next_due is not None and (self.next_due is None or notes.next_due < self.next_due):
+            self.next_due = notes.next_due
+        self.instances |= notes.instances
+
 
 Listener = Callable[[Committed], None]
 

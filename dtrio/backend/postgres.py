@@ -11,6 +11,7 @@ from psycopg_pool import ConnectionPool
 
 from ..clock import Clock
 from ..errors import StorageError
+from .postgres_health import WAIT
 from .postgres_schema import check_and_migrate
 from .postgres_store import PostgresStore, describe
 from .statements import SqlBackend
@@ -40,7 +41,7 @@ def open_postgres_backend(
             check_and_migrate(conn, where)
     except psycopg.Error as exc:
         raise StorageError(f"cannot use {where}: {describe(exc)}") from None
-    pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False,
+    pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False, timeout=WAIT,
                           kwargs={"autocommit": True}, name="dtrio")
     try:
         pool.open(wait=True, timeout=10)

@@ -38,6 +38,7 @@ from ..errors import StorageError
 from ..events import StoredEvent
 from .base import Committed, Listener
 from .dialect import POSTGRES, percent_style
+from .postgres_health import Health, is_lost
 from .write_queue import WriteQueue
 
 T = TypeVar("T")
@@ -132,15 +133,6 @@ class Tx:
         self.notes.instances.add(instance_id)
 
 
-def _merge(into: Committed, notes: Committed) -> None:
-    into.orchestration |= notes.orchestration
-    into.activity |= notes.activity
-    into.entity |= notes.entity
-    if notes.next_due is not None and (into.next_due is None or notes.next_due < into.next_due):
-        into.next_due = notes.next_due
-    into.instances |= notes.instances
-
-
 class _Op:
     __slots__ = ("done", "error", "fn", "kept", "notes", "result", "taken")
 
@@ -160,7 +152,7 @@ _held: weakref.WeakKeyDictionary[trio.testing.MockClock, list[float]] = (
 )
 
 
-class _NoJump:
+class NoJump:
     """Switch a MockClock's autojump off while storage work runs in threads."""
 
     __slots__ = ("clock",)
@@ -207,6 +199,7 @@ class PostgresStore(WriteQueue):
         self._closed = False
         self._listeners: list[Listener] = []
         self._written = Written()
+        self._health = Health(pool, where)
 
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -220,7 +213,7 @@ class PostgresStore(WriteQueue):
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         """Run `fn` in a worker thread; never abandoned once begun (callers shield it)."""
-        with _NoJump():
+        with NoJump():
             return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
     # -- transactions ----------------------------------------------------------------------
@@ -232,9 +225,12 @@ class PostgresStore(WriteQueue):
 
         now = Now(self.clock)
 
-        def run() -> T:
+        def attempt() -> T:
             with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 return fn(Tx(cur, now, self._written))
+
+        def run() -> T:
+            return self._health.run(attempt)
 
         try:
             with trio.CancelScope(shield=True):
@@ -250,7 +246,7 @@ class PostgresStore(WriteQueue):
 
         now = Now(self.clock)
 
-        def run() -> T:
+        def attempt() -> T:
             with self.pool.connection() as conn:
                 for attempt in range(_ATTEMPTS):
                     try:
@@ -260,6 +256,10 @@ class PostgresStore(WriteQueue):
                         if attempt == _ATTEMPTS - 1:
                             raise
             raise AssertionError("unreachable")
+
+        def run() -> T:
+            # A lease cut off in its COMMIT may have been taken: it lapses, and is leased again.
+            return self._health.run(attempt)
 
         try:
             with trio.CancelScope(shield=True):
@@ -302,7 +302,7 @@ class PostgresStore(WriteQueue):
             notes = Committed()
             for op in ops:
                 if op.notes is not None:
-                    _merge(notes, op.notes)
+                    notes.merge(op.notes)
                     self._written.add(op.kept)
             self._announce(notes)
         finally:
@@ -310,25 +310,59 @@ class PostgresStore(WriteQueue):
 
     def _run_group(self, ops: list[_Op], now: Now) -> None:
         """In a worker thread: one transaction, a savepoint per op. One failing op must not
-        take the rest of the group down with it."""
-        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            for op in ops:
-                for attempt in range(_ATTEMPTS):
-                    tx = Tx(cur, now, self._written)
-                    try:
-                        with conn.transaction():
-                            op.result = op.fn(tx)
-                    except _RETRY as exc:
-                        if attempt < _ATTEMPTS - 1:
-                            continue
-                        op.error = self._refused("write", exc)
-                    except psycopg.Error as exc:
-                        op.error = self._refused("write", exc)
-                    except Exception as exc:
-                        op.error = exc
-                    else:
-                        op.notes, op.kept = tx.notes, tx.kept
-                    break
+        take the rest of the group down with it. A deadlock with another process's transaction
+        runs the whole group again: retrying the one op would keep the locks the others took,
+        and deadlock again. A lost connection takes it all too, and the group runs again unless
+        its COMMIT was in flight."""
+        committing = False
+
+        def commit() -> None:
+            nonlocal committing
+            committing = True
+
+        def attempt() -> None:
+            for tries in range(_ATTEMPTS):
+                try:
+                    with self.pool.connection() as conn:
+                        if len(ops) == 1:
+                            # Alone, an op is its transaction: a savepoint would add two round
+                            # trips and protect nobody.
+                            self._run_op(ops[0], conn, now, commit)
+                        else:
+                            with conn.transaction():
+                                for op in ops:
+                                    self._run_op(op, conn, now)
+                                commit()
+                    return
+                except _RETRY:
+                    if committing or tries == _ATTEMPTS - 1:
+                        raise
+
+        self._health.run(attempt, again=lambda: not committing)
+
+    def _run_op(
+        self, op: _Op, conn: psycopg.Connection[Any], now: Now,
+        alone: Callable[[], None] | None = None,
+    ) -> None:
+        """Run `op` in a savepoint of the group's transaction, or (`alone`, called just before
+        its COMMIT) in a transaction of its own."""
+        op.error, op.notes, op.kept = None, None, []
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                tx = Tx(cur, now, self._written)
+                op.result = op.fn(tx)
+                if alone is not None:
+                    alone()
+        except _RETRY:
+            raise
+        except psycopg.Error as exc:
+            if is_lost(exc):
+                raise
+            op.error = self._refused("write", exc)
+        except Exception as exc:
+            op.error = exc
+        else:
+            op.notes, op.kept = tx.notes, tx.kept
 
     def _announce(self, notes: Committed) -> None:
         for listener in self._listeners:

@@ -127,6 +127,12 @@ def delete_instances(tx: Tx, instance_ids: list[str], now: int) -> None:
     if not instance_ids:
         return
     which, params = tx.dialect.in_list("instance_id", instance_ids)
+    # Their rows locked first (where writers run side by side): a step of one being committed
+    # meanwhile finishes before its history is deleted, or the rows it adds would outlive it
+    # under the next instance.
+    if tx.dialect.for_update:
+        tx.execute(f"SELECT 1 FROM instances WHERE {which} ORDER BY instance_id"
+                   + tx.dialect.for_update, params)
     tx.execute(
         f"DELETE FROM history WHERE instance_key IN (SELECT id FROM instances WHERE {which})",
         params)

@@ -11,7 +11,7 @@ import trio
 
 from ..durations import Duration, to_seconds
 from ..errors import InvalidInput
-from ..logs import info_as_debug, withhold_header_dumps
+from ..logs import as_debug, withhold_header_dumps
 from ..services import Engine
 from ..services.remote import RemoteRunner, RemoteWork
 from .bridge import DEFAULT_MAX_CONCURRENT_STREAMS, serve_grpc
@@ -95,7 +95,7 @@ async def serve_sidecar(
     # grpclib's INFO lines say that a caller cancelled its call or let its deadline pass: a
     # worker that stops, a client that gives up waiting. Callers do that; the lines that
     # matter (a worker's stream connected or disconnected) are dtrio's own.
-    info_as_debug("grpclib.server")
+    as_debug("grpclib.server")
     if door.token is not None:
         withhold_header_dumps()
     async with trio.open_nursery() as nursery:

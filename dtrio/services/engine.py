@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from ..backend import Backend, open_backend
+from ..backend import Backend, Committed, is_postgres_url, open_backend
 from ..client import Client
 from ..clock import Clock
 from ..registry import Registry
@@ -95,6 +95,14 @@ class Engine:
         self.stopping = trio.Event()
         # Where the dashboard serves, once started (when `options.dashboard` asks for it).
         self.dashboard_url: str | None = None
+        # The database URL other processes may share and announce their commits on (None: a
+        # store without announcements, found by polling alone).
+        self.shared_url: str | None = None
+
+    def heard(self, notes: Committed | None) -> None:
+        """Another process committed `notes` (None: possibly anything)."""
+        self.wakeups.heard(notes)
+        self.client.commands.heard(notes)
 
     def shutdown(self) -> None:
         """Stop taking work; in-flight items get `shutdown_grace` seconds to finish."""
@@ -137,7 +145,10 @@ def _build_engine(
     opts = _options(options, overrides)
     clock = Clock()
     backend = open_backend(db, clock, synchronous=opts.synchronous)
-    return Engine(registry, backend, clock, opts)
+    engine = Engine(registry, backend, clock, opts)
+    if is_postgres_url(db) and opts.max_poll_interval is not None:
+        engine.shared_url = str(db)
+    return engine
 
 
 async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -> None:
@@ -145,6 +156,11 @@ async def _run_engine(engine: Engine, *, task_status: trio.TaskStatus[Engine]) -
     owners.started(engine.owner)
     try:
         async with trio.open_nursery() as nursery:
+            if engine.shared_url is not None:
+                from .peers import serve_peer_wakeups  # psycopg: an optional extra
+
+                await nursery.start(
+                    serve_peer_wakeups, backend, engine.shared_url, engine.owner, engine.heard)
             await nursery.start(
                 serve_poller, backend, engine.clock, engine.wakeups, opts.max_poll_interval)
             if engine.local:

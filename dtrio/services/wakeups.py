@@ -23,6 +23,15 @@ class Wakeups:
 
     def committed(self, notes: Committed) -> None:
         self.commits += 1
+        self.heard(notes)
+
+    def heard(self, notes: Committed | None) -> None:
+        """Wake for `notes`, committed here or by another process (None: by another process,
+        anything)."""
+        if notes is None:
+            self.all_ready()
+            self.schedule_changed.value = True
+            return
         for kind in KINDS:
             if getattr(notes, kind):
                 self.ready[kind].value = True

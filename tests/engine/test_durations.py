@@ -73,8 +73,8 @@ async def run(engine, orchestrator, input=None):
     return await engine.client.wait_for_orchestration_completion(iid, timeout=3600.0)
 
 
-async def test_event_timeouts_and_timers_take_seconds(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_event_timeouts_and_timers_take_seconds(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         start = trio.current_time()
         timed_out = await run(engine, waits_for_approval, 0.2)
         waited = trio.current_time() - start
@@ -89,8 +89,8 @@ async def test_event_timeouts_and_timers_take_seconds(autojump_clock):
     assert slept.output == "woke" and 180 <= slept_for < 185
 
 
-async def test_a_bad_timeout_is_refused_at_the_orchestrators_call(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_a_bad_timeout_is_refused_at_the_orchestrators_call(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         state = await run(engine, bad_timeout)
     assert state.runtime_status == S.COMPLETED
     assert state.output == (
@@ -99,9 +99,9 @@ async def test_a_bad_timeout_is_refused_at_the_orchestrators_call(autojump_clock
     )
 
 
-async def test_retry_intervals_take_seconds(autojump_clock):
+async def test_retry_intervals_take_seconds(autojump_clock, store):
     FLAKY_FAILURES["left"] = 2
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         start = trio.current_time()
         state = await run(engine, retries_in_seconds)
         took = trio.current_time() - start
@@ -110,9 +110,9 @@ async def test_retry_intervals_take_seconds(autojump_clock):
 
 
 async def test_entity_signals_take_a_delay_in_seconds_from_clients_orchestrators_and_entities(
-    autojump_clock,
+    autojump_clock, store
 ):
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         client = engine.client
         await client.signal_entity("@counter@c", "add", 1, signal_time=20)
         await client.signal_entity("@counter@e", "add_later", 1)
@@ -142,15 +142,15 @@ async def test_client_waits_refuse_bad_timeouts_naming_them(autojump_clock, time
     assert str(completion.value).endswith(message) and str(start.value).endswith(message)
 
 
-async def test_client_waits_take_infinity_as_no_limit(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_client_waits_take_infinity_as_no_limit(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         iid = await engine.client.schedule_new_orchestration(sleeps, input=1)
         state = await engine.client.wait_for_orchestration_completion(iid, timeout=math.inf)
     assert state.output == "woke"
 
 
-async def test_a_bad_signal_time_is_refused_before_the_entity_exists(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_a_bad_signal_time_is_refused_before_the_entity_exists(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         with pytest.raises(dtrio.InvalidInput, match=r"signal_entity\(signal_time=...\) must be "
                            "zero or more, not -5"):
             await engine.client.signal_entity("@counter@x", "add", 1, signal_time=-5)
@@ -173,15 +173,15 @@ def test_engine_options_take_timedeltas_and_keep_seconds():
         dtrio.EngineOptions(activity_lease=0)
 
 
-async def test_an_engine_opens_with_timedelta_options(autojump_clock):
-    async with open_test_engine(registry, shutdown_grace=timedelta(seconds=1),
+async def test_an_engine_opens_with_timedelta_options(autojump_clock, store):
+    async with open_test_engine(registry, db=store, shutdown_grace=timedelta(seconds=1),
                                 orchestration_lease=timedelta(minutes=1)) as engine:
         state = await run(engine, sleeps, 1)
     assert state.output == "woke"
 
 
-async def test_a_scheduled_start_takes_a_delay_and_refuses_bad_ones(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_a_scheduled_start_takes_a_delay_and_refuses_bad_ones(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         client = engine.client
         start = trio.current_time()
         iid = await client.schedule_new_orchestration(sleeps, input=1, start_at=90)

@@ -87,8 +87,8 @@ async def run(engine, orchestrator, input=None):
     return state.output
 
 
-async def test_counter_by_signals_and_calls(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_counter_by_signals_and_calls(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         for n in range(1, 6):
             await engine.client.signal_entity(EntityId("counter", "a"), "add", n)
         # A call arrives after the signals, so it sees all of them.
@@ -101,8 +101,8 @@ async def test_counter_by_signals_and_calls(autojump_clock):
         assert without.serialized_state is None and not without.includes_state
 
 
-async def test_class_entity_with_custom_name_and_delete(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_class_entity_with_custom_name_and_delete(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         assert await run(engine, call, {"entity": "@account@x", "op": "deposit", "input": 30}) == 30
         assert await run(engine, call, {"entity": "@ACCOUNT@x", "op": "balance"}) == 30
         missing = await run(engine, call, {"entity": "@account@x", "op": "steal", "input": 1})
@@ -112,8 +112,8 @@ async def test_class_entity_with_custom_name_and_delete(autojump_clock):
         assert await engine.client.get_entity("@account@x") is None
 
 
-async def test_failed_operation_is_rolled_back_and_entity_keeps_serving(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_failed_operation_is_rolled_back_and_entity_keeps_serving(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         await engine.client.signal_entity("@counter@f", "add", 10)
         failed = await run(
             engine, call, {"entity": "@counter@f", "op": "add_then_fail", "input": 5}
@@ -124,8 +124,8 @@ async def test_failed_operation_is_rolled_back_and_entity_keeps_serving(autojump
         assert await engine.client.get_entity("@counter@audit") is None
 
 
-async def test_entity_signals_entity_and_starts_orchestration(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_entity_signals_entity_and_starts_orchestration(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         await engine.client.signal_entity("@account@n", "deposit", 7)
         assert await run(engine, call, {"entity": "@account@n", "op": "notify",
                                         "input": "@counter@from-n"}) == "record-n"
@@ -134,8 +134,8 @@ async def test_entity_signals_entity_and_starts_orchestration(autojump_clock):
         assert await run(engine, call, {"entity": "@counter@from-n", "op": "get"}) == 7
 
 
-async def test_scheduled_signals_from_client_and_orchestration(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_scheduled_signals_from_client_and_orchestration(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         start = engine.clock.now_dt()
         await engine.client.signal_entity(
             "@counter@s", "add", 1, signal_time=start + timedelta(hours=3)
@@ -145,8 +145,8 @@ async def test_scheduled_signals_from_client_and_orchestration(autojump_clock):
         assert await run(engine, call_later, later) == 106
 
 
-async def test_unknown_entity_fails_its_operations_and_is_not_stuck(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_unknown_entity_fails_its_operations_and_is_not_stuck(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         await engine.client.signal_entity("@nobody@1", "poke")
         failed = await run(engine, call, {"entity": "@nobody@1", "op": "poke"})
         assert failed["failed"] == "EntityNotRegistered"
@@ -156,8 +156,8 @@ async def test_unknown_entity_fails_its_operations_and_is_not_stuck(autojump_clo
         assert page.entities == []
 
 
-async def test_get_missing_and_bad_ids(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_get_missing_and_bad_ids(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         assert await engine.client.get_entity(EntityId("counter", "never")) is None
         with pytest.raises(dtrio.InvalidInput, match="not an entity ID"):
             await engine.client.signal_entity("counter", "add", 1)
@@ -167,8 +167,8 @@ async def test_get_missing_and_bad_ids(autojump_clock):
             await engine.client.schedule_new_orchestration(call, instance_id="@counter@x")
 
 
-async def test_query_paging_filters_and_clean_storage(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_query_paging_filters_and_clean_storage(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         for key in "abcde":
             await run(engine, call, {"entity": f"@counter@{key}", "op": "add", "input": 1})
         await run(engine, call, {"entity": "@account@z", "op": "deposit", "input": 2})
@@ -219,7 +219,7 @@ async def call_slow(ctx, seconds):
     return await ctx.call_entity("@slow@1", "wait", seconds)
 
 
-async def test_a_slow_operation_keeps_its_lease(autojump_clock, caplog):
+async def test_a_slow_operation_keeps_its_lease(autojump_clock, caplog, store):
     # Polling, so that an expired lease would be seen and the batch run a second time.
     async with open_test_engine(
         slow_registry, orchestration_lease=10, max_poll_interval=1
@@ -231,9 +231,9 @@ async def test_a_slow_operation_keeps_its_lease(autojump_clock, caplog):
     assert not [r for r in caplog.records if "lost" in r.getMessage()]
 
 
-async def test_entity_ids_are_held_to_the_limits_of_instance_ids(autojump_clock):
+async def test_entity_ids_are_held_to_the_limits_of_instance_ids(autojump_clock, store):
     long_key = "k" * 92  # "@counter@" and the key: 101 characters, one over the limit
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         client = engine.client
         with pytest.raises(dtrio.InvalidInput, match="101 characters long; the limit is 100"):
             EntityId("counter", long_key)
@@ -259,10 +259,10 @@ async def test_entity_ids_are_held_to_the_limits_of_instance_ids(autojump_clock)
         assert (await client.query_entities(instance_id_prefix="@counter@k")).entities == []
 
 
-async def test_an_entity_stored_before_the_length_limit_stays_usable(autojump_clock):
+async def test_an_entity_stored_before_the_length_limit_stays_usable(autojump_clock, store):
     # Stores written before the limit may hold longer IDs: their entities still run and list.
     old_id = "@counter@" + "k" * 92
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         now = engine.clock.now_dt()
         signal = h.event(now, entity_operation_signaled=pb.EntityOperationSignaledEvent(
             request_id="r1", operation="add", input="3", target_instance_id=old_id))
@@ -279,9 +279,9 @@ async def child_with_an_entity_id(ctx, _):
     return await ctx.call_sub_orchestrator(record_balance, input=1, instance_id="@sub@1")
 
 
-async def test_a_sub_orchestration_may_not_take_an_entity_id(autojump_clock):
+async def test_a_sub_orchestration_may_not_take_an_entity_id(autojump_clock, store):
     # Everything sent to it would land in an entity's inbox: the parent would wait for ever.
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         iid = await engine.client.schedule_new_orchestration(child_with_an_entity_id)
         state = await engine.client.wait_for_orchestration_completion(iid, timeout=60)
         assert state.runtime_status == S.FAILED
@@ -289,8 +289,8 @@ async def test_a_sub_orchestration_may_not_take_an_entity_id(autojump_clock):
         assert await engine.client.get_entity("@sub@1") is None
 
 
-async def test_client_signals_take_a_delay_and_queries_any_name_case(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_client_signals_take_a_delay_and_queries_any_name_case(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         client = engine.client
         await client.signal_entity("@Counter@later", "add", 2, signal_time=timedelta(minutes=5))
         await trio.sleep(60)
@@ -310,8 +310,8 @@ async def sends_an_event_to_an_entity(ctx, _):
     ctx.send_event("@counter@x", "go")
 
 
-async def test_an_event_sent_to_an_entity_is_refused_at_the_call(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_an_event_sent_to_an_entity_is_refused_at_the_call(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         iid = await engine.client.schedule_new_orchestration(sends_an_event_to_an_entity)
         state = await engine.client.wait_for_orchestration_completion(iid, timeout=60)
         assert state.runtime_status == S.FAILED

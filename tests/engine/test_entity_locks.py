@@ -76,8 +76,8 @@ async def finish(engine, iid):
     return await engine.client.wait_for_orchestration_completion(iid, timeout=timedelta(days=1))
 
 
-async def test_contending_transfers_are_serialized(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_contending_transfers_are_serialized(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         client = engine.client
         await client.signal_entity("@account@a", "set", 100)
         await client.signal_entity("@account@b", "set", 100)
@@ -99,8 +99,8 @@ async def test_contending_transfers_are_serialized(autojump_clock):
         assert a.locked_by is None and b.locked_by is None
 
 
-async def test_lock_is_released_when_the_orchestration_fails(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_lock_is_released_when_the_orchestration_fails(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         failed = await finish(
             engine, await engine.client.schedule_new_orchestration(lock_and_fail, input="f")
         )
@@ -113,8 +113,8 @@ async def test_lock_is_released_when_the_orchestration_fails(autojump_clock):
         assert (await engine.client.get_entity("@account@f")) is None
 
 
-async def test_lock_is_released_when_the_orchestration_is_terminated(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_lock_is_released_when_the_orchestration_is_terminated(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         client = engine.client
         await client.signal_entity("@account@t", "set", 5)
         holder = await client.schedule_new_orchestration(lock_and_wait, input="t")
@@ -133,14 +133,21 @@ async def test_lock_is_released_when_the_orchestration_is_terminated(autojump_cl
         assert (await client.get_entity("@account@t")).locked_by is None
 
 
-async def test_orphaned_locks_are_released_by_clean_storage(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_orphaned_locks_are_released_by_clean_storage(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         client = engine.client
         holder = await client.schedule_new_orchestration(lock_and_wait, input="o")
         while (await client.get_entity("@account@o")) is None:
             await trio.sleep(1)
         # The holder vanishes without finishing (its row deleted, as by a foreign tool).
-        engine.backend._store.conn.execute("DELETE FROM instances WHERE instance_id = ?", (holder,))
+        if store is None:
+            engine.backend._store.conn.execute(
+                "DELETE FROM instances WHERE instance_id = ?", (holder,))
+        else:
+            import psycopg
+
+            with psycopg.connect(store, autocommit=True) as conn:
+                conn.execute("DELETE FROM instances WHERE instance_id = %s", (holder,))
         cleaned = await client.clean_entity_storage()
         assert (cleaned.orphaned_locks_released, cleaned.empty_entities_removed) == (1, 0)
         assert await client.get_entity("@account@o") is None
@@ -152,9 +159,9 @@ async def test_orphaned_locks_are_released_by_clean_storage(autojump_clock):
     ("nested", "cannot enter a critical section from within another one"),
     ("before grant", "before the locks of the critical section are granted"),
 ])
-async def test_critical_section_rules(autojump_clock, case, message):
+async def test_critical_section_rules(autojump_clock, case, message, store):
     orchestrator = call_before_grant if case == "before grant" else misuse
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         iid = await engine.client.schedule_new_orchestration(orchestrator, input=case)
         state = await finish(engine, iid)
         assert state.runtime_status == S.FAILED
@@ -174,9 +181,9 @@ async def releases_before_the_grant(ctx, _):
     section.release()
 
 
-async def test_releasing_a_section_before_its_grant_is_refused(autojump_clock):
+async def test_releasing_a_section_before_its_grant_is_refused(autojump_clock, store):
     # Sent at once, the unlock would overtake the lock request and the entity stay locked.
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         iid = await engine.client.schedule_new_orchestration(releases_before_the_grant)
         state = await engine.client.wait_for_orchestration_completion(iid, timeout=60)
         assert state.runtime_status == S.FAILED
@@ -211,9 +218,9 @@ async def fails_after_a_section(ctx, _):
     return await ctx.call_activity(flaky)
 
 
-async def test_rewind_is_refused_for_a_failure_inside_a_section(autojump_clock):
+async def test_rewind_is_refused_for_a_failure_inside_a_section(autojump_clock, store):
     # Its locks went when it failed; a replay would find them granted and run on without them.
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         client = engine.client
         for orchestrator, refused in ((fails_inside_a_section, True),
                                       (fails_after_a_section, False)):
@@ -241,10 +248,10 @@ async def other_work(ctx, _):
     await ctx.create_timer(timedelta(days=30))
 
 
-async def test_lock_requests_on_their_way_go_with_their_orchestration(autojump_clock):
+async def test_lock_requests_on_their_way_go_with_their_orchestration(autojump_clock, store):
     # A waits for b, which another orchestration holds; A is replaced by an instance under the
     # same ID that never touches entities. Its request must not lock b once b is free.
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         client = engine.client
         holder = await client.schedule_new_orchestration(holds, input=["way-b"])
         await trio.sleep(10)

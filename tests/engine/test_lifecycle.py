@@ -162,8 +162,8 @@ async def wait_status(engine, iid, status):
 # -- continue-as-new ---------------------------------------------------------------------
 
 
-async def test_continue_as_new_resets_history(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_continue_as_new_resets_history(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         state = await run(engine, counter, {"n": 0, "stop": 50}, instance_id="loop")
         history = await engine.backend.load_history("loop")
     assert state.runtime_status == S.COMPLETED
@@ -172,8 +172,8 @@ async def test_continue_as_new_resets_history(autojump_clock):
     assert len(history) < 10  # only the last execution's events
 
 
-async def test_continue_as_new_carries_unprocessed_events(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_continue_as_new_carries_unprocessed_events(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         # A later start makes all three events arrive in the first execution's first batch.
         iid = await engine.client.schedule_new_orchestration(
             counter, input={"n": 0, "stop": 3, "wait": True, "save": True},
@@ -212,8 +212,8 @@ async def test_continue_as_new_reads_carried_events_before_ones_raised_meanwhile
     assert state.output == {"n": 5, "carried": [0, 1, 2, 3, 4]}
 
 
-async def test_continue_as_new_without_save_events_drops_them(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_continue_as_new_without_save_events_drops_them(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         iid = await engine.client.schedule_new_orchestration(
             counter, input={"n": 0, "stop": 2, "wait": True},
             start_at=engine.clock.now_dt() + timedelta(seconds=1))
@@ -242,8 +242,8 @@ async def test_ten_thousand_continues_as_new_keep_storage_flat(autojump_clock):
 # -- custom status, send_event, versions -----------------------------------------------------
 
 
-async def test_custom_status_visible_while_running_and_after(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_custom_status_visible_while_running_and_after(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         iid = await engine.client.schedule_new_orchestration(status_reporter)
         await engine.client.wait_for_orchestration_start(iid)
         with trio.fail_after(60):
@@ -256,8 +256,8 @@ async def test_custom_status_visible_while_running_and_after(autojump_clock):
     assert done.custom_status == {"stage": "done"}
 
 
-async def test_send_event_to_another_instance(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_send_event_to_another_instance(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         target = await engine.client.schedule_new_orchestration(
             timer_then_value, instance_id="target"
         )
@@ -267,8 +267,8 @@ async def test_send_event_to_another_instance(autojump_clock):
     assert state.output == {"from": sent.instance_id}
 
 
-async def test_version_recorded_and_visible_and_inherited(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_version_recorded_and_visible_and_inherited(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         state = await run(engine, versioned, version="2.1")
     assert state.version == "2.1"
     assert state.output == ["2.1", "2.1"]
@@ -277,8 +277,11 @@ async def test_version_recorded_and_visible_and_inherited(autojump_clock):
 # -- retries -----------------------------------------------------------------------------
 
 
-async def test_activity_retry_succeeds_on_third_attempt_after_durable_backoff(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_activity_retry_succeeds_on_third_attempt_after_durable_backoff(
+    autojump_clock, store
+):
+    calls.pop("r1", None)
+    async with open_test_engine(registry, db=store) as engine:
         begin = trio.current_time()
         state = await run(engine, retrying, "r1")
         elapsed = trio.current_time() - begin
@@ -286,9 +289,9 @@ async def test_activity_retry_succeeds_on_third_attempt_after_durable_backoff(au
     assert 30 <= elapsed < 31  # waits of 10 s and 20 s
 
 
-async def test_retry_exhaustion_surfaces_the_last_failure(autojump_clock):
+async def test_retry_exhaustion_surfaces_the_last_failure(autojump_clock, store):
     calls.pop("always", None)
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         begin = trio.current_time()
         state = await run(engine, exhausting)
         elapsed = trio.current_time() - begin
@@ -297,16 +300,17 @@ async def test_retry_exhaustion_surfaces_the_last_failure(autojump_clock):
     assert 60 + 180 + 300 <= elapsed < 60 + 180 + 300 + 1  # 1, 3, then capped at 5 minutes
 
 
-async def test_retry_predicate_can_refuse(autojump_clock):
+async def test_retry_predicate_can_refuse(autojump_clock, store):
     calls.pop("always", None)
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         state = await run(engine, selective_retry)
     assert state.runtime_status == S.FAILED
     assert calls["always"] == 1
 
 
-async def test_sub_orchestration_retry_with_explicit_id(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_sub_orchestration_retry_with_explicit_id(autojump_clock, store):
+    calls.pop("r2", None)
+    async with open_test_engine(registry, db=store) as engine:
         state = await run(engine, retrying_parent, "r2", instance_id="rp")
     assert state.output == "r2 ok after 3"
 
@@ -332,8 +336,8 @@ def test_retry_policy_validation():
 # -- suspend / resume ----------------------------------------------------------------------
 
 
-async def test_suspend_during_a_pending_timer_holds_everything_until_resumed(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_suspend_during_a_pending_timer_holds_everything_until_resumed(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         iid = await engine.client.schedule_new_orchestration(timer_then_value)
         await engine.client.wait_for_orchestration_start(iid)
         await engine.client.suspend_orchestration(iid, "maintenance")
@@ -346,8 +350,8 @@ async def test_suspend_during_a_pending_timer_holds_everything_until_resumed(aut
     assert state.output == 7
 
 
-async def test_suspend_and_resume_of_finished_or_unknown_instances(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_suspend_and_resume_of_finished_or_unknown_instances(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         done = await run(engine, quick, 1)
         await engine.client.suspend_orchestration(done.instance_id)  # no-op
         await engine.client.resume_orchestration(done.instance_id)  # no-op
@@ -362,8 +366,8 @@ async def test_suspend_and_resume_of_finished_or_unknown_instances(autojump_cloc
 # -- terminate ---------------------------------------------------------------------------
 
 
-async def test_terminate_with_output(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_terminate_with_output(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         iid = await engine.client.schedule_new_orchestration(timer_then_value)
         await engine.client.terminate_orchestration(iid, output={"why": "cancelled"})
         state = await engine.client.wait_for_orchestration_completion(iid)
@@ -375,8 +379,8 @@ async def test_terminate_with_output(autojump_clock):
     assert state.output == {"why": "cancelled"}
 
 
-async def test_terminate_a_scheduled_instance_before_it_starts(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_terminate_a_scheduled_instance_before_it_starts(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         start_at = engine.clock.now_dt() + timedelta(days=1)
         iid = await engine.client.schedule_new_orchestration(quick, input=1, start_at=start_at)
         await engine.client.terminate_orchestration(iid, output="never ran")
@@ -384,8 +388,8 @@ async def test_terminate_a_scheduled_instance_before_it_starts(autojump_clock):
     assert state.runtime_status == S.TERMINATED and state.output == "never ran"
 
 
-async def test_recursive_terminate_of_a_three_level_tree(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_recursive_terminate_of_a_three_level_tree(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         root = await engine.client.schedule_new_orchestration(tree, input=2, instance_id="root")
         await wait_status(engine, "root:0000:0000", S.RUNNING)
         await engine.client.terminate_orchestration(root, output="stop")
@@ -394,8 +398,8 @@ async def test_recursive_terminate_of_a_three_level_tree(autojump_clock):
     assert [s.runtime_status for s in states] == [S.TERMINATED] * 3
 
 
-async def test_non_recursive_terminate_leaves_children_running(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_non_recursive_terminate_leaves_children_running(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         await engine.client.schedule_new_orchestration(tree, input=1, instance_id="r")
         await wait_status(engine, "r:0000", S.RUNNING)
         await engine.client.terminate_orchestration("r", recursive=False)
@@ -456,8 +460,8 @@ async def test_recursive_terminate_reaches_a_child_started_after_the_request(
 # -- purge -------------------------------------------------------------------------------
 
 
-async def test_purge_by_id_only_finished_and_recursive(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_purge_by_id_only_finished_and_recursive(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         done = await run(engine, versioned, instance_id="v")
         running = await engine.client.schedule_new_orchestration(timer_then_value)
         await engine.client.wait_for_orchestration_start(running)
@@ -470,8 +474,8 @@ async def test_purge_by_id_only_finished_and_recursive(autojump_clock):
         assert (await engine.client.get_orchestration_state(running)).runtime_status == S.RUNNING
 
 
-async def test_purge_by_time_range_and_status(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_purge_by_time_range_and_status(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         early = [(await run(engine, quick, i)).instance_id for i in range(3)]
         await trio.sleep(3600)
         middle = engine.clock.now_dt()
@@ -516,8 +520,8 @@ async def test_purging_ten_thousand_does_not_block_the_engine(autojump_clock):
 # -- query -------------------------------------------------------------------------------
 
 
-async def test_query_paging_across_2500_instances_has_no_duplicates_or_gaps(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_query_paging_across_2500_instances_has_no_duplicates_or_gaps(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         ids = []
         for i in range(2500):
             ids.append(await engine.client.schedule_new_orchestration(
@@ -539,8 +543,8 @@ async def test_query_paging_across_2500_instances_has_no_duplicates_or_gaps(auto
     assert len(seen) == len(set(seen))
 
 
-async def test_query_filters(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_query_filters(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         await run(engine, quick, 1, instance_id="a-1")
         await run(engine, "unregistered", instance_id="a-2")
         await run(engine, quick, 3, instance_id="b-1")
@@ -561,8 +565,8 @@ async def test_query_filters(autojump_clock):
 # -- restart, rewind, reuse ----------------------------------------------------------------
 
 
-async def test_restart_with_same_and_new_instance_id(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_restart_with_same_and_new_instance_id(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         first = await run(engine, quick, {"x": 1}, instance_id="rs")
         same = await engine.client.restart_orchestration("rs")
         again = await engine.client.wait_for_orchestration_completion(same)
@@ -577,8 +581,8 @@ async def test_restart_with_same_and_new_instance_id(autojump_clock):
     assert other != "rs" and copy.output == {"x": 1}
 
 
-async def test_restart_of_a_running_instance_with_a_new_id_runs_a_copy(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_restart_of_a_running_instance_with_a_new_id_runs_a_copy(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         live = await engine.client.schedule_new_orchestration(
             timer_then_value, input={"x": 2}, instance_id="live")
         await engine.client.wait_for_orchestration_start(live)
@@ -595,9 +599,9 @@ async def test_restart_of_a_running_instance_with_a_new_id_runs_a_copy(autojump_
     assert copied.name == "timer_then_value" and copied.input == {"x": 2}
 
 
-async def test_rewind_reruns_only_what_failed(autojump_clock):
+async def test_rewind_reruns_only_what_failed(autojump_clock, store):
     calls.clear()
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         failed = await run(engine, fails_in_the_middle, "w1", instance_id="rw")
         assert failed.runtime_status == S.FAILED
         await engine.client.rewind_orchestration("rw", "fixed the network")
@@ -610,9 +614,9 @@ async def test_rewind_reruns_only_what_failed(autojump_clock):
     assert calls["record:w1-first"] == 1  # what succeeded did not run again
 
 
-async def test_rewind_reaches_failed_sub_orchestrations(autojump_clock):
+async def test_rewind_reaches_failed_sub_orchestrations(autojump_clock, store):
     calls.clear()
-    async with open_test_engine(registry) as engine:
+    async with open_test_engine(registry, db=store) as engine:
         calls["w2"] = 1  # one more failure to go
         failed = await run(engine, fails_in_child, "w2", instance_id="pw")
         assert failed.runtime_status == S.FAILED
@@ -622,8 +626,8 @@ async def test_rewind_reaches_failed_sub_orchestrations(autojump_clock):
     assert calls["record:w2-parent"] == 1 and calls["record:w2-first"] == 1
 
 
-async def test_rewind_of_a_non_failed_instance_is_refused(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_rewind_of_a_non_failed_instance_is_refused(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         done = await run(engine, quick, 1)
         with pytest.raises(dtrio.InvalidOperation, match="only FAILED instances"):
             await engine.client.rewind_orchestration(done.instance_id)
@@ -632,8 +636,8 @@ async def test_rewind_of_a_non_failed_instance_is_refused(autojump_clock):
         assert (await engine.client.get_orchestration_state(done.instance_id)).output == 1
 
 
-async def test_instance_id_reuse_policy(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_instance_id_reuse_policy(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         await run(engine, quick, 1, instance_id="dup")
         with pytest.raises(dtrio.InstanceAlreadyExists):
             await engine.client.schedule_new_orchestration(quick, input=2, instance_id="dup")

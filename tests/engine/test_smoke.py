@@ -17,8 +17,8 @@ async def sequence(ctx, _):
     return [await ctx.call_activity(say_hello, input=c) for c in ("Tokyo", "London")]
 
 
-async def test_thirty_day_timer_under_mock_clock(autojump_clock):
-    async with open_test_engine(registry) as engine:
+async def test_thirty_day_timer_under_mock_clock(autojump_clock, store):
+    async with open_test_engine(registry, db=store) as engine:
         iid = await engine.client.schedule_new_orchestration(sequence)
         state = await engine.client.wait_for_orchestration_completion(
             iid, timeout=timedelta(days=31)

@@ -133,8 +133,8 @@ def returns_big_result(ctx: task.OrchestrationContext, _: object):
     return "x" * LIMIT
 
 
-async def test_an_oversized_result_fails_its_activity_or_orchestration() -> None:
-    async with running_sidecar(max_message_size=LIMIT) as sidecar:
+async def test_an_oversized_result_fails_its_activity_or_orchestration(store: str | None) -> None:
+    async with running_sidecar(db=store, max_message_size=LIMIT) as sidecar:
         orchestrators = [calls_big_result, returns_big_result, app.sequence]
         async with sdk_worker_running(sidecar.address, orchestrators, [big_result, app.hello]):
             activity = await sidecar.run(calls_big_result)
@@ -172,9 +172,9 @@ def sends_a_chunk(ctx: task.OrchestrationContext, _: object):
     return (yield ctx.call_activity(measure, input="y" * (5 << 20)))
 
 
-async def test_work_items_too_large_for_the_worker_fail_their_instance() -> None:
+async def test_work_items_too_large_for_the_worker_fail_their_instance(store: str | None) -> None:
     # Sent anyway, such an item breaks the worker's stream, and again on every reconnect.
-    async with running_sidecar() as sidecar:
+    async with running_sidecar(db=store) as sidecar:
         orchestrators = [gathers_chunks, sends_a_chunk, app.sequence]
         async with sdk_worker_running(sidecar.address, orchestrators, [chunk, measure, app.hello]):
             history = await sidecar.run(gathers_chunks)
@@ -197,8 +197,8 @@ async def test_work_items_too_large_for_the_worker_fail_their_instance() -> None
             await still_serves(sidecar)
 
 
-async def test_the_work_item_limit_is_configurable() -> None:
-    async with running_sidecar(max_work_item_size=LIMIT) as sidecar:
+async def test_the_work_item_limit_is_configurable(store: str | None) -> None:
+    async with running_sidecar(db=store, max_work_item_size=LIMIT) as sidecar:
         async with sdk_worker_running(sidecar.address, [sends_a_chunk, app.sequence],
                                       [measure, app.hello]):
             state = await sidecar.run(sends_a_chunk)

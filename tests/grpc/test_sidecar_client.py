@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -11,9 +12,16 @@ import sdk_app as app
 import trio
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
 from durabletask.internal import orchestrator_service_pb2 as pb
-from sidecar_harness import Sidecar
+from sidecar_harness import Sidecar, running_sidecar
 
 from dtrio.grpc.bridge import serve_grpc
+
+
+@pytest.fixture
+async def sidecar(store: str | None) -> AsyncIterator[Sidecar]:
+    """The sidecar on each store: these RPCs' behaviour rests on storage."""
+    async with running_sidecar(db=store) as running:
+        yield running
 
 
 async def rpc_error(sidecar: Sidecar, fn, *args, **kwargs) -> grpc.RpcError:

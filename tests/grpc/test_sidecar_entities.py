@@ -129,8 +129,10 @@ async def run(sidecar: Sidecar, orchestrator: Any, input: Any = None) -> Any:
 
 
 @pytest.mark.parametrize("version", [1, 2])
-async def test_counter_by_signals_and_calls_in_both_work_item_forms(version: int) -> None:
-    async with running_sidecar(entity_request_version=version) as sidecar:
+async def test_counter_by_signals_and_calls_in_both_work_item_forms(
+    version: int, store: str | None
+) -> None:
+    async with running_sidecar(db=store, entity_request_version=version) as sidecar:
         async with entity_worker(sidecar.address):
             client = sidecar.client
             for n in range(1, 6):
@@ -143,8 +145,8 @@ async def test_counter_by_signals_and_calls_in_both_work_item_forms(version: int
             assert await sidecar.call(client.get_entity, Id("counter", "never")) is None
 
 
-async def test_class_entity_failure_rollback_and_side_effects() -> None:
-    async with running_sidecar() as sidecar, entity_worker(sidecar.address):
+async def test_class_entity_failure_rollback_and_side_effects(store: str | None) -> None:
+    async with running_sidecar(db=store) as sidecar, entity_worker(sidecar.address):
         client = sidecar.client
         assert await run(sidecar, call, {"entity": "@acct@x", "op": "deposit", "input": 30}) == 30
         failed = await run(sidecar, call, {"entity": "@acct@x", "op": "steal", "input": 1})
@@ -167,8 +169,8 @@ async def test_class_entity_failure_rollback_and_side_effects() -> None:
         assert "nobody" in unknown["message"]
 
 
-async def test_scheduled_signals() -> None:
-    async with running_sidecar() as sidecar, entity_worker(sidecar.address):
+async def test_scheduled_signals(store: str | None) -> None:
+    async with running_sidecar(db=store) as sidecar, entity_worker(sidecar.address):
         later = datetime.now(UTC) + timedelta(seconds=1)
         await sidecar.call(
             sidecar.client.signal_entity, Id("counter", "s"), "add", 1, signal_time=later
@@ -176,8 +178,8 @@ async def test_scheduled_signals() -> None:
         assert await run(sidecar, signal_then_call, "s") == [5, 106]
 
 
-async def test_locks_serialize_and_are_released_on_failure_and_terminate() -> None:
-    async with running_sidecar() as sidecar, entity_worker(sidecar.address):
+async def test_locks_serialize_and_are_released_on_failure_and_terminate(store: str | None) -> None:
+    async with running_sidecar(db=store) as sidecar, entity_worker(sidecar.address):
         client = sidecar.client
         for key in "ab":
             await sidecar.call(client.signal_entity, Id("counter", key), "set", 100)
@@ -211,8 +213,8 @@ async def test_locks_serialize_and_are_released_on_failure_and_terminate() -> No
         assert done.serialized_output == "2"
 
 
-async def test_query_paging_filters_and_clean_storage() -> None:
-    async with running_sidecar() as sidecar, entity_worker(sidecar.address):
+async def test_query_paging_filters_and_clean_storage(store: str | None) -> None:
+    async with running_sidecar(db=store) as sidecar, entity_worker(sidecar.address):
         client = sidecar.client
         for key in "abcde":
             await run(sidecar, call, {"entity": f"@counter@{key}", "op": "add", "input": 1})
@@ -332,9 +334,9 @@ async def test_entity_ids_over_the_limit_in_actions_are_refused() -> None:
         assert await sidecar.call(client.get_all_entities, query) == []
 
 
-async def test_state_of_several_mib_round_trips_through_the_sdk() -> None:
+async def test_state_of_several_mib_round_trips_through_the_sdk(store: str | None) -> None:
     size = 3 << 20  # the SDK worker receives at most 4 MiB per message by default
-    async with running_sidecar() as sidecar, entity_worker(sidecar.address):
+    async with running_sidecar(db=store) as sidecar, entity_worker(sidecar.address):
         blob = "y" * size
         await sidecar.call(sidecar.client.signal_entity, Id("text", "big"), "set", blob)
         assert await run(sidecar, call, {"entity": "@text@big", "op": "length"}) == size
@@ -359,9 +361,9 @@ async def test_workers_with_filters_get_only_their_entities() -> None:
                 await trio.to_thread.run_sync(other.stop)
 
 
-async def test_a_batch_result_over_the_size_limit_fails_its_operations() -> None:
+async def test_a_batch_result_over_the_size_limit_fails_its_operations(store: str | None) -> None:
     async with (
-        running_sidecar(max_message_size=64 << 10) as sidecar,
+        running_sidecar(db=store, max_message_size=64 << 10) as sidecar,
         entity_worker(sidecar.address),
     ):
         await sidecar.call(sidecar.client.signal_entity, Id("text", "t"), "set", "small")
@@ -396,8 +398,10 @@ async def test_entities_survive_a_sidecar_restart(tmp_path: Any) -> None:
         assert await run(sidecar, call, {"entity": "@counter@locked", "op": "add", "input": 1}) == 1
 
 
-async def test_an_entity_work_item_over_the_size_limit_fails_its_operations() -> None:
-    async with running_sidecar(max_work_item_size=64 << 10) as sidecar:
+async def test_an_entity_work_item_over_the_size_limit_fails_its_operations(
+    store: str | None,
+) -> None:
+    async with running_sidecar(db=store, max_work_item_size=64 << 10) as sidecar:
         async with entity_worker(sidecar.address):
             assert await run(sidecar, call, {"entity": "@text@w", "op": "fill",
                                              "input": 100 << 10}) == 100 << 10

@@ -10,9 +10,17 @@ import pytest
 import sdk_lifecycle_app as app
 import trio
 from durabletask.client import OrchestrationQuery, OrchestrationStatus
-from sidecar_harness import Sidecar, sdk_worker_running
+from sidecar_harness import Sidecar, running_sidecar, sdk_worker_running
 
 S = OrchestrationStatus
+
+
+@pytest.fixture
+async def sidecar(store: str | None) -> AsyncIterator[Sidecar]:
+    """The sidecar on each store: these RPCs' behaviour rests on storage."""
+    app.attempts.clear()  # the activities' attempts so far, counted across stores otherwise
+    async with running_sidecar(db=store) as running:
+        yield running
 
 
 @pytest.fixture
