@@ -44,4 +44,4 @@ def open_sqlite_backend(
     except BaseException:
         conn.close()
         raise
-    return SqlBackend(SqliteStore(conn, clock, where))
+    return SqlBackend(SqliteStore(conn, clock, where, None if memory else os.stat(where)))

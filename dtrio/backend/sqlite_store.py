@@ -12,6 +12,7 @@ The store is also the `Tx` its operations run in: one connection, one transactio
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -45,8 +46,11 @@ class _Op:
 class SqliteStore(WriteQueue):
     dialect = SQLITE
 
-    def __init__(self, conn: sqlite3.Connection, clock: Clock, where: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, clock: Clock, where: str,
+                 file: os.stat_result | None = None) -> None:
         self.conn = conn
+        # The file opened (None: in memory), to notice it being removed or replaced.
+        self._file = file
         self.execute = conn.execute
         self.executemany = conn.executemany
         self.clock = clock
@@ -127,6 +131,9 @@ class SqliteStore(WriteQueue):
         always handed to the caller."""
         self.check_open()
         await trio.lowlevel.checkpoint_if_cancelled()
+        moved = self._moved()
+        if moved is not None:
+            raise moved
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -143,11 +150,30 @@ class SqliteStore(WriteQueue):
         await trio.lowlevel.cancel_shielded_checkpoint()
         return result
 
+    def _moved(self) -> StorageError | None:
+        """Why not to write: the path no longer names the file opened. SQLite would go on
+        writing to it, and every commit would vanish with this process."""
+        if self._file is None:
+            return None
+        try:
+            now = os.stat(self.where)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (self._file.st_dev, self._file.st_ino):
+            return None
+        return StorageError(f"the store {self.where} was removed or replaced while open; "
+                            "nothing more is written to it (restart on the right file)")
+
     def _refused(self, what: str, exc: sqlite3.Error) -> StorageError:
         return StorageError(f"the store {self.where} refused a {what}: {exc}")
 
     def _flush(self) -> None:
         ops, self._queue = self._queue, []
+        moved = self._moved()
+        if moved is not None:
+            for op in ops:
+                op.done, op.error = True, moved
+            return
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
