@@ -165,7 +165,11 @@ class SqliteStore(WriteQueue):
                             "nothing more is written to it (restart on the right file)")
 
     def _refused(self, what: str, exc: sqlite3.Error) -> StorageError:
-        return StorageError(f"the store {self.where} refused a {what}: {exc}")
+        name = getattr(exc, "sqlite_errorname", "")
+        damaged = name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+        hint = (" (the file is damaged: check it with PRAGMA integrity_check, restore a backup)"
+                if damaged else "")
+        return StorageError(f"the store {self.where} refused a {what}: {exc}{hint}")
 
     def _flush(self) -> None:
         ops, self._queue = self._queue, []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -141,11 +142,15 @@ async def test_a_corrupted_page_is_named_and_never_read_as_missing(tmp_path: Pat
             two_steps, input=n, instance_id=f"i-{n}") for n in range(count)]
         for iid in ids:
             await wait_for_event_wait(engine.client, iid)
-    size = db.stat().st_size
-    page = 4096
+    # Garbage over the middle page of the instances table: a read through it must not pass.
+    with sqlite3.connect(db) as conn:
+        pages = [p for (p,) in conn.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'instances' AND pagetype = 'leaf'")]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
     with open(db, "r+b") as f:
-        f.seek(size // 2 // page * page)
-        f.write(os.urandom(page))
+        f.seek((pages[len(pages) // 2] - 1) * size)
+        f.write(os.urandom(size))
     seen, errors = 0, []
     try:
         async with dtrio.open_engine(registry, db=db, shutdown_grace=0.0) as engine:
@@ -161,4 +166,4 @@ async def test_a_corrupted_page_is_named_and_never_read_as_missing(tmp_path: Pat
     except dtrio.StorageError as exc:
         errors.append(str(exc))
     assert errors, f"all {seen} instances read back from a store with a page of garbage"
-    assert all(str(db) in e and "malformed" in e for e in errors), errors
+    assert all(str(db) in e and "malformed" in e and "damaged" in e for e in errors), errors
