@@ -129,7 +129,9 @@ def check_store(db: Path, log: Path, report: dict[str, Any], *, reran_allowed: i
                 f"SELECT instance_id FROM {table} WHERE lock_owner IS NOT NULL").fetchall()
             assert not held, f"leases still held in {table} after a clean stop: {held}"
         history: dict[str, list[pb.HistoryEvent]] = {}
-        for iid, data in conn.execute("SELECT instance_id, event FROM history ORDER BY seq"):
+        for iid, data in conn.execute(
+                "SELECT i.instance_id, h.event FROM history h JOIN instances i "
+                "ON i.id = h.instance_key ORDER BY h.seq"):
             history.setdefault(iid, []).append(pb.HistoryEvent.parse(data))
     finally:
         conn.close()

@@ -126,7 +126,9 @@ def test_three_engines_share_the_work_and_survive(cluster, tmp_path, fault):
 
         with psycopg.connect(url) as conn:
             rows = conn.execute("SELECT key, sidecar FROM effects").fetchall()
-            events = conn.execute("SELECT instance_id, event FROM history").fetchall()
+            events = conn.execute(
+                "SELECT i.instance_id, h.event FROM history h JOIN instances i "
+                "ON i.id = h.instance_key").fetchall()
     ids = [f"m{n:03d}" for n in range(COUNT)]
     runs = Counter(key for key, _ in rows)
     assert set(runs) == {f"{iid}:{part}" for iid in ids
