@@ -102,7 +102,9 @@ class SqlBackend(EntityStatements, AdminStatements):
             now = tx.clock.now_us()
             if insert_instance(tx, new, now):
                 return True
-            status = status_of(tx, new.instance_id)
+            # Locked as read (where writers run side by side): another process finishing it
+            # between this read and the replacement would be replaced against the policy.
+            status = status_of(tx, new.instance_id, lock=True)
             if status is None:  # deleted by a concurrent purge since the insert looked
                 raise StorageError(f"could not create instance {new.instance_id!r}; try again")
             if status in ignore:
@@ -236,7 +238,7 @@ class SqlBackend(EntityStatements, AdminStatements):
             for new in step.new_instances:
                 if insert_instance(tx, new, now):
                     continue
-                if new.replace_finished and status_of(tx, new.instance_id) in TERMINAL:
+                if new.replace_finished and status_of(tx, new.instance_id, lock=True) in TERMINAL:
                     delete_instances(tx, [new.instance_id], now)
                     insert_instance(tx, new, now)
                 elif new.conflict is not None:

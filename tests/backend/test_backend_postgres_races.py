@@ -54,3 +54,40 @@ async def replace_x(backend, kit: Kit) -> None:
     new = kit.new_instance("x", name="replacement")
     assert await backend.create_instance(
         new, replace=frozenset({int(pb.OrchestrationStatus.PENDING)}))
+
+
+async def test_a_start_that_may_replace_only_pending_instances_sees_one_finished_meanwhile(
+    postgres_db,
+):
+    backend = open_backend(postgres_db, Clock())
+    kit = Kit(backend, Clock())
+    try:
+        await kit.start("x")
+        refused: list[BaseException] = []
+
+        async def start_again() -> None:
+            try:
+                await backend.create_instance(
+                    kit.new_instance("x", name="replacement"),
+                    replace=frozenset({int(pb.OrchestrationStatus.PENDING)}))
+            except Exception as exc:
+                refused.append(exc)
+
+        with psycopg.connect(postgres_db) as other:
+            # Another process finishes "x" and has not committed yet.
+            other.execute("SELECT 1 FROM instances WHERE instance_id = 'x' FOR UPDATE")
+            other.execute("UPDATE instances SET status = %s WHERE instance_id = 'x'",
+                          (int(pb.OrchestrationStatus.COMPLETED),))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(start_again)
+                with trio.fail_after(30):
+                    while not await trio.to_thread.run_sync(waiting_for_a_lock, postgres_db):
+                        await trio.sleep(0.01)
+                other.commit()
+        # The policy replaces pending instances only: the finished one stays.
+        assert [type(e).__name__ for e in refused] == ["InstanceAlreadyExists"]
+        record = await backend.get_instance("x")
+        assert record is not None and record.name != "replacement"
+        assert record.status == pb.OrchestrationStatus.COMPLETED
+    finally:
+        await backend.aclose()
