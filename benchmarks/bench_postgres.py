@@ -6,7 +6,9 @@ Without `--db`, a throwaway cluster is started from the local server binaries, a
 (tests/pg_cluster.py: fsync off, 127.0.0.1); every measure runs on a fresh database of its own.
 
 Rows (`--only` takes their names):
-  embedded     1,000 three-activity sequences started at once (one engine process)
+  embedded     1,000 three-activity sequences started at once (one engine process), and the
+               same on DBOS with a system database on the same server (peer_dbos_postgres.py,
+               in a process of its own; skipped when `dbos` is not installed)
   latency      one three-activity orchestration at a time, p50 and p99
   fanout       fan-out/fan-in of 100 activities in one orchestration
   scaling      1, 2 and 3 engine processes on one database sharing 600 three-activity sequences
@@ -22,6 +24,7 @@ Rows (`--only` takes their names):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -144,7 +147,8 @@ def measure(row: str, server: str, cluster: Cluster | None) -> dict[str, float]:
                 "one statements": one_statements, "one transactions": one_transactions}
     with fresh_database(server) as url:
         if row == "embedded":
-            return {"rate": trio.run(b.throughput, "", "NORMAL", 1000, url)}
+            rate = trio.run(b.throughput, "", "NORMAL", 1000, url)
+            return {"rate": rate, **_dbos(server)}
         if row == "latency":
             p50, p99 = trio.run(b.latency, "", "NORMAL", 200, url)
             return {"p50": p50, "p99": p99}
@@ -157,8 +161,20 @@ def measure(row: str, server: str, cluster: Cluster | None) -> dict[str, float]:
     return out
 
 
+def _dbos(server: str) -> dict[str, float]:
+    """DBOS's throughput on a fresh database of the same server (nothing without `dbos`)."""
+    if importlib.util.find_spec("dbos") is None:
+        return {}
+    with fresh_database(server) as url:
+        out = subprocess.run(
+            [sys.executable, os.path.join(HERE, "peer_dbos_postgres.py"), url, "1000"],
+            capture_output=True, text=True, timeout=900, check=True).stdout.split()
+    return {"dbos rate": float(out[1])}
+
+
 LINES = {
-    "embedded": [("1,000 three-activity sequences at once", "orch/s", "rate", "{:,.0f}")],
+    "embedded": [("1,000 three-activity sequences at once", "orch/s", "rate", "{:,.0f}"),
+                 ("the same on DBOS, same server", "orch/s", "dbos rate", "{:,.0f}")],
     "latency": [("one orchestration at a time, p50", "ms", "p50", "{:.2f}"),
                 ("one orchestration at a time, p99", "ms", "p99", "{:.2f}")],
     "fanout": [("fan-out/fan-in of 100", "ms", "100", "{:,.1f}")],
@@ -185,6 +201,11 @@ def render(results: dict[str, list[dict[str, float]]], runs: int, where: str) ->
              if results.get("scaling")]
     if scale:
         table.append(["3 processes vs 1", "", f"{scale[-1] / scale[0]:.2f}x", ""])
+    dbos = [r for r in results.get("embedded", []) if "dbos rate" in r]
+    if dbos:
+        ratio = median([r["rate"] / r["dbos rate"] for r in dbos])
+        table.append(["dtrio vs DBOS, 1,000 at once (median of the runs' ratios)", "",
+                      f"{ratio:.2f}x", ""])
     widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
     out = [f"dtrio on PostgreSQL ({where}): medians of {runs} runs, {python_banner()}.",
            "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
