@@ -11,6 +11,9 @@ Rows (`--only` takes their names):
                in a process of its own; skipped when `dbos` is not installed)
   latency      one three-activity orchestration at a time, p50 and p99
   fanout       fan-out/fan-in of 100 activities in one orchestration
+  sidecar      `python -m dtrio serve --db <the database>` driven by the official Python SDK worker
+               and client in a process of their own (bench_sidecar.py's driver): 1,000
+               three-activity orchestrations at once
   scaling      1, 2 and 3 engine processes on one database sharing 600 three-activity sequences
                whose activities sleep 20 ms, each process running at most 10 activities at
                once (so capacity per process, not this machine's cores, is what is measured);
@@ -43,7 +46,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from pg_cluster import Cluster, fresh_database, own_cluster  # noqa: E402
 
-ROWS = ("embedded", "latency", "fanout", "scaling", "roundtrips")
+ROWS = ("embedded", "latency", "fanout", "sidecar", "scaling", "roundtrips")
 PROCESSES = (1, 2, 3)
 SCALING_TOTAL = 600
 ACTIVITIES_PER_PROCESS = 10
@@ -154,11 +157,33 @@ def measure(row: str, server: str, cluster: Cluster | None) -> dict[str, float]:
             return {"p50": p50, "p99": p99}
         if row == "fanout":
             return {"100": trio.run(b.fan_out_time, "", "NORMAL", 100, url)}
+        if row == "sidecar":
+            return {"sidecar": _sidecar(url)}
     out = {}
     for processes in PROCESSES:
         with fresh_database(server) as url:
             out[f"p{processes}"] = scaling(url, processes)
     return out
+
+
+def _sidecar(url: str) -> float:
+    """The SDK driver's orchestrations/s against a sidecar on database `url`."""
+    import bench_sidecar
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dtrio", "serve", "--port", "0", "--db", url,
+         "--log-level", "warning"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        line = server.stdout.readline()  # type: ignore[union-attr]
+        address = line.rsplit("listening on ", 1)[1].split()[0]
+        out = subprocess.run(
+            [sys.executable, bench_sidecar.__file__, "--drive", address, "--count", "1000"],
+            capture_output=True, text=True, timeout=900, check=True).stdout
+    finally:
+        bench_sidecar._stop(server)
+    return float(out.split("rate ", 1)[1].split()[0])
 
 
 def _dbos(server: str) -> dict[str, float]:
@@ -178,6 +203,7 @@ LINES = {
     "latency": [("one orchestration at a time, p50", "ms", "p50", "{:.2f}"),
                 ("one orchestration at a time, p99", "ms", "p99", "{:.2f}")],
     "fanout": [("fan-out/fan-in of 100", "ms", "100", "{:,.1f}")],
+    "sidecar": [("sidecar, official SDK worker, 1,000 at once", "orch/s", "sidecar", "{:,.0f}")],
     "scaling": [(f"{p} process{'es' if p > 1 else ''}, 20 ms activities, 10 at once each",
                  "orch/s", f"p{p}", "{:,.0f}") for p in PROCESSES],
     "roundtrips": [
