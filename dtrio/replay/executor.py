@@ -7,7 +7,6 @@ restart) or kept in memory and fed each step's new events only; both give the sa
 from __future__ import annotations
 
 import inspect
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -77,8 +76,10 @@ class OrchestrationRun:
         self.next_id = 0
         self.started: pb.ExecutionStartedEvent | None = None
         self.custom_status: str | None = None
-        self.buffered_events: dict[str, deque[str | None]] = {}
-        self.event_waiters: dict[str, deque[Any]] = {}
+        # By lowercased name, oldest first. Lists, not deques: a deque costs some 600 bytes
+        # however short, which a parked run would hold while it waits for one event.
+        self.buffered_events: dict[str, list[str | None]] = {}
+        self.event_waiters: dict[str, list[Any]] = {}
         self.is_done = False
         self._pending_actions: dict[int, pb.OrchestratorAction] = {}
         self._tasks: dict[int, Task[Any]] = {}
@@ -398,11 +399,11 @@ def _on_event_raised(
     key = body.name.lower()
     waiters = run.event_waiters.get(key)
     while waiters:
-        wait = waiters.popleft()
+        wait = waiters.pop(0)
         if not wait.is_complete:
             wait._complete(payloads.decode(body.input, f"data of event {body.name!r}"))
             return
-    run.buffered_events.setdefault(key, deque()).append(body.input)
+    run.buffered_events.setdefault(key, []).append(body.input)
 
 
 def _on_entity_completed(run: OrchestrationRun, event: pb.HistoryEvent, body: Any) -> None:
