@@ -122,6 +122,10 @@ class OrchestrationContext:
     recorded.
     """
 
+    # One per instance waiting in memory between steps.
+    __slots__ = ("_logger", "_run", "_section", "_uuid_counter", "instance_id", "is_replaying",
+                 "name", "now", "version")
+
     def __init__(self, run: OrchestrationRun, instance_id: str) -> None:
         self._run = run
         self.instance_id = instance_id
