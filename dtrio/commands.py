@@ -96,14 +96,14 @@ class Commands:
         """The instance's record once `done` holds for it; TimeoutError after `seconds`."""
         with trio.move_on_after(seconds):
             while True:
-                changed = self._changes.event_for(instance_id)
-                record = await self._backend.get_instance(instance_id, payloads=payloads)
-                if record is None:
-                    raise InstanceNotFound(instance_id)
-                if done(record):
-                    return record
-                with trio.move_on_after(self._poll):
-                    await changed.wait()
+                with self._changes.watching(instance_id) as changed:
+                    record = await self._backend.get_instance(instance_id, payloads=payloads)
+                    if record is None:
+                        raise InstanceNotFound(instance_id)
+                    if done(record):
+                        return record
+                    with trio.move_on_after(self._poll):
+                        await changed.wait()
         raise TimeoutError(
             f"orchestration {instance_id!r} did not {what} within {seconds:g} seconds"
         )

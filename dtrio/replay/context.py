@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -57,7 +56,7 @@ class _EventTimeout(DurableTask):
     __slots__ = ("_timeout", "wait", "waiters")
 
     def __init__(
-        self, wait: ExternalEventTask, waiters: deque[ExternalEventTask], timeout: timedelta
+        self, wait: ExternalEventTask, waiters: list[ExternalEventTask], timeout: timedelta
     ):
         super().__init__(f"timeout of wait for event {wait.name!r}")
         self.wait, self.waiters = wait, waiters
@@ -122,6 +121,10 @@ class OrchestrationContext:
     `dtrio.when_all` / `dtrio.when_any`. Bad arguments raise at the call, before anything is
     recorded.
     """
+
+    # One per instance waiting in memory between steps.
+    __slots__ = ("_logger", "_run", "_section", "_uuid_counter", "instance_id", "is_replaying",
+                 "name", "now", "version")
 
     def __init__(self, run: OrchestrationRun, instance_id: str) -> None:
         self._run = run
@@ -283,11 +286,11 @@ class OrchestrationContext:
         wait = ExternalEventTask(name)
         buffered = self._run.buffered_events.get(key)
         if buffered:
-            wait._complete(payloads.decode(buffered.popleft(), f"data of event {name!r}"))
+            wait._complete(payloads.decode(buffered.pop(0), f"data of event {name!r}"))
             if not buffered:
                 del self._run.buffered_events[key]
             return wait
-        waiters = self._run.event_waiters.setdefault(key, deque())
+        waiters = self._run.event_waiters.setdefault(key, [])
         waiters.append(wait)
         if delay is not None:
             timer = _EventTimeout(wait, waiters, delay)

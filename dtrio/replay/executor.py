@@ -7,7 +7,6 @@ restart) or kept in memory and fed each step's new events only; both give the sa
 from __future__ import annotations
 
 import inspect
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -71,14 +70,25 @@ def _describe_event(event: pb.HistoryEvent) -> str:
 class OrchestrationRun:
     """One execution of one orchestration instance, replayable and resumable."""
 
+    # Kept in memory for every instance waiting between steps: slots, and the rarely used
+    # collections (events held while suspended, entity calls and locks) made on first use.
+    __slots__ = (
+        "_blocked_on", "_carryover", "_continue_as_new", "_coro", "_entity_requests",
+        "_entity_sections", "_held", "_history_index", "_orchestrators", "_pending_actions",
+        "_scheduled", "_suspended", "_tasks", "buffered_events", "ctx", "custom_status",
+        "event_waiters", "is_done", "next_id", "started",
+    )
+
     def __init__(self, orchestrators: Mapping[str, Callable[..., Any]], instance_id: str) -> None:
         self._orchestrators = orchestrators
         self.ctx = OrchestrationContext(self, instance_id)
         self.next_id = 0
         self.started: pb.ExecutionStartedEvent | None = None
         self.custom_status: str | None = None
-        self.buffered_events: dict[str, deque[str | None]] = {}
-        self.event_waiters: dict[str, deque[Any]] = {}
+        # By lowercased name, oldest first. Lists, not deques: a deque costs some 600 bytes
+        # however short, which a parked run would hold while it waits for one event.
+        self.buffered_events: dict[str, list[str | None]] = {}
+        self.event_waiters: dict[str, list[Any]] = {}
         self.is_done = False
         self._pending_actions: dict[int, pb.OrchestratorAction] = {}
         self._tasks: dict[int, Task[Any]] = {}
@@ -86,7 +96,7 @@ class OrchestrationRun:
         self._blocked_on: Task[Any] | None = None
         self._continue_as_new: tuple[str | None, bool] | None = None
         self._suspended = False
-        self._held: list[pb.HistoryEvent] = []
+        self._held: list[pb.HistoryEvent] | None = None
         self._carryover: list[pb.HistoryEvent] | None = None
         self._history_index = 0
         # What this execution scheduled that a completion may answer (kept after it is answered:
@@ -94,8 +104,8 @@ class OrchestrationRun:
         # ID and kind; entity calls and lock requests by the request and section IDs the replies
         # name, to action IDs. Noted when history replays the action or when `feed` hands it out.
         self._scheduled: dict[int, str] = {}
-        self._entity_requests: dict[str, int] = {}
-        self._entity_sections: dict[str, int] = {}
+        self._entity_requests: dict[str, int] | None = None
+        self._entity_sections: dict[str, int] | None = None
 
     @property
     def is_suspended(self) -> bool:
@@ -139,6 +149,8 @@ class OrchestrationRun:
         # A second suspension of a suspended run changes nothing; were it held, the resume would
         # replay it and suspend the run again behind a status that says RUNNING.
         if self._suspended and kind not in _WHILE_SUSPENDED:
+            if self._held is None:
+                self._held = []
             self._held.append(event)
             return
         handler = _HANDLERS.get(kind)
@@ -311,8 +323,12 @@ class OrchestrationRun:
         if kind in _AWAITED_ACTIONS:
             self._scheduled[action_id] = kind
         elif kind == "entity_operation_called":
+            if self._entity_requests is None:
+                self._entity_requests = {}
             self._entity_requests[body.request_id] = action_id
         elif kind == "entity_lock_requested":
+            if self._entity_sections is None:
+                self._entity_sections = {}
             self._entity_sections[body.critical_section_id] = action_id
 
     def _answered(self, event: pb.HistoryEvent) -> Task[Any] | None:
@@ -338,7 +354,8 @@ class OrchestrationRun:
     def _answered_entity(self, event: pb.HistoryEvent) -> Task[Any] | None:
         """Like `_answered`, for the reply to an entity call (named by its request ID)."""
         kind, body = one_of(event, "eventType")
-        action_id = self._entity_requests.get(body.request_id)
+        requests = self._entity_requests
+        action_id = requests.get(body.request_id) if requests is not None else None
         if action_id is None:
             raise NonDeterminismError(
                 f"orchestrator {self.ctx.name!r} got a completion for nothing it scheduled: "
@@ -398,11 +415,11 @@ def _on_event_raised(
     key = body.name.lower()
     waiters = run.event_waiters.get(key)
     while waiters:
-        wait = waiters.popleft()
+        wait = waiters.pop(0)
         if not wait.is_complete:
             wait._complete(payloads.decode(body.input, f"data of event {body.name!r}"))
             return
-    run.buffered_events.setdefault(key, deque()).append(body.input)
+    run.buffered_events.setdefault(key, []).append(body.input)
 
 
 def _on_entity_completed(run: OrchestrationRun, event: pb.HistoryEvent, body: Any) -> None:
@@ -425,7 +442,8 @@ def _on_entity_lock_granted(run: OrchestrationRun, _event: pb.HistoryEvent, body
     # A grant names no execution (the protocol's lock request carries none), so one for a section
     # this execution never requested is not proof of a wrong history: a section requested before
     # continue_as_new can be granted after it. It is ignored, as a stale grant.
-    action_id = run._entity_sections.get(body.critical_section_id)
+    sections = run._entity_sections
+    action_id = sections.get(body.critical_section_id) if sections is not None else None
     task = run._tasks.pop(action_id, None) if action_id is not None else None
     if task is not None:
         task._complete(None)
@@ -446,8 +464,8 @@ def _on_execution_suspended(run: OrchestrationRun, _event: pb.HistoryEvent, _bod
 
 def _on_execution_resumed(run: OrchestrationRun, _event: pb.HistoryEvent, _body: Any) -> None:
     run._suspended = False
-    held, run._held = run._held, []
-    for event in held:
+    held, run._held = run._held, None
+    for event in held or ():
         run._process(event)
 
 
