@@ -158,6 +158,22 @@ def _schedule(address: str, ids: range) -> None:
         client.close()
 
 
+class Feeder(threading.Thread):
+    """`_schedule` in a thread of its own, keeping what it raised."""
+
+    def __init__(self, address: str, ids: range) -> None:
+        super().__init__(daemon=True)
+        self.address, self.ids = address, ids
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            _schedule(self.address, self.ids)
+        except BaseException as error:
+            self.error = error
+
+
 def instance_id(n: int) -> str:
     return f"soak-{n:06d}"
 
@@ -183,6 +199,7 @@ def soak(count: int, workdir: Path, *, workers: int = 2, kill_every: float = 3.0
             # first worker is killed and the sidecar restarted.
             _schedule(address, range(half))
             pool = [start_worker(address, log) for _ in range(workers)]
+            feeder: Feeder | None = None
             next_kill: float | None = None
             next_progress = begin + 10
             done = 0
@@ -190,6 +207,8 @@ def soak(count: int, workdir: Path, *, workers: int = 2, kill_every: float = 3.0
                 if time.monotonic() - begin > timeout:
                     raise TimeoutError(f"{done} of {count} completed after {timeout} s")
                 time.sleep(0.05)
+                if feeder is not None and feeder.error is not None:
+                    raise feeder.error
                 done = _completed(db)
                 now = time.monotonic()
                 if next_kill is None and done >= count // 8:
@@ -208,7 +227,8 @@ def soak(count: int, workdir: Path, *, workers: int = 2, kill_every: float = 3.0
                     sidecar, _ = start_sidecar(db, port, log)
                     sampler.pid = sidecar.pid
                     result.sidecar_restarts += 1
-                    _schedule(address, range(half, count))
+                    # In a thread: workers go on being killed while the second half arrives.
+                    feeder = Feeder(address, range(half, count))
                 if now >= next_progress:
                     progress(f"{now - begin:5.0f} s: {done} of {count} completed")
                     next_progress = now + 10
@@ -304,6 +324,8 @@ def main() -> None:
     parser.add_argument("--kill-every", type=float, default=3.0, metavar="SECONDS")
     parser.add_argument("--worker", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Stopped with SIGTERM, the soak still kills the processes it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.worker:
         run_worker(args.worker)
         return
