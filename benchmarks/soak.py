@@ -270,22 +270,28 @@ def _check(address: str, result: SoakResult) -> None:
 
 # -- the report ----------------------------------------------------------------------------------
 
-def rss_plot(samples: list[tuple[float, int, int]], rows: int = 12, width: int = 50) -> str:
-    """The samples cut into `rows` equal spans of time, each a bar of its highest VmRSS."""
+def rss_plot(samples: list[tuple[float, int, int]], checked_from: float, rows: int = 12,
+             width: int = 50) -> str:
+    """The samples cut into `rows` equal spans of time, each a bar of its highest VmRSS; spans
+    from `checked_from` on are the reading back of every instance, after the run."""
     if not samples:
         return "(no samples)"
     span = samples[-1][0] / rows or 1.0
     top = max(kb for _, _, kb in samples)
-    lines, incarnation = [], {}
+    incarnation: dict[int, int] = {}
+    for _, pid, _ in samples:
+        incarnation.setdefault(pid, len(incarnation) + 1)
+    lines = []
     for row in range(rows):
         chunk = [s for s in samples if row * span <= s[0] < (row + 1) * span
                  or (row == rows - 1 and s[0] >= (row + 1) * span)]
         if not chunk:
             continue
-        kb = max(k for _, _, k in chunk)
-        sidecar = incarnation.setdefault(chunk[-1][1], len(incarnation) + 1)
+        _, pid, kb = max(chunk, key=lambda sample: sample[2])
+        phase = "  (reading back)" if row * span >= checked_from else ""
         bar = "#" * round(width * kb / top)
-        lines.append(f"{row * span:7.0f} s  sidecar {sidecar}  {kb / 1024:6.1f} MiB  {bar}")
+        lines.append(f"{row * span:7.0f} s  sidecar {incarnation[pid]}  {kb / 1024:6.1f} MiB  "
+                     f"{bar}{phase}")
     return "\n".join(lines)
 
 
@@ -313,7 +319,8 @@ def report(result: SoakResult, workers: int) -> str:
         figures = f"{kbs[0] / 1024:.0f}/{tail[0] / 1024:.0f}/{kbs[-1] / 1024:.0f}/" \
                   f"{max(kbs) / 1024:.0f}"
         lines.append(f"| {label:<44} | {figures:>12} |")
-    lines += ["", "sidecar VmRSS, sampled every second (highest per span):", rss_plot(result.rss)]
+    lines += ["", "sidecar VmRSS, sampled every second (highest per span):",
+              rss_plot(result.rss, result.seconds)]
     return "\n".join(lines)
 
 
