@@ -53,5 +53,10 @@ class ChangeBoard:
             if not watch.users and self._waiting.get(key) is watch:
                 del self._waiting[key]
 
+    def waiting(self, key: str) -> int:
+        """How many tasks wait on `key`'s next change now."""
+        watch = self._waiting.get(key)
+        return 0 if watch is None else watch.event.statistics().tasks_waiting
+
     def __len__(self) -> int:
         return len(self._waiting)

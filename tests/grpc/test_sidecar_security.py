@@ -355,8 +355,7 @@ async def test_a_client_with_1000_calls_open_gets_8_at_a_time_while_another_is_s
         changes = sidecar_.engine.client.commands._changes
 
         def waiting() -> int:
-            watch = changes._waiting.get(waits)
-            return 0 if watch is None else watch.event.statistics().tasks_waiting
+            return changes.waiting(waits)
 
         await in_thread(wait_until, "the first calls wait", lambda: waiting() >= 8)
         # Meanwhile, another client (a connection of its own) starts and finishes its work.
