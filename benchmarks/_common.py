@@ -50,6 +50,16 @@ def sqlite_used_bytes(path: str) -> int:
         conn.close()
 
 
+def markdown_table(head: list[str], rows: list[list[object]]) -> list[str]:
+    """`head` and `rows` as the lines of a Markdown table, each column padded to its widest."""
+    cells = [[str(c) for c in row] for row in [head, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+             for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return lines
+
+
 def python_banner() -> str:
     return f"Python {sys.version.split()[0]}, {os.cpu_count()} cores"
 

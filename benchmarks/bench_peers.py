@@ -37,7 +37,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from _common import calibrate, median, python_banner, spread
+from _common import calibrate, markdown_table, median, python_banner, spread
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -231,7 +231,6 @@ def render(
                 " / ".join(ratios), line.target, " / ".join(mets),
                 f"{max(varies):.0%}" if varies else "",
             ])
-    widths = [max(len(str(r[i])) for r in [head, *table]) for i in range(len(head))]
     calibration = [r["calibration"] for rs in results.runs.values() for r in rs
                    if "calibration" in r]
     pool = f"{dbos_threads} executor thread(s)" if dbos_threads else "DBOS's default pool"
@@ -244,11 +243,7 @@ def render(
         out.append(f"Machine check: a fixed Python loop took {median(calibration):.1f} ms "
                    f"({min(calibration):.1f}-{max(calibration):.1f}) while these figures "
                    "were taken.")
-    out += ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
-            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    for r in table:
-        cells = (str(c).ljust(w) for c, w in zip(r, widths, strict=True))
-        out.append("| " + " | ".join(cells) + " |")
+    out += markdown_table(head, table)
     return "\n".join(out)
 
 

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import trio
-from _common import median, python_banner, spread
+from _common import markdown_table, median, python_banner, spread
 
 import dtrio
 
@@ -232,12 +232,8 @@ def render(results: dict[str, list[dict[str, float]]], runs: int, where: str) ->
         ratio = median([r["rate"] / r["dbos rate"] for r in dbos])
         table.append(["dtrio vs DBOS, 1,000 at once (median of the runs' ratios)", "",
                       f"{ratio:.2f}x", ""])
-    widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
     out = [f"dtrio on PostgreSQL ({where}): medians of {runs} runs, {python_banner()}.",
-           "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-            for r in table]
+           *markdown_table(head, table)]
     return "\n".join(out)
 
 
